@@ -1,0 +1,238 @@
+"""ClickHouse adapters (clickhouse-connect): row store, snapshot store, migrations.
+
+The same code runs on the embedded engine (``chdb:///path``, clickhouse-connect's chDB
+backend) and on a ClickHouse server (``http://host:8123/db``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from feedback.events import DecisionMade, Event, FeedbackGiven
+from feedback.ports import DecisionRef, DecisionStats, RewardRow, SnapshotInfo
+
+__all__ = ["ClickHouseRowStore", "ClickHouseSnapshotStore", "connect", "migrate", "MIGRATIONS_DIR"]
+
+log = logging.getLogger("turnout.clickhouse")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "clickhouse"
+
+_DECISION_COLS = [
+    "event_id", "decision_id", "schema_version", "ts", "tenant", "user", "policy",
+    "requested_model", "snapshot_version", "clustering", "cluster", "margin", "arm", "propensity",
+    "model", "status", "fallbacks", "errors", "prompt_hash", "prompt_tokens", "completion_tokens",
+    "cost_usd", "latency_ms", "stream", "embedding", "prompt_text",
+]  # fmt: skip
+_FEEDBACK_COLS = [
+    "event_id", "decision_id", "schema_version", "ts", "reward", "kind", "tenant", "user",
+    "rating", "comment",
+]  # fmt: skip
+
+
+def connect(dsn: str) -> Any:
+    """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://host:port/db``.
+
+    For a server, user and password come from TURNOUT_CLICKHOUSE_USER / _PASSWORD if set.
+    """
+    import clickhouse_connect
+
+    if dsn.startswith("chdb://"):
+        path = dsn[len("chdb://") :]
+        if path:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=dsn)
+    kwargs: dict[str, Any] = {"dsn": dsn}
+    if os.environ.get("TURNOUT_CLICKHOUSE_USER"):
+        kwargs["username"] = os.environ["TURNOUT_CLICKHOUSE_USER"]
+    if os.environ.get("TURNOUT_CLICKHOUSE_PASSWORD"):
+        kwargs["password"] = os.environ["TURNOUT_CLICKHOUSE_PASSWORD"]
+    return clickhouse_connect.get_client(**kwargs)
+
+
+def _statements(sql: str) -> list[str]:
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def migrate(client: Any, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the numbered ``NNN_name.sql`` files not yet applied, in order. Returns their names."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+        "applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+    applied = []
+    for path in sorted(directory.glob("[0-9][0-9][0-9]_*.sql")):
+        version = int(path.name[:3])
+        if version in done:
+            continue
+        for stmt in _statements(path.read_text()):
+            client.command(stmt)
+        client.insert("schema_migrations", [[version, path.name]], column_names=["version", "name"])
+        applied.append(path.name)
+        log.info("applied migration %s", path.name)
+    return applied
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+
+
+def _decision_row(d: DecisionMade) -> list[Any]:
+    emb = np.frombuffer(d.embedding, dtype="<f4").tolist() if d.embedding else []
+    return [
+        d.event_id, d.decision_id, d.schema_version, _ts(d.ts_ms), d.tenant, d.user, d.policy,
+        d.requested_model, d.snapshot_version, d.clustering, d.cluster, d.margin, d.arm,
+        d.propensity, d.model, d.status, min(d.fallbacks, 255), list(d.errors), d.prompt_hash,
+        d.prompt_tokens, d.completion_tokens, d.cost_usd, d.latency_ms, d.stream, emb,
+        d.prompt_text,
+    ]  # fmt: skip
+
+
+def _feedback_row(f: FeedbackGiven) -> list[Any]:
+    return [
+        f.event_id, f.decision_id, f.schema_version, _ts(f.ts_ms), f.reward, f.kind, f.tenant,
+        f.user, f.rating, f.comment,
+    ]  # fmt: skip
+
+
+class ClickHouseRowStore:
+    """Row store on ClickHouse. Calls are serialised: one client is not safe to share freely."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        with self._lock:
+            return self._client.query(sql, parameters=params or {}).result_rows
+
+    def insert(self, events: Sequence[Event]) -> None:
+        decisions = [_decision_row(e) for e in events if isinstance(e, DecisionMade)]
+        feedback = [_feedback_row(e) for e in events if isinstance(e, FeedbackGiven)]
+        with self._lock:
+            if decisions:
+                self._client.insert("decisions", decisions, column_names=_DECISION_COLS)
+            if feedback:
+                self._client.insert("feedback", feedback, column_names=_FEEDBACK_COLS)
+
+    def now_ms(self) -> int:
+        return int(self._query("SELECT toUnixTimestamp64Milli(now64(3))")[0][0])
+
+    def find_decision(self, decision_id: str) -> DecisionRef | None:
+        rows = self._query(
+            "SELECT decision_id, tenant, cluster, model, snapshot_version FROM decisions "
+            "WHERE decision_id = {id:String} LIMIT 1",
+            {"id": decision_id},
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return DecisionRef(r[0], r[1], int(r[2]), r[3], int(r[4]))
+
+    def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
+        rows = self._query(
+            """
+            SELECT f.decision_id, d.clustering, d.cluster, d.model, f.reward, f.kind,
+                   if(d.clustering = {c:UInt32}, [], d.embedding)
+            FROM (
+                SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
+                       any(kind) AS kind
+                FROM feedback
+                WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}
+                GROUP BY event_id
+            ) AS f
+            INNER JOIN (
+                SELECT decision_id, any(clustering) AS clustering, any(cluster) AS cluster,
+                       any(model) AS model, any(embedding) AS embedding
+                FROM decisions AS raw
+                WHERE decision_id IN (
+                    SELECT decision_id FROM feedback
+                    WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64})
+                GROUP BY decision_id
+            ) AS d ON f.decision_id = d.decision_id
+            """,
+            {"lo": since_ms, "hi": until_ms, "c": clustering},
+        )
+        return [
+            RewardRow(r[0], int(r[1]), int(r[2]), r[3], float(r[4]), r[5],
+                      np.asarray(r[6], dtype="<f4").tobytes() if len(r[6]) else b"")
+            for r in rows
+        ]  # fmt: skip
+
+    def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
+        rows = self._query(
+            """
+            SELECT c, k, m, count(), sum(toff), sum(lat)
+            FROM (
+                SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m,
+                       any(completion_tokens) AS toff, any(latency_ms) AS lat
+                FROM decisions
+                WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64} AND model != ''
+                GROUP BY decision_id
+            )
+            GROUP BY c, k, m
+            """,
+            {"lo": since_ms, "hi": until_ms},
+        )
+        return [DecisionStats(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4]), float(r[5])) for r in rows]
+
+    def recent_embeddings(self, limit: int) -> list[bytes]:
+        rows = self._query(
+            "SELECT embedding FROM decisions WHERE length(embedding) > 0 "
+            "ORDER BY ingested_ms DESC LIMIT {n:UInt64}",
+            {"n": limit},
+        )
+        return [np.asarray(r[0], dtype="<f4").tobytes() for r in rows]
+
+    def count(self, table: str) -> int:
+        if table not in ("decisions", "feedback"):
+            raise ValueError(f"unknown table {table!r}")
+        return int(self._query(f"SELECT uniqExact(event_id) FROM {table}")[0][0])
+
+
+class ClickHouseSnapshotStore:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def save(self, version: int, parent: int, created_at_ms: int, reason: str, body: bytes) -> None:
+        with self._lock:
+            self._client.insert(
+                "snapshots",
+                [[version, parent, _ts(created_at_ms), reason, body]],
+                column_names=["version", "parent", "created_at", "reason", "body"],
+            )
+
+    def _one(self, where: str, params: dict[str, Any]) -> bytes | None:
+        with self._lock:
+            res = self._client.query(
+                f"SELECT body FROM snapshots {where} ORDER BY version DESC LIMIT 1",
+                parameters=params,
+                column_formats={"body": "bytes"},
+            )
+        rows = res.result_rows
+        return bytes(rows[0][0]) if rows else None
+
+    def latest(self) -> bytes | None:
+        return self._one("", {})
+
+    def get(self, version: int) -> bytes | None:
+        return self._one("WHERE version = {v:UInt64}", {"v": version})
+
+    def list(self, limit: int = 50) -> list[SnapshotInfo]:
+        with self._lock:
+            rows = self._client.query(
+                "SELECT version, any(parent), toUnixTimestamp64Milli(any(created_at)), any(reason) "
+                "FROM snapshots GROUP BY version ORDER BY version DESC LIMIT {n:UInt64}",
+                parameters={"n": limit},
+            ).result_rows
+        return [SnapshotInfo(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]

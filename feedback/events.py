@@ -1,0 +1,114 @@
+"""The facts that cross process boundaries: decisions made and feedback given.
+
+Every event is a frozen msgspec Struct in a tagged union, with a UUIDv7 ``event_id`` and a
+schema version. New fields get defaults so that old payloads still decode.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArmId",
+    "ClusterId",
+    "DecisionMade",
+    "Event",
+    "FeedbackGiven",
+    "decode_event",
+    "encode_event",
+    "uuid7",
+]
+
+SCHEMA_VERSION = 1
+
+ArmId: TypeAlias = str
+ClusterId: TypeAlias = int
+FeedbackKind: TypeAlias = Literal["explicit", "re_request", "upstream_error"]
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """A UUIDv7 string: 48 bits of Unix milliseconds then random bits, so ids sort by time."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
+    """A request was routed and answered (or failed) under a snapshot.
+
+    ``arm`` is what the policy chose with ``propensity`` (the probability of choosing it under
+    the snapshot); ``model`` is the model that finally answered (differs after a failover).
+    ``embedding`` is the prompt embedding, float32 little-endian bytes of length 4 * dim.
+    """
+
+    event_id: str
+    decision_id: str
+    ts_ms: int
+    schema_version: int = SCHEMA_VERSION
+    tenant: str = "default"
+    user: str = ""
+    policy: str = "auto"
+    requested_model: str = "auto"
+    snapshot_version: int = 0
+    clustering: int = 0
+    cluster: ClusterId = 0
+    margin: float = 0.0
+    arm: ArmId = ""
+    propensity: float = 1.0
+    model: ArmId = ""
+    status: Literal["ok", "error"] = "ok"
+    fallbacks: int = 0
+    errors: tuple[str, ...] = ()
+    prompt_hash: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    stream: bool = False
+    embedding: bytes = b""
+    prompt_text: str = ""
+
+
+class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):
+    """Feedback on one decision: explicit (thumbs, score) or implicit (re-request, error).
+
+    ``reward`` is in [0, 1]. Each piece of feedback is its own event; nothing is overwritten.
+    """
+
+    event_id: str
+    decision_id: str
+    ts_ms: int
+    reward: float
+    schema_version: int = SCHEMA_VERSION
+    kind: FeedbackKind = "explicit"
+    tenant: str = "default"
+    user: str = ""
+    rating: str = ""
+    comment: str = ""
+
+
+Event: TypeAlias = DecisionMade | FeedbackGiven
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode one event as msgpack (the wire format on Kafka)."""
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes) -> Event:
+    """Decode one event; raises ``msgspec.DecodeError``/``ValidationError`` on bad bytes."""
+    return _decoder.decode(payload)

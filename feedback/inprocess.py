@@ -1,0 +1,99 @@
+"""The embedded event path: an in-process queue drained into a row store by one thread.
+
+``publish`` only appends to a deque (the request path pays a few hundred nanoseconds). The
+writer inserts in batches; when the store fails it keeps the batch and retries with backoff,
+so an accepted event is never dropped. ``backlog`` is exposed for state and metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from feedback.events import Event
+from feedback.ports import RowStore
+
+__all__ = ["InProcessBus"]
+
+log = logging.getLogger("turnout.bus")
+
+
+class InProcessBus:
+    def __init__(self, store: RowStore, max_batch: int = 2000, flush_interval_s: float = 0.2) -> None:
+        self._store = store
+        self._queue: collections.deque[Event] = collections.deque()
+        self._max_batch = max_batch
+        self._interval = flush_interval_s
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = False
+        self._inflight = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="turnout-bus", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue) + self._inflight
+
+    def publish(self, event: Event) -> None:
+        if self._stop:
+            raise RuntimeError("event bus is closed")
+        self._idle.clear()
+        self._queue.append(event)
+        if len(self._queue) >= self._max_batch:
+            self._wake.set()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Block until every event published so far is stored; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        while self.backlog:
+            if time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            self._idle.wait(0.01)
+        return True
+
+    def close(self) -> None:
+        self.flush(timeout_s=30.0)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+
+    def _take(self) -> list[Event]:
+        batch = []
+        while self._queue and len(batch) < self._max_batch:
+            batch.append(self._queue.popleft())
+        self._inflight = len(batch)
+        return batch
+
+    def _run(self) -> None:
+        backoff = 0.05
+        batch: list[Event] = []
+        while True:
+            if not batch:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                batch = self._take()
+            if not batch:
+                self._idle.set()
+                if self._stop:
+                    return
+                continue
+            try:
+                self._store.insert(batch)
+            except Exception as exc:  # the store is down: keep the batch, retry
+                self.failures += 1
+                log.warning("event store insert failed (%d events kept, retrying): %s", len(batch), exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            batch = self._take()
+            if not batch and not self._queue:
+                self._inflight = 0
+                self._idle.set()

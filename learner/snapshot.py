@@ -1,0 +1,146 @@
+"""The router's state as a frozen, versioned value: centroids, evidence, parameters.
+
+A snapshot is everything the request path needs to route and everything the next learning
+cycle needs to continue (its evidence and its watermark). It is validated before it is
+published; the service swaps it in atomically and keeps the last good one otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+__all__ = [
+    "Snapshot",
+    "SnapshotError",
+    "centroid_array",
+    "decode_snapshot",
+    "encode_snapshot",
+    "initial_snapshot",
+    "validate",
+]
+
+Reason = Literal["initial", "scheduled", "drift", "manual", "rollback", "recluster"]
+
+
+class SnapshotError(ValueError):
+    """A snapshot that must not be published: the message says which field is wrong."""
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: int
+    parent: int
+    created_at_ms: int
+    reason: Reason
+    models: tuple[str, ...]
+    dim: int
+    centroids: bytes  # (k, dim) float32 little-endian, unit-norm rows
+    n: tuple[tuple[float, ...], ...]  # (k, m) evidence weight
+    reward_sum: tuple[tuple[float, ...], ...]  # (k, m) summed reward
+    decisions: tuple[tuple[int, ...], ...]  # (k, m) decisions routed
+    prior_mean: tuple[float, ...]  # (m,) prior quality (tier)
+    completion_tokens: tuple[float, ...]  # (m,) expected completion tokens per call
+    latency_s: tuple[float, ...]  # (m,) expected latency per call
+    prior_strength: float = 2.0
+    shrink_strength: float = 5.0
+    watermark_ms: int = 0
+    clustering: int = 0  # bumps whenever centroids change; cluster ids are only valid within one
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return _enc.encode(snapshot)
+
+
+def decode_snapshot(blob: bytes) -> Snapshot:
+    """Decode and validate; raises ``SnapshotError`` naming the problem."""
+    try:
+        snap = _dec.decode(blob)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(f"undecodable snapshot: {exc}") from exc
+    validate(snap)
+    return snap
+
+
+def centroid_array(snapshot: Snapshot) -> np.ndarray:
+    """Centroids as a read-only (k, dim) float32 array."""
+    arr = np.frombuffer(snapshot.centroids, dtype="<f4").reshape(-1, snapshot.dim)
+    return arr
+
+
+def validate(snap: Snapshot) -> None:
+    """Raise ``SnapshotError`` unless shapes agree and every value is finite and in range."""
+    m = len(snap.models)
+    if m == 0:
+        raise SnapshotError("models: the pool is empty")
+    if len(set(snap.models)) != m:
+        raise SnapshotError("models: duplicate model names")
+    if snap.dim <= 0 or len(snap.centroids) % (4 * snap.dim) != 0:
+        raise SnapshotError(f"centroids: {len(snap.centroids)} bytes is not a multiple of dim={snap.dim}")
+    k = len(snap.centroids) // (4 * snap.dim)
+    if k == 0:
+        raise SnapshotError("centroids: no clusters")
+    cents = centroid_array(snap)
+    if not np.isfinite(cents).all():
+        raise SnapshotError("centroids: non-finite values")
+    for name in ("n", "reward_sum", "decisions"):
+        rows = getattr(snap, name)
+        if len(rows) != k or any(len(r) != m for r in rows):
+            raise SnapshotError(f"{name}: expected shape ({k}, {m})")
+    n = np.array(snap.n, dtype=np.float64)
+    s = np.array(snap.reward_sum, dtype=np.float64)
+    if not (np.isfinite(n).all() and np.isfinite(s).all()):
+        raise SnapshotError("n/reward_sum: non-finite values")
+    if (n < 0).any() or (s < -1e-9).any() or (s > n + 1e-6).any():
+        raise SnapshotError("reward_sum: must satisfy 0 <= reward_sum <= n")
+    for name in ("prior_mean", "completion_tokens", "latency_s"):
+        v = np.array(getattr(snap, name), dtype=np.float64)
+        if v.shape != (m,) or not np.isfinite(v).all() or (v < 0).any():
+            raise SnapshotError(f"{name}: expected {m} finite non-negative values")
+    if not all(0.0 < p < 1.0 for p in snap.prior_mean):
+        raise SnapshotError("prior_mean: values must be in (0, 1)")
+    if snap.prior_strength <= 0 or snap.shrink_strength <= 0:
+        raise SnapshotError("prior_strength/shrink_strength: must be positive")
+    if snap.version < 0 or snap.parent < 0 or snap.parent > snap.version:
+        raise SnapshotError("version/parent: parent must not be newer than version")
+
+
+def initial_snapshot(
+    *,
+    models: tuple[str, ...],
+    centroids: np.ndarray,
+    prior_mean: tuple[float, ...],
+    completion_tokens: tuple[float, ...],
+    latency_s: tuple[float, ...],
+    prior_strength: float,
+    shrink_strength: float,
+    created_at_ms: int,
+) -> Snapshot:
+    """Version 1: no evidence yet, centroids from examples (or one cluster for everything)."""
+    cents = np.ascontiguousarray(centroids, dtype="<f4")
+    k, m = cents.shape[0], len(models)
+    snap = Snapshot(
+        version=1,
+        parent=0,
+        created_at_ms=created_at_ms,
+        reason="initial",
+        models=models,
+        dim=int(cents.shape[1]),
+        centroids=cents.tobytes(),
+        n=tuple((0.0,) * m for _ in range(k)),
+        reward_sum=tuple((0.0,) * m for _ in range(k)),
+        decisions=tuple((0,) * m for _ in range(k)),
+        prior_mean=tuple(float(p) for p in prior_mean),
+        completion_tokens=tuple(float(t) for t in completion_tokens),
+        latency_s=tuple(float(t) for t in latency_s),
+        prior_strength=prior_strength,
+        shrink_strength=shrink_strength,
+        clustering=1,
+    )
+    validate(snap)
+    return snap

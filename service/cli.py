@@ -1,0 +1,184 @@
+"""``turnout``: the command line. Each command wires settings to adapters and runs.
+
+    turnout up        service + in-process event bus + ClickHouse (chDB) + learner, one process
+    turnout serve     the service only (the learner and sink run elsewhere)
+    turnout learn     the learner: one cycle (--once) or on a schedule
+    turnout migrate   apply ClickHouse migrations
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from service.settings import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("turnout")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(Path(args.config) if args.config else None, os.environ)
+    if getattr(args, "data_dir", None):
+        settings = msgspec.structs.replace(
+            settings, storage=msgspec.structs.replace(settings.storage, data_dir=args.data_dir)
+        )
+    server = settings.server
+    if getattr(args, "host", None):
+        server = msgspec.structs.replace(server, host=args.host)
+    if getattr(args, "port", None):
+        server = msgspec.structs.replace(server, port=args.port)
+    learner = settings.learner
+    if getattr(args, "learn_interval_s", None):
+        learner = msgspec.structs.replace(learner, interval_s=args.learn_interval_s)
+    return msgspec.structs.replace(settings, server=server, learner=learner)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="where the embedded ClickHouse keeps its data (default ./.turnout)")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+
+
+def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
+    import uvicorn
+
+    from service.runtime import Runtime
+
+    settings = _settings(args)
+    if args.demo and not args.learn_interval_s:
+        settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
+    rt = Runtime(settings, learner=learner)
+    where = f"http://{settings.server.host}:{settings.server.port}"
+    if rt.simulated:
+        print(f"turnout: no providers configured, serving the simulated model pool from simulations/ "
+              f"({', '.join(rt.prior.models)})", flush=True)  # fmt: skip
+    print(f"turnout: listening on {where}  (ClickHouse: {settings.storage.dsn()}, "
+          f"learning every {settings.learner.interval_s:g} s)" if learner else
+          f"turnout: listening on {where} (service only; snapshots polled from ClickHouse)", flush=True)  # fmt: skip
+    rt.start()
+    demo = None
+    if args.demo:
+        from service.demo import Demo
+
+        demo = Demo(where, rt.prior.models, rt.pool)
+        demo.start()
+    try:
+        uvicorn.run(rt.app, host=settings.server.host, port=settings.server.port, log_level="warning",
+                    access_log=False)  # fmt: skip
+    finally:
+        if demo:
+            demo.stop()
+        rt.stop()
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    import time
+
+    from service.runtime import Runtime
+
+    rt = Runtime(_settings(args), learner=True)
+    if args.once:
+        snap = rt.cycle.run(reason="manual")
+        print(f"snapshot v{snap.version} published (watermark {snap.watermark_ms})")
+        rt.sink.close()
+        return 0
+    if args.interval_s:
+        rt.settings = msgspec.structs.replace(
+            rt.settings, learner=msgspec.structs.replace(rt.settings.learner, interval_s=args.interval_s)
+        )
+    rt.start()
+    print(f"turnout learn: a cycle every {rt.settings.learner.interval_s:g} s; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.stop()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from feedback.clickhouse import connect, migrate
+
+    settings = _settings(args)
+    applied = migrate(connect(settings.storage.dsn()))
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="An adaptive LLM router that learns from its traffic.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="service, event bus, ClickHouse and learner in one process")
+    _serve_args(up)
+    up.add_argument("--learn-interval-s", type=float, help="seconds between learning cycles (default 30)")
+    up.add_argument("--demo", action="store_true", help="drive simulated users against the service and show shares")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="the service only; learner and sink run as their own processes")
+    _serve_args(serve)
+    serve.set_defaults(func=lambda a: cmd_up(a, learner=False), learn_interval_s=None, demo=False)
+
+    learn = sub.add_parser("learn", help="run learning cycles")
+    _common(learn)
+    learn.add_argument("--once", action="store_true", help="run one cycle and exit")
+    learn.add_argument("--interval-s", type=float, help="seconds between cycles")
+    learn.set_defaults(func=cmd_learn)
+
+    mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
+    _common(mig)
+    mig.set_defaults(func=cmd_migrate)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list:
+    """Commands that live with their package (simulations, sink, snapshots)."""
+    regs = []
+    for mod in ("simulations.cli", "feedback.cli", "learner.cli"):
+        try:
+            module = __import__(mod, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue
+        regs.append(module.register)
+    return regs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    for noisy in ("apscheduler", "httpx", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The composition root: settings in, a wired runtime out (stores, bus, router, learner, app).
+
+Every client, thread and scheduler is created here, when asked, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.inprocess import InProcessBus
+from feedback.ports import EventSink, RowStore, SnapshotStore
+from learner.clusters import kmeans
+from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
+from learner.embedding import Embedder, HashingEmbedder
+from learner.snapshot import Snapshot, decode_snapshot, encode_snapshot, initial_snapshot
+from service.app import Deps, create_app
+from service.chat import ChatService, PolicyWeights, PoolModel
+from service.decisions import DecisionIndex
+from service.routing import Pricing, Router
+from service.settings import Settings
+from service.upstream import Upstream
+
+__all__ = ["Runtime", "build_embedder", "build_runtime", "pool_from_settings"]
+
+log = logging.getLogger("turnout")
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    if settings.router.embedder == "hashing":
+        return HashingEmbedder(settings.router.embedding_dim)
+    from learner.wordllama import WordLlamaEmbedder
+
+    return WordLlamaEmbedder(settings.router.embedding_dim)
+
+
+def pool_from_settings(
+    settings: Settings, sim_latency_scale: float = 1.0, seed: int = 0
+) -> tuple[tuple[PoolModel, ...], PoolPrior, dict[str, Upstream], tuple[str, ...], bool]:
+    """The model pool: configured providers, or the simulated pool when none is configured.
+
+    Returns (pool, prior, upstreams, cluster examples, simulated?).
+    """
+    examples = settings.router.cluster_examples
+    if not settings.models:
+        from service.simulated import SimulatedUpstream
+        from simulations.pool import DEFAULT_POOL, topic_examples
+
+        rng = np.random.default_rng(seed)
+        pool = tuple(PoolModel(m.name, m.name, m.price_in_per_mtok, m.price_out_per_mtok) for m in DEFAULT_POOL)
+        prior = PoolPrior(
+            models=tuple(m.name for m in DEFAULT_POOL),
+            prior_mean=tuple(m.tier for m in DEFAULT_POOL),
+            completion_tokens=tuple(float(m.completion_tokens) for m in DEFAULT_POOL),
+            latency_s=tuple(m.latency_s * sim_latency_scale for m in DEFAULT_POOL),
+        )
+        ups: dict[str, Upstream] = {m.name: SimulatedUpstream(m, rng, sim_latency_scale) for m in DEFAULT_POOL}
+        return pool, prior, ups, examples or tuple(topic_examples()), True
+    from service.openai_http import OpenAIUpstream
+
+    pool = tuple(
+        PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok)
+        for m in settings.models
+    )
+    prior = PoolPrior(
+        models=tuple(m.name for m in settings.models),
+        prior_mean=tuple(m.tier for m in settings.models),
+        completion_tokens=tuple(m.expected_completion_tokens for m in settings.models),
+        latency_s=tuple(m.expected_latency_s for m in settings.models),
+    )
+    ups = {m.name: OpenAIUpstream(m.name, m.base_url, m.api_key_env, m.timeout_s) for m in settings.models}
+    return pool, prior, ups, examples, False
+
+
+def bootstrap_snapshot(
+    snapshots: SnapshotStore, prior: PoolPrior, embedder: Embedder, examples: tuple[str, ...], settings: Settings
+) -> Snapshot:
+    """The latest stored snapshot aligned to the pool, or a first one saved now."""
+    blob = snapshots.latest()
+    if blob is not None:
+        snap = align(decode_snapshot(blob), prior)
+        if snap.dim == embedder.dim:
+            return snap
+        log.warning("stored snapshot has dim %d, embedder %d: starting a new clustering", snap.dim, embedder.dim)
+    if examples:
+        rng = np.random.default_rng(settings.router.seed)
+        cents = kmeans(embedder.embed(list(examples)), settings.router.n_clusters, rng)
+    else:
+        cents = np.full((1, embedder.dim), 1.0 / np.sqrt(embedder.dim), dtype=np.float32)
+    snap = initial_snapshot(
+        models=prior.models,
+        centroids=cents,
+        prior_mean=prior.prior_mean,
+        completion_tokens=prior.completion_tokens,
+        latency_s=prior.latency_s,
+        prior_strength=settings.router.prior_strength,
+        shrink_strength=settings.router.shrink_strength,
+        created_at_ms=int(time.time() * 1000),
+    )
+    if blob is not None:  # continue the version line
+        last = decode_snapshot(blob)
+        snap = msgspec.structs.replace(snap, version=last.version + 1, parent=last.version,
+                                       clustering=last.clustering + 1)  # fmt: skip
+    snapshots.save(snap.version, snap.parent, snap.created_at_ms, snap.reason, encode_snapshot(snap))
+    return snap
+
+
+class Runtime:
+    """Everything ``turnout up`` / ``serve`` runs, wired together. ``start`` / ``stop``."""
+
+    def __init__(self, settings: Settings, *, embedder: Embedder | None = None, rows: RowStore | None = None,
+                 snapshots: SnapshotStore | None = None, sink: EventSink | None = None,
+                 upstreams: dict[str, Upstream] | None = None, learner: bool = True,
+                 sim_latency_scale: float = 1.0) -> None:  # fmt: skip
+        self.settings = settings
+        self.client: Any = None
+        if rows is None or snapshots is None:
+            self.client = connect(settings.storage.dsn())
+            migrate(self.client)
+        self.rows = rows or ClickHouseRowStore(self.client)
+        self.snapshots = snapshots or ClickHouseSnapshotStore(self.client)
+        self.embedder = embedder or build_embedder(settings)
+        pool, prior, ups, examples, self.simulated = pool_from_settings(settings, sim_latency_scale, settings.router.seed)
+        self.pool, self.prior = pool, prior
+        self.upstreams = upstreams or ups
+        self.sink = sink or InProcessBus(self.rows)
+        pricing = Pricing(prior.models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
+        self.router = Router(pricing, settings.router.thompson_samples, settings.router.seed)
+        self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
+        policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
+        policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})
+        self.chat = ChatService(
+            embedder=self.embedder, router=self.router, sink=self.sink, upstreams=self.upstreams, pool=pool,
+            policies=policies, decisions=DecisionIndex(self.rows, settings.server.decision_cache),
+            rng=np.random.default_rng(settings.router.seed + 1), max_attempts=settings.router.max_attempts,
+            store_prompts=settings.server.store_prompts,
+        )  # fmt: skip
+        params = LearnerParams(
+            n_clusters=settings.router.n_clusters, grace_ms=int(settings.learner.grace_s * 1000),
+            discount=settings.learner.discount, cold_start_min=settings.learner.cold_start_min,
+        )  # fmt: skip
+        self.cycle = LearningCycle(
+            self.rows, self.snapshots, prior, params, np.random.default_rng(settings.router.seed + 2),
+            publish=self.router.swap, before=lambda: self.sink.flush(30.0),
+        )  # fmt: skip
+        self.learner_enabled = learner
+        self.app = create_app(settings, Deps(self.chat, self.sink))
+        self._scheduler: Any = None
+
+    def poll_snapshot(self) -> None:
+        """Swap in a newer stored snapshot (when the learner runs in another process)."""
+        blob = self.snapshots.latest()
+        if blob is not None:
+            snap = align(decode_snapshot(blob), self.prior)
+            if snap.version > self.router.view.snapshot.version:
+                self.router.swap(snap)
+
+    def learn_safely(self) -> None:
+        try:
+            self.cycle.run()
+        except Exception:
+            log.exception("learning cycle failed; the live snapshot stays")
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(daemon=True)
+        if self.learner_enabled:
+            self._scheduler.add_job(self.learn_safely, "interval", seconds=self.settings.learner.interval_s,
+                                    max_instances=1, coalesce=True, id="learn")  # fmt: skip
+        else:
+            self._scheduler.add_job(self.poll_snapshot, "interval", seconds=self.settings.learner.snapshot_poll_s,
+                                    max_instances=1, coalesce=True, id="poll-snapshot")  # fmt: skip
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self.sink.close()
+
+
+def data_dir(settings: Settings) -> Path:
+    return Path(settings.storage.data_dir)

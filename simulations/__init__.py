@@ -1,0 +1,1 @@
+"""Offline environments: a simulated model pool and topics, scenarios, replay and evaluation."""
