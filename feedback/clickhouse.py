@@ -37,23 +37,30 @@ _FEEDBACK_COLS = [
 ]  # fmt: skip
 
 
-def connect(dsn: str) -> Any:
-    """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://host:port/db``.
+def connect(dsn: str, database: str = "") -> Any:
+    """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://host:port``.
 
-    For a server, user and password come from TURNOUT_CLICKHOUSE_USER / _PASSWORD if set.
+    ``database`` is created if missing (one chDB engine path per process can hold many
+    databases). For a server, user and password come from TURNOUT_CLICKHOUSE_USER / _PASSWORD.
     """
     import clickhouse_connect
 
+    kwargs: dict[str, Any] = {"dsn": dsn}
     if dsn.startswith("chdb://"):
         path = dsn[len("chdb://") :]
         if path:
             Path(path).mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=dsn)
-    kwargs: dict[str, Any] = {"dsn": dsn}
-    if os.environ.get("TURNOUT_CLICKHOUSE_USER"):
-        kwargs["username"] = os.environ["TURNOUT_CLICKHOUSE_USER"]
-    if os.environ.get("TURNOUT_CLICKHOUSE_PASSWORD"):
-        kwargs["password"] = os.environ["TURNOUT_CLICKHOUSE_PASSWORD"]
+    else:
+        if os.environ.get("TURNOUT_CLICKHOUSE_USER"):
+            kwargs["username"] = os.environ["TURNOUT_CLICKHOUSE_USER"]
+        if os.environ.get("TURNOUT_CLICKHOUSE_PASSWORD"):
+            kwargs["password"] = os.environ["TURNOUT_CLICKHOUSE_PASSWORD"]
+    if database:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+            raise ValueError(f"clickhouse database name {database!r} is not a plain identifier")
+        admin = clickhouse_connect.get_client(**kwargs)
+        admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        kwargs["database"] = database
     return clickhouse_connect.get_client(**kwargs)
 
 

@@ -115,7 +115,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from feedback.clickhouse import connect, migrate
 
     settings = _settings(args)
-    applied = migrate(connect(settings.storage.dsn()))
+    applied = migrate(connect(settings.storage.dsn(), settings.storage.clickhouse_database))
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     return 0
 

@@ -121,7 +121,7 @@ class Runtime:
         self.settings = settings
         self.client: Any = None
         if rows is None or snapshots is None:
-            self.client = connect(settings.storage.dsn())
+            self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             migrate(self.client)
         self.rows = rows or ClickHouseRowStore(self.client)
         self.snapshots = snapshots or ClickHouseSnapshotStore(self.client)

@@ -41,6 +41,7 @@ class ServerSettings(_Config):
 class StorageSettings(_Config):
     data_dir: str = ".turnout"
     clickhouse_dsn: str = ""  # default: chdb:///<data_dir>/clickhouse
+    clickhouse_database: str = "turnout"
 
     def dsn(self) -> str:
         if self.clickhouse_dsn:
