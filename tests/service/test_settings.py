@@ -1,0 +1,48 @@
+"""Config: one TOML file, TURNOUT_ overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service.settings import ConfigError, load_settings
+
+
+def test_defaults_load():
+    s = load_settings(None, {})
+    assert s.server.port == 8080 and s.events.backend == "inprocess" and s.models == ()
+
+
+def test_env_overrides_are_converted():
+    s = load_settings(None, {"TURNOUT_ROUTER__COST_WEIGHT": "7.5", "TURNOUT_SERVER__PORT": "9000"})
+    assert s.router.cost_weight == 7.5 and s.server.port == 9000
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[router]\ncost_wieght = 3\n", "unknown field `cost_wieght` - at `$.router`"),
+        ('[server]\nport = "eighty"\n', "at `$.server.port`"),
+        ("[events]\nbackend = \"carrier-pigeon\"\n", "at `$.events.backend`"),
+        ("[[models]]\nname = \"a\"\nprovider = \"openai\"\n", "models[0].base_url"),
+        ("[[models]]\nname = \"a\"\nbase_url = \"http://x\"\ntier = 1.5\n", "models[0].tier"),
+        ("[router\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, text, needle):
+    path = tmp_path / "turnout.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, {})
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[learner]\ninterval_s = \"soon\"\n")
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "migrate", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr and "$.learner.interval_s" in proc.stderr
