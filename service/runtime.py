@@ -117,7 +117,7 @@ class Runtime:
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None, rows: RowStore | None = None,
                  snapshots: SnapshotStore | None = None, sink: EventSink | None = None,
                  upstreams: dict[str, Upstream] | None = None, learner: bool = True,
-                 sim_latency_scale: float = 1.0) -> None:  # fmt: skip
+                 sim_latency_scale: float | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.client: Any = None
         if rows is None or snapshots is None:
@@ -126,6 +126,8 @@ class Runtime:
         self.rows = rows or ClickHouseRowStore(self.client)
         self.snapshots = snapshots or ClickHouseSnapshotStore(self.client)
         self.embedder = embedder or build_embedder(settings)
+        if sim_latency_scale is None:
+            sim_latency_scale = settings.simulated.latency_scale
         pool, prior, ups, examples, self.simulated = pool_from_settings(settings, sim_latency_scale, settings.router.seed)
         self.pool, self.prior = pool, prior
         self.upstreams = upstreams or ups

@@ -106,6 +106,12 @@ class LearnerSettings(_Config):
     snapshot_poll_s: float = 5.0
 
 
+class SimulatedSettings(_Config):
+    """The simulated model pool served when no [[models]] are configured."""
+
+    latency_scale: float = 1.0  # 0 makes the simulated models answer instantly (benchmarks)
+
+
 class Settings(_Config):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -114,6 +120,7 @@ class Settings(_Config):
     learner: LearnerSettings = LearnerSettings()
     models: tuple[ModelSettings, ...] = ()
     policies: tuple[PolicySettings, ...] = ()
+    simulated: SimulatedSettings = SimulatedSettings()
 
 
 class ConfigError(ValueError):
