@@ -25,18 +25,6 @@ log = logging.getLogger("turnout.clickhouse")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "clickhouse"
 
-_DECISION_COLS = [
-    "event_id", "decision_id", "schema_version", "ts", "tenant", "user", "policy",
-    "requested_model", "snapshot_version", "clustering", "cluster", "margin", "arm", "propensity",
-    "model", "status", "fallbacks", "errors", "prompt_hash", "prompt_tokens", "completion_tokens",
-    "cost_usd", "latency_ms", "stream", "embedding", "prompt_text",
-]  # fmt: skip
-_FEEDBACK_COLS = [
-    "event_id", "decision_id", "schema_version", "ts", "reward", "kind", "tenant", "user",
-    "rating", "comment",
-]  # fmt: skip
-
-
 def connect(dsn: str, database: str = "") -> Any:
     """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://host:port``.
 
@@ -93,22 +81,56 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
 
 
-def _decision_row(d: DecisionMade) -> list[Any]:
-    emb = np.frombuffer(d.embedding, dtype="<f4").tolist() if d.embedding else []
-    return [
-        d.event_id, d.decision_id, d.schema_version, _ts(d.ts_ms), d.tenant, d.user, d.policy,
-        d.requested_model, d.snapshot_version, d.clustering, d.cluster, d.margin, d.arm,
-        d.propensity, d.model, d.status, min(d.fallbacks, 255), list(d.errors), d.prompt_hash,
-        d.prompt_tokens, d.completion_tokens, d.cost_usd, d.latency_ms, d.stream, emb,
-        d.prompt_text,
-    ]  # fmt: skip
+def _embeddings(blobs: list[bytes]) -> Any:
+    """Float32 byte strings -> an Arrow list column, without a Python float per value."""
+    import pyarrow as pa
+
+    arrays = [np.frombuffer(b, dtype="<f4") for b in blobs]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.float32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
 
 
-def _feedback_row(f: FeedbackGiven) -> list[Any]:
-    return [
-        f.event_id, f.decision_id, f.schema_version, _ts(f.ts_ms), f.reward, f.kind, f.tenant,
-        f.user, f.rating, f.comment,
-    ]  # fmt: skip
+def _decisions_table(ds: list[DecisionMade]) -> Any:
+    """Decisions as one Arrow table: serialised in C++, so the writer holds the GIL briefly."""
+    import pyarrow as pa
+
+    col = lambda f: [getattr(d, f) for d in ds]  # noqa: E731
+    return pa.table({
+        "event_id": col("event_id"), "decision_id": col("decision_id"),
+        "schema_version": pa.array(col("schema_version"), pa.uint16()),
+        "ts": pa.array(col("ts_ms"), pa.timestamp("ms", tz="UTC")),
+        "tenant": col("tenant"), "user": col("user"), "policy": col("policy"),
+        "requested_model": col("requested_model"),
+        "snapshot_version": pa.array(col("snapshot_version"), pa.uint64()),
+        "clustering": pa.array(col("clustering"), pa.uint32()),
+        "cluster": pa.array(col("cluster"), pa.uint32()),
+        "margin": pa.array(col("margin"), pa.float32()), "arm": col("arm"),
+        "propensity": pa.array(col("propensity"), pa.float64()), "model": col("model"),
+        "status": col("status"), "fallbacks": pa.array([min(f, 255) for f in col("fallbacks")], pa.uint8()),
+        "errors": pa.array([list(e) for e in col("errors")], pa.list_(pa.string())),
+        "prompt_hash": col("prompt_hash"),
+        "prompt_tokens": pa.array(col("prompt_tokens"), pa.uint32()),
+        "completion_tokens": pa.array(col("completion_tokens"), pa.uint32()),
+        "cost_usd": pa.array(col("cost_usd"), pa.float64()),
+        "latency_ms": pa.array(col("latency_ms"), pa.float64()),
+        "stream": pa.array(col("stream"), pa.bool_()),
+        "embedding": _embeddings(col("embedding")), "prompt_text": col("prompt_text"),
+    })  # fmt: skip
+
+
+def _feedback_table(fs: list[FeedbackGiven]) -> Any:
+    import pyarrow as pa
+
+    col = lambda f: [getattr(x, f) for x in fs]  # noqa: E731
+    return pa.table({
+        "event_id": col("event_id"), "decision_id": col("decision_id"),
+        "schema_version": pa.array(col("schema_version"), pa.uint16()),
+        "ts": pa.array(col("ts_ms"), pa.timestamp("ms", tz="UTC")),
+        "reward": pa.array(col("reward"), pa.float64()), "kind": col("kind"), "tenant": col("tenant"),
+        "user": col("user"), "rating": col("rating"), "comment": col("comment"),
+    })  # fmt: skip
 
 
 class ClickHouseRowStore:
@@ -123,13 +145,13 @@ class ClickHouseRowStore:
             return self._client.query(sql, parameters=params or {}).result_rows
 
     def insert(self, events: Sequence[Event]) -> None:
-        decisions = [_decision_row(e) for e in events if isinstance(e, DecisionMade)]
-        feedback = [_feedback_row(e) for e in events if isinstance(e, FeedbackGiven)]
+        decisions = [e for e in events if isinstance(e, DecisionMade)]
+        feedback = [e for e in events if isinstance(e, FeedbackGiven)]
         with self._lock:
             if decisions:
-                self._client.insert("decisions", decisions, column_names=_DECISION_COLS)
+                self._client.insert_arrow("decisions", _decisions_table(decisions))
             if feedback:
-                self._client.insert("feedback", feedback, column_names=_FEEDBACK_COLS)
+                self._client.insert_arrow("feedback", _feedback_table(feedback))
 
     def now_ms(self) -> int:
         return int(self._query("SELECT toUnixTimestamp64Milli(now64(3))")[0][0])
