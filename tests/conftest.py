@@ -11,6 +11,7 @@ import pytest
 
 from learner.embedding import Embedder
 from service.settings import Settings, load_settings
+from tests.kafka_broker import broker_factory, kafka_broker, unique_topics  # noqa: F401  (Kafka fixtures)
 
 
 @pytest.fixture(scope="session")
