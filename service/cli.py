@@ -57,6 +57,9 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     from service.runtime import Runtime
 
     settings = _settings(args)
+    # Background threads (event writer, learner) must not hold the GIL for the default 5 ms
+    # while a request waits: switch more often, the request path is short.
+    sys.setswitchinterval(0.0005)
     if args.demo and not args.learn_interval_s:
         settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
     rt = Runtime(settings, learner=learner)
