@@ -1,0 +1,64 @@
+"""ClickHouse adapter of ``HistoryStore``: traffic buckets from the ``decisions`` table.
+
+One aggregate query per call, transferring a row per (bucket, clustering, cluster, model).
+Decision ids are UUIDv7 and the table is sorted by them, so the time window is also given as a
+range of the primary key (with slack for the time between creating the id and stamping ``ts``):
+the query reads the window's granules, not the table.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from feedback.history import Prices, TrafficBucket
+
+__all__ = ["ClickHouseHistory", "uuid7_floor"]
+
+_SLACK_MS = 10 * 60 * 1000  # a decision's ts is stamped at most this long after its id
+
+
+def uuid7_floor(ms: int) -> str:
+    """The smallest UUIDv7 string of millisecond ``ms``: a key bound for ids at or after it."""
+    h = f"{max(ms, 0) & ((1 << 48) - 1):012x}"
+    return f"{h[:8]}-{h[8:]}-"
+
+
+class ClickHouseHistory:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def traffic(self, since_ms: int, until_ms: int, bucket_ms: int, prices: Prices) -> list[TrafficBucket]:
+        if bucket_ms <= 0:
+            raise ValueError("bucket_ms must be positive")
+        sql = """
+            SELECT intDiv(t, {b:Int64}) * {b:Int64} AS bucket, c, k, m, count(), countIf(answered),
+                   sumIf(cost, answered), sumIf(cf, answered), sum(mg)
+            FROM (
+                SELECT decision_id, toUnixTimestamp64Milli(any(ts)) AS t, any(clustering) AS c,
+                       any(cluster) AS k, if(any(arm) != '', any(arm), any(model)) AS m,
+                       any(model) != '' AS answered, any(cost_usd) AS cost, toFloat64(any(margin)) AS mg,
+                       if(length({pin:Array(Float64)}) = 0, 0.,
+                          arrayMax(arrayMap((a, o) -> (any(prompt_tokens) * a + any(completion_tokens) * o) / 1e6,
+                                            {pin:Array(Float64)}, {pout:Array(Float64)}))) AS cf
+                FROM decisions
+                WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String}
+                GROUP BY decision_id
+                HAVING t >= {lo:Int64} AND t < {hi:Int64}
+            )
+            GROUP BY bucket, c, k, m
+            ORDER BY bucket, c, k, m
+        """
+        params = {
+            "b": bucket_ms, "lo": since_ms, "hi": until_ms,
+            "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1),
+            "pin": list(prices.price_in_per_mtok), "pout": list(prices.price_out_per_mtok),
+        }  # fmt: skip
+        with self._lock:
+            rows = self._client.query(sql, parameters=params).result_rows
+        return [
+            TrafficBucket(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]),
+                          float(r[8]))
+            for r in rows
+        ]  # fmt: skip

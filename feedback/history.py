@@ -1,0 +1,116 @@
+"""Read-only history of routing for operators: traffic, cost and margins per time bucket.
+
+The dashboard asks "what did the router do over the last hour": which model each cluster's
+traffic went to, what it cost against always sending everything to the most expensive model,
+how well prompts fitted their clusters (margins). ``HistoryStore.traffic`` answers from the
+decisions table, one row per (time bucket, clustering, cluster, chosen model). The in-memory
+adapter (here) and the ClickHouse one (``clickhouse_history.py``) are held to one contract
+suite in ``tests/feedback/test_history.py``.
+
+The counterfactual cost of a decision is the price of its own tokens (prompt and completion)
+at the pool's most expensive rate for those tokens: max over models j of
+``prompt_tokens * price_in[j] + completion_tokens * price_out[j]``, per million tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Protocol, Sequence
+
+import msgspec
+
+from feedback.events import DecisionMade, Event
+
+__all__ = ["HistoryStore", "MemoryHistory", "Prices", "TrafficBucket", "bucket_traffic", "counterfactual_cost_usd"]
+
+
+class Prices(msgspec.Struct, frozen=True):
+    """The pool's prices, USD per million tokens, one entry per model (any order)."""
+
+    price_in_per_mtok: tuple[float, ...]
+    price_out_per_mtok: tuple[float, ...]
+
+
+class TrafficBucket(msgspec.Struct, frozen=True):
+    """Decisions of one (bucket, clustering, cluster, chosen model).
+
+    ``model`` is what the policy chose (the arm); ``answered`` counts those that got an answer
+    from some model (after failovers). Costs and the counterfactual are summed over answered
+    decisions; ``margin_sum`` over all of them.
+    """
+
+    bucket_ms: int  # start of the bucket, a multiple of the bucket width
+    clustering: int
+    cluster: int
+    model: str
+    decisions: int
+    answered: int
+    cost_usd: float
+    max_cost_usd: float  # the same tokens at the pool's most expensive rate
+    margin_sum: float
+
+
+class HistoryStore(Protocol):
+    """Decisions aggregated over time, read-only."""
+
+    def traffic(self, since_ms: int, until_ms: int, bucket_ms: int, prices: Prices) -> list[TrafficBucket]:
+        """Decisions with ``since_ms <= ts < until_ms``, bucketed by ``ts // bucket_ms``,
+        each decision counted once however often it was delivered. Sorted by
+        (bucket_ms, clustering, cluster, model)."""
+        ...
+
+
+def counterfactual_cost_usd(prompt_tokens: int, completion_tokens: int, prices: Prices) -> float:
+    """What the same tokens cost at the pool's most expensive rate for them."""
+    if not prices.price_in_per_mtok:
+        return 0.0
+    return max(
+        (prompt_tokens * pin + completion_tokens * pout) / 1e6
+        for pin, pout in zip(prices.price_in_per_mtok, prices.price_out_per_mtok)
+    )
+
+
+def bucket_traffic(
+    decisions: Iterable[DecisionMade], since_ms: int, until_ms: int, bucket_ms: int, prices: Prices
+) -> list[TrafficBucket]:
+    """The pure aggregation behind ``HistoryStore.traffic`` (decisions already deduplicated)."""
+    if bucket_ms <= 0:
+        raise ValueError("bucket_ms must be positive")
+    acc: dict[tuple[int, int, int, str], list[float]] = {}
+    for d in decisions:
+        if not since_ms <= d.ts_ms < until_ms:
+            continue
+        key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model)
+        row = acc.setdefault(key, [0, 0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[4] += d.margin
+        if d.model:
+            row[1] += 1
+            row[2] += d.cost_usd
+            row[3] += counterfactual_cost_usd(d.prompt_tokens, d.completion_tokens, prices)
+    return [
+        TrafficBucket(b, c, k, m, int(v[0]), int(v[1]), v[2], v[3], v[4])
+        for (b, c, k, m), v in sorted(acc.items())
+    ]
+
+
+class MemoryHistory:
+    """In-memory adapter: give it the events the row store gets (``insert``), then query.
+
+    Idempotent by ``decision_id``, like the row stores.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decisions: dict[str, DecisionMade] = {}
+
+    def insert(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            for ev in events:
+                if isinstance(ev, DecisionMade):
+                    self._decisions.setdefault(ev.decision_id, ev)
+
+    def traffic(self, since_ms: int, until_ms: int, bucket_ms: int, prices: Prices) -> list[TrafficBucket]:
+        with self._lock:
+            decisions = list(self._decisions.values())
+        return bucket_traffic(decisions, since_ms, until_ms, bucket_ms, prices)
