@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from feedback.history import Prices, TrafficBucket
+from feedback.history import FAILOVER_POLICY, Prices, TrafficBucket
 
 __all__ = ["ClickHouseHistory", "uuid7_floor"]
 
@@ -38,20 +38,20 @@ class ClickHouseHistory:
             FROM (
                 SELECT decision_id, toUnixTimestamp64Milli(any(ts)) AS t, any(clustering) AS c,
                        any(cluster) AS k, if(any(arm) != '', any(arm), any(model)) AS m,
-                       any(model) != '' AS answered, any(cost_usd) AS cost, toFloat64(any(margin)) AS mg,
+                       any(model) != '' AND any(status) = 'ok' AS answered, any(cost_usd) AS cost, toFloat64(any(margin)) AS mg,
                        if(length({pin:Array(Float64)}) = 0, 0.,
                           arrayMax(arrayMap((a, o) -> (any(prompt_tokens) * a + any(completion_tokens) * o) / 1e6,
                                             {pin:Array(Float64)}, {pout:Array(Float64)}))) AS cf
                 FROM decisions
                 WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String}
                 GROUP BY decision_id
-                HAVING t >= {lo:Int64} AND t < {hi:Int64}
+                HAVING t >= {lo:Int64} AND t < {hi:Int64} AND any(policy) != {failover:String}
             )
             GROUP BY bucket, c, k, m
             ORDER BY bucket, c, k, m
         """
         params = {
-            "b": bucket_ms, "lo": since_ms, "hi": until_ms,
+            "b": bucket_ms, "failover": FAILOVER_POLICY, "lo": since_ms, "hi": until_ms,
             "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1),
             "pin": list(prices.price_in_per_mtok), "pout": list(prices.price_out_per_mtok),
         }  # fmt: skip

@@ -21,7 +21,10 @@ import msgspec
 
 from feedback.events import DecisionMade, Event
 
-__all__ = ["HistoryStore", "MemoryHistory", "Prices", "TrafficBucket", "bucket_traffic", "counterfactual_cost_usd"]
+__all__ = ["FAILOVER_POLICY", "HistoryStore", "MemoryHistory", "Prices", "TrafficBucket", "bucket_traffic", "counterfactual_cost_usd"]
+
+
+FAILOVER_POLICY = "failover"  # the policy of a failed attempt's own record (see service/chat.py)
 
 
 class Prices(msgspec.Struct, frozen=True):
@@ -35,8 +38,9 @@ class TrafficBucket(msgspec.Struct, frozen=True):
     """Decisions of one (bucket, clustering, cluster, chosen model).
 
     ``model`` is what the policy chose (the arm); ``answered`` counts those that got an answer
-    from some model (after failovers). Costs and the counterfactual are summed over answered
-    decisions; ``margin_sum`` over all of them.
+    from some model (status ok, after failovers). Costs and the counterfactual are summed over
+    answered decisions; ``margin_sum`` over all of them. Records of single failed attempts
+    (policy ``failover``) are not requests and are left out.
     """
 
     bucket_ms: int  # start of the bucket, a multiple of the bucket width
@@ -78,13 +82,13 @@ def bucket_traffic(
         raise ValueError("bucket_ms must be positive")
     acc: dict[tuple[int, int, int, str], list[float]] = {}
     for d in decisions:
-        if not since_ms <= d.ts_ms < until_ms:
+        if not since_ms <= d.ts_ms < until_ms or d.policy == FAILOVER_POLICY:
             continue
         key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model)
         row = acc.setdefault(key, [0, 0, 0.0, 0.0, 0.0])
         row[0] += 1
         row[4] += d.margin
-        if d.model:
+        if d.model and d.status == "ok":
             row[1] += 1
             row[2] += d.cost_usd
             row[3] += counterfactual_cost_usd(d.prompt_tokens, d.completion_tokens, prices)

@@ -24,10 +24,12 @@ def store(request, chdb_dir, ch_database):
     return ClickHouseRowStore(client).insert, ClickHouseHistory(client)
 
 
-def _d(ts_ms: int, *, cluster=0, arm="a", model=None, clustering=1, cost=0.001, margin=0.5, p=100, c=200):
+def _d(ts_ms: int, *, cluster=0, arm="a", model=None, clustering=1, cost=0.001, margin=0.5, p=100, c=200,
+       status="ok", policy="auto"):
     return DecisionMade(event_id=uuid7(ts_ms), decision_id=uuid7(ts_ms), ts_ms=ts_ms, clustering=clustering,
                         cluster=cluster, arm=arm, model=arm if model is None else model, cost_usd=cost,
-                        margin=margin, prompt_tokens=p, completion_tokens=c)  # fmt: skip
+                        margin=margin, prompt_tokens=p, completion_tokens=c, status=status,
+                        policy=policy)  # fmt: skip
 
 
 def test_counterfactual_is_the_most_expensive_rate_for_the_same_tokens():
@@ -43,9 +45,10 @@ def test_traffic_buckets_per_cluster_and_chosen_model(store):
     a = _d(T0 + 1_000, cluster=0, arm="a", cost=0.001, margin=0.25)
     b = _d(T0 + 2_000, cluster=0, arm="a", cost=0.003, margin=0.75)
     c = _d(T0 + 3_000, cluster=1, arm="b", model="a", cost=0.002)  # failed over from b to a
-    e = _d(T0 + 61_000, cluster=0, arm="b", model="", cost=0.0)  # no model answered
+    e = _d(T0 + 61_000, cluster=0, arm="b", model="", cost=0.0, status="error")  # no model answered
     f = _d(T0 + 62_000, cluster=0, arm="a", clustering=2)  # a newer clustering
-    insert([a, b, c, e, f, FeedbackGiven(event_id=uuid7(), decision_id=a.decision_id, ts_ms=T0 + 5, reward=1.0)])
+    attempt = _d(T0 + 3_000, cluster=1, arm="b", status="error", policy="failover")  # c's failed attempt
+    insert([a, b, c, e, f, attempt, FeedbackGiven(event_id=uuid7(), decision_id=a.decision_id, ts_ms=T0 + 5, reward=1.0)])
     insert([a, c])  # redelivered: counted once
     cf = counterfactual_cost_usd(100, 200, PRICES)
     got = history.traffic(T0, T0 + 120_000, 60_000, PRICES)
