@@ -16,10 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from feedback.clickhouse_dedup import fresh
+from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
 from feedback.ports import DecisionRef, DecisionStats, RewardRow, SnapshotInfo
 
-__all__ = ["ClickHouseRowStore", "ClickHouseSnapshotStore", "connect", "migrate", "MIGRATIONS_DIR"]
+__all__ = [
+    "ClickHouseDeadLetterStore", "ClickHouseRowStore", "ClickHouseSnapshotStore", "connect", "migrate", "MIGRATIONS_DIR",
+]  # fmt: skip
 
 log = logging.getLogger("turnout.clickhouse")
 
@@ -145,9 +149,12 @@ class ClickHouseRowStore:
             return self._client.query(sql, parameters=params or {}).result_rows
 
     def insert(self, events: Sequence[Event]) -> None:
+        """Insert the events not stored yet (idempotent: see ``feedback.clickhouse_dedup``)."""
         decisions = [e for e in events if isinstance(e, DecisionMade)]
         feedback = [e for e in events if isinstance(e, FeedbackGiven)]
         with self._lock:
+            decisions = fresh(self._client, "decisions", "decision_id", decisions, key=lambda d: d.decision_id)
+            feedback = fresh(self._client, "feedback", "event_id", feedback, key=lambda f: f.event_id)
             if decisions:
                 self._client.insert_arrow("decisions", _decisions_table(decisions))
             if feedback:
@@ -265,3 +272,32 @@ class ClickHouseSnapshotStore:
                 parameters={"n": limit},
             ).result_rows
         return [SnapshotInfo(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+
+
+class ClickHouseDeadLetterStore:
+    """Dead letters in the ``dead_letters`` table (migration 010); idempotent by ``letter_id``."""
+
+    _COLUMNS = ("letter_id", "topic", "partition", "offset", "key", "error", "payload", "received_at")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        with self._lock:
+            letters = fresh(self._client, "dead_letters", "letter_id", letters, key=lambda x: x.letter_id)
+            if letters:
+                rows = [[x.letter_id, x.topic, x.partition, x.offset, x.key, x.error, x.payload, _ts(x.received_ms)]
+                        for x in letters]  # fmt: skip
+                self._client.insert("dead_letters", rows, column_names=list(self._COLUMNS))
+
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        with self._lock:
+            rows = self._client.query(
+                "SELECT letter_id, any(topic), any(partition), any(offset) AS o, any(key) AS k, any(error), "
+                "any(payload) AS p, toUnixTimestamp64Milli(any(received_at)) AS r FROM dead_letters "
+                "GROUP BY letter_id ORDER BY r, o LIMIT {n:UInt64}",
+                parameters={"n": limit}, column_formats={"k": "bytes", "p": "bytes"},
+            ).result_rows  # fmt: skip
+        return [DeadLetter(letter_id=r[0], topic=r[1], partition=int(r[2]), offset=int(r[3]), key=bytes(r[4]),
+                           error=r[5], payload=bytes(r[6]), received_ms=int(r[7])) for r in rows]  # fmt: skip

@@ -62,7 +62,7 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     sys.setswitchinterval(0.0005)
     if args.demo and not args.learn_interval_s:
         settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
-    rt = Runtime(settings, learner=learner)
+    rt = Runtime(settings, learner=learner, embedded_sink=learner)  # kafka backend: `up` runs the sink too
     where = f"http://{settings.server.host}:{settings.server.port}"
     if rt.simulated:
         print(f"turnout: no providers configured, serving the simulated model pool from simulations/ "
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description="An adaptive LLM router that learns from its traffic.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(load_settings=_settings)  # for commands registered by other packages (turnout sink)
 
     up = sub.add_parser("up", help="service, event bus, ClickHouse and learner in one process")
     _serve_args(up)

@@ -27,9 +27,25 @@ from service.routing import Pricing, Router
 from service.settings import Settings
 from service.upstream import Upstream
 
-__all__ = ["Runtime", "build_embedder", "build_runtime", "pool_from_settings"]
+__all__ = ["Runtime", "build_embedder", "build_event_sink", "build_runtime", "pool_from_settings"]
 
 log = logging.getLogger("turnout")
+
+
+def build_event_sink(settings: Settings, rows: RowStore) -> EventSink:
+    """Where the service's events go: the in-process bus, or Kafka with a spill journal."""
+    ev = settings.events
+    if ev.backend != "kafka":
+        return InProcessBus(rows)
+    from feedback.kafka import KafkaEventSink
+    from feedback.spill import SpillJournal
+
+    journal = SpillJournal(ev.spill_path(settings.storage.data_dir), ev.spill_max_bytes)
+    return KafkaEventSink(
+        ev.bootstrap_servers, journal, decisions_topic=ev.decisions_topic, feedback_topic=ev.feedback_topic,
+        buffer_events=ev.buffer_events, batch_events=ev.send_batch_events, compression=ev.compression,
+        send_timeout_s=ev.send_timeout_s, retry_max_s=ev.retry_max_s,
+    )  # fmt: skip
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -117,7 +133,7 @@ class Runtime:
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None, rows: RowStore | None = None,
                  snapshots: SnapshotStore | None = None, sink: EventSink | None = None,
                  upstreams: dict[str, Upstream] | None = None, learner: bool = True,
-                 sim_latency_scale: float | None = None) -> None:  # fmt: skip
+                 sim_latency_scale: float | None = None, embedded_sink: bool = False) -> None:  # fmt: skip
         self.settings = settings
         self.client: Any = None
         if rows is None or snapshots is None:
@@ -131,7 +147,18 @@ class Runtime:
         pool, prior, ups, examples, self.simulated = pool_from_settings(settings, sim_latency_scale, settings.router.seed)
         self.pool, self.prior = pool, prior
         self.upstreams = upstreams or ups
-        self.sink = sink or InProcessBus(self.rows)
+        self.sink = sink or build_event_sink(settings, self.rows)
+        # backend "kafka" in one process (``turnout up``): the Kafka -> ClickHouse sink runs here too
+        self.pipeline: Any = None
+        self._pipeline_stop: Any = None
+        self._pipeline_thread: Any = None
+        if embedded_sink and settings.events.backend == "kafka":
+            from feedback.cli import build_sink
+            from feedback.clickhouse import ClickHouseDeadLetterStore
+            from feedback.deadletters import MemoryDeadLetterStore
+
+            dead = ClickHouseDeadLetterStore(self.client) if self.client is not None else MemoryDeadLetterStore()
+            self.pipeline = build_sink(settings, self.rows, dead)
         pricing = Pricing(prior.models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
         self.router = Router(pricing, settings.router.thompson_samples, settings.router.seed)
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
@@ -152,8 +179,29 @@ class Runtime:
             publish=self.router.swap, before=lambda: self.sink.flush(30.0),
         )  # fmt: skip
         self.learner_enabled = learner
-        self.app = create_app(settings, Deps(self.chat, self.sink))
+        self.app = create_app(settings, Deps(self.chat, self.sink, extra_state=self.event_state))
         self._scheduler: Any = None
+
+    def event_state(self) -> dict[str, Any]:
+        """The event path for state and metrics: producer buffer, spill journal, embedded sink."""
+        out: dict[str, Any] = {}
+        stats = getattr(self.sink, "stats", None)
+        if stats is not None:
+            out["events"] = stats()
+        if self.pipeline is not None:
+            out["sink"] = self.pipeline.stats()
+        return out
+
+    def start_pipeline(self) -> None:
+        """Run the embedded Kafka -> ClickHouse sink in a thread (backend "kafka", one process)."""
+        import threading
+
+        if self.pipeline is None or self._pipeline_thread is not None:
+            return
+        self._pipeline_stop = threading.Event()
+        self._pipeline_thread = threading.Thread(target=self.pipeline.run, args=(self._pipeline_stop,),
+                                                 name="turnout-sink", daemon=True)  # fmt: skip
+        self._pipeline_thread.start()
 
     def poll_snapshot(self) -> None:
         """Swap in a newer stored snapshot (when the learner runs in another process)."""
@@ -180,12 +228,17 @@ class Runtime:
             self._scheduler.add_job(self.poll_snapshot, "interval", seconds=self.settings.learner.snapshot_poll_s,
                                     max_instances=1, coalesce=True, id="poll-snapshot")  # fmt: skip
         self._scheduler.start()
+        self.start_pipeline()
 
     def stop(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
         self.sink.close()
+        if self._pipeline_thread is not None:
+            self._pipeline_stop.set()
+            self._pipeline_thread.join(timeout=30)
+            self._pipeline_thread = None
 
 
 def data_dir(settings: Settings) -> Path:

@@ -61,6 +61,16 @@ class EventsSettings(_Config):
     sink_group: str = "turnout-sink"
     sink_batch_events: int = 5000
     sink_batch_s: float = 0.5
+    # producer (service) and sink details; see docs/pipeline.md
+    compression: Literal["lz4", "gzip", "none"] = "lz4"
+    send_batch_events: int = 2000  # events per producer batch (one wait for acks each)
+    send_timeout_s: float = 10.0  # how long a batch may wait for acks before it is journaled
+    retry_max_s: float = 5.0  # longest backoff between attempts (producer replay, sink store)
+    sink_session_timeout_ms: int = 10_000
+    sink_max_poll_interval_ms: int = 300_000  # a batch held longer than half of this is re-read
+
+    def spill_path(self, data_dir: str) -> str:
+        return self.spill_dir or str(Path(data_dir) / "spill")
 
 
 class ModelSettings(_Config):

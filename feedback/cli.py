@@ -1,0 +1,66 @@
+"""``turnout sink``: the Kafka -> ClickHouse sink as its own process.
+
+    turnout sink [--config turnout.toml] [--data-dir DIR]
+
+Reads ``[events]`` (bootstrap servers, topics, group, batch size and time) and ``[storage]``
+(ClickHouse DSN and database), applies the migrations, and runs until SIGTERM or Ctrl-C, after
+which the batch in hand is either stored and committed or left uncommitted for the next run.
+
+The settings are loaded by ``service.cli`` (``args.load_settings``), which registers this
+command; this package does not import ``service``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from typing import Any
+
+from feedback.sink import Sink
+
+__all__ = ["build_sink", "register"]
+
+log = logging.getLogger("turnout.sink")
+
+
+def build_sink(settings: Any, rows: Any, dead_letters: Any) -> Sink:
+    """The sink wired from ``settings.events`` onto the given stores (composition, no I/O)."""
+    ev = settings.events
+    return Sink(
+        ev.bootstrap_servers, rows, dead_letters, topics=(ev.decisions_topic, ev.feedback_topic),
+        dlq_topic=ev.dlq_topic, group_id=ev.sink_group, batch_events=ev.sink_batch_events, batch_s=ev.sink_batch_s,
+        session_timeout_ms=ev.sink_session_timeout_ms, max_poll_interval_ms=ev.sink_max_poll_interval_ms,
+        retry_max_s=ev.retry_max_s,
+    )  # fmt: skip
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect, migrate
+
+    settings = args.load_settings(args)
+    client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
+    migrate(client)
+    sink = build_sink(settings, ClickHouseRowStore(client), ClickHouseDeadLetterStore(client))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the batch in hand, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ev = settings.events
+    print(f"turnout sink: {ev.bootstrap_servers} [{ev.decisions_topic}, {ev.feedback_topic}] -> "
+          f"{settings.storage.dsn()} (group {ev.sink_group}); SIGTERM stops", flush=True)  # fmt: skip
+    sink.run(stop)
+    log.info("sink stopped: %s", sink.stats())
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("sink", help="consume events from Kafka into ClickHouse")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="where the embedded ClickHouse keeps its data (default ./.turnout)")
+    p.set_defaults(func=cmd_sink)

@@ -1,0 +1,295 @@
+"""The sink: a Kafka consumer group that stores events in ClickHouse, losing and duplicating nothing.
+
+One loop, one batch at a time::
+
+    poll until batch_events records or batch_s seconds  ->  decode + validate each record
+    ->  store the events (row store, idempotent by id) and the dead letters (store + DLQ topic)
+    ->  commit the batch's offsets
+
+Offsets are committed only after the batch is stored, so a crash at any point re-reads an
+uncommitted batch, and the row store's idempotent insert makes the re-read change nothing.
+A store that fails is retried with backoff and nothing is committed; a batch held longer than
+``hold_max_s`` is abandoned and re-read from Kafka (so a long ClickHouse outage never outlives the
+group's ``max_poll_interval_ms``). A record that is not a valid event (bad bytes, unknown schema
+version, values out of range) becomes a ``DeadLetter`` and the stream behind it goes on.
+``stop`` (SIGTERM in ``turnout sink``) lets the batch in hand finish storing and committing, or
+abandons it uncommitted while it is waiting to retry.
+
+A topic that disappears and comes back (a broker that lost its storage) is a new log: the
+sink notices the new topic id and reads it from the beginning (duplicates are harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any, Sequence
+
+import msgspec
+
+from feedback.deadletters import DeadLetter, DeadLetterStore, letter_id
+from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
+from feedback.kafka import Producer, ensure_topics
+from feedback.ports import RowStore
+
+__all__ = ["Sink", "check_event", "split_batch"]
+
+log = logging.getLogger("turnout.sink")
+
+_U32 = 1 << 32
+_I64 = 1 << 63
+
+
+def check_event(event: Event) -> str | None:
+    """Why an event must not be stored (None when it is fine): what ClickHouse columns can hold."""
+    if not 1 <= event.schema_version <= SCHEMA_VERSION:
+        return f"unsupported schema_version {event.schema_version} (this sink reads 1..{SCHEMA_VERSION})"
+    if not event.event_id or not event.decision_id:
+        return "event_id and decision_id must not be empty"
+    if not 0 <= event.ts_ms < _I64:
+        return f"ts_ms {event.ts_ms} out of range"
+    if isinstance(event, DecisionMade):
+        for name in ("clustering", "cluster", "prompt_tokens", "completion_tokens"):
+            if not 0 <= getattr(event, name) < _U32:
+                return f"{name} {getattr(event, name)} out of range"
+        if not 0 <= event.snapshot_version < 2 * _I64 or event.fallbacks < 0:
+            return "snapshot_version or fallbacks out of range"
+        if not all(math.isfinite(v) for v in (event.margin, event.propensity, event.cost_usd, event.latency_ms)):
+            return "a number is not finite"
+        if not 0.0 <= event.propensity <= 1.0:
+            return f"propensity {event.propensity} not in [0, 1]"
+        if len(event.embedding) % 4:
+            return "embedding is not whole float32 values"
+    elif not (math.isfinite(event.reward) and 0.0 <= event.reward <= 1.0):
+        return f"reward {event.reward} not in [0, 1]"
+    return None
+
+
+def split_batch(records: Sequence[Any], now_ms: int) -> tuple[list[Event], list[DeadLetter]]:
+    """Consumer records -> (valid events, dead letters), in order."""
+    events: list[Event] = []
+    letters: list[DeadLetter] = []
+    for r in records:
+        payload = r.value if r.value is not None else b""
+        try:
+            event = decode_event(payload)
+            error = check_event(event)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            error = f"undecodable: {exc}"
+        if error is None:
+            events.append(event)
+        else:
+            letters.append(DeadLetter(
+                letter_id=letter_id(r.topic, r.partition, r.offset, payload), topic=r.topic, partition=r.partition,
+                offset=r.offset, key=r.key or b"", error=error, payload=payload, received_ms=now_ms,
+            ))  # fmt: skip
+    return events, letters
+
+
+class Sink:
+    """Kafka (decisions, feedback topics) -> row store + dead letters. ``run(stop)`` until stopped."""
+
+    def __init__(self, bootstrap_servers: str, rows: RowStore, dead_letters: DeadLetterStore, *,
+                 topics: Sequence[str] = ("turnout.decisions", "turnout.feedback"), dlq_topic: str = "turnout.dlq",
+                 group_id: str = "turnout-sink", batch_events: int = 5000, batch_s: float = 0.5,
+                 session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000, retry_max_s: float = 5.0,
+                 hold_max_s: float | None = None, client_id: str = "turnout-sink") -> None:  # fmt: skip
+        self._bootstrap = bootstrap_servers
+        self._rows = rows
+        self._dead = dead_letters
+        self._topics = tuple(topics)
+        self._dlq_topic = dlq_topic
+        self._group = group_id
+        self._batch_events = batch_events
+        self._batch_s = batch_s
+        self._session_timeout_ms = session_timeout_ms
+        self._max_poll_interval_ms = max_poll_interval_ms
+        self._retry_max_s = retry_max_s
+        self._hold_max_s = hold_max_s if hold_max_s is not None else max_poll_interval_ms / 1000 * 0.5
+        self._client_id = client_id
+        self._consumer: Any = None
+        self._dlq = Producer(bootstrap_servers, client_id=client_id + "-dlq")
+        self._topic_ids: dict[str, Any] = {}
+        self._recreated: set[str] = set()
+        self._ids_lock = threading.Lock()
+        self.batches = 0
+        self.events = 0  # valid events stored (duplicates included: the store drops those)
+        self.dead_lettered = 0
+        self.store_failures = 0
+        self.commit_failures = 0
+        self.abandoned = 0
+        self.restarts = 0
+        self.running = threading.Event()  # set once the consumer has joined and polled
+
+    def stats(self) -> dict[str, Any]:
+        return {"batches": self.batches, "events": self.events, "dead_letters": self.dead_lettered,
+                "store_failures": self.store_failures, "commit_failures": self.commit_failures,
+                "abandoned_batches": self.abandoned, "consumer_restarts": self.restarts}  # fmt: skip
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                if self._consumer is None and not self._connect():
+                    stop.wait(backoff)
+                    backoff = min(self._retry_max_s, backoff * 2)
+                    continue
+                backoff = 0.1
+                records = self._poll_batch(stop)
+                if self._take_recreated():
+                    continue  # what was polled may come from a stale position: drop it, re-read
+                if not records:
+                    continue
+                if self._store(records, stop):
+                    self._commit(records)
+                    self.batches += 1
+                elif not stop.is_set():
+                    self._rewind(records)
+        finally:
+            self._close()
+
+    def _connect(self) -> bool:
+        from kafka import KafkaConsumer
+
+        try:
+            ensure_topics(self._bootstrap, (*self._topics, self._dlq_topic))
+            consumer = KafkaConsumer(
+                bootstrap_servers=self._bootstrap.split(","), group_id=self._group, client_id=self._client_id,
+                enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=max(100, self._session_timeout_ms // 6),
+                max_poll_interval_ms=self._max_poll_interval_ms, max_poll_records=self._batch_events,
+                request_timeout_ms=max(self._session_timeout_ms + 5000, 15_000), metadata_max_age_ms=30_000,
+                bootstrap_timeout_ms=2000, fetch_max_wait_ms=100,
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("sink cannot reach Kafka at %s: %s", self._bootstrap, exc)
+            return False
+        consumer.subscribe(list(self._topics))
+        self._watch_topic_ids(consumer)
+        self._consumer = consumer
+        log.info("sink consuming %s as group %s", ", ".join(self._topics), self._group)
+        return True
+
+    def _poll_batch(self, stop: threading.Event) -> list[Any]:
+        records: list[Any] = []
+        deadline = None
+        while len(records) < self._batch_events and not stop.is_set():
+            wait_ms = 100 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            polled = self._consumer.poll(timeout_ms=wait_ms, max_records=self._batch_events - len(records))
+            for batch in polled.values():
+                records.extend(batch)
+            if self._consumer.assignment():
+                self.running.set()
+            if records and deadline is None:
+                deadline = time.monotonic() + self._batch_s
+            if not records or (deadline is not None and time.monotonic() >= deadline):
+                break
+        return records
+
+    def _store(self, records: list[Any], stop: threading.Event) -> bool:
+        """Store the batch; retry with backoff. False if abandoned (stopping or held too long)."""
+        events, letters = split_batch(records, int(time.time() * 1000))
+        started = time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                if events:
+                    self._rows.insert(events)
+                if letters:
+                    self._dead.insert_dead_letters(letters)
+                    self._publish_dead_letters(letters)
+                self.events += len(events)
+                self.dead_lettered += len(letters)
+                return True
+            except Exception as exc:
+                self.store_failures += 1
+                log.warning("sink could not store a batch of %d events (%d dead letters), retrying in %.2f s: %s",
+                            len(events), len(letters), delay, exc)  # fmt: skip
+            if stop.wait(delay):
+                log.warning("sink stopping: batch of %d records abandoned uncommitted", len(records))
+                return False
+            if time.monotonic() - started > self._hold_max_s:
+                self.abandoned += 1
+                log.warning("sink held a batch for %.0f s: re-reading it from Kafka", time.monotonic() - started)
+                return False
+            delay = min(self._retry_max_s, delay * 2)
+
+    def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        records = [(self._dlq_topic, x.key, x.payload) for x in letters]
+        headers = [[("error", x.error.encode()), ("topic", x.topic.encode()), ("partition", str(x.partition).encode()),
+                    ("offset", str(x.offset).encode())] for x in letters]  # fmt: skip
+        acked = self._dlq.send_all(records, headers)
+        if not all(acked):
+            raise RuntimeError(f"dead-letter topic {self._dlq_topic} took {sum(acked)} of {len(acked)} messages")
+
+    def _commit(self, records: list[Any]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        last: dict[Any, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            last[tp] = max(last.get(tp, -1), r.offset)
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items()})
+        except Exception as exc:  # rebalanced or broker gone: the batch is stored; a re-read is deduplicated
+            self.commit_failures += 1
+            log.warning("sink commit failed (the stored batch may be read again, harmlessly): %s", exc)
+
+    def _rewind(self, records: list[Any]) -> None:
+        from kafka.structs import TopicPartition
+
+        first: dict[Any, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        owned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in owned:
+                self._consumer.seek(tp, offset)
+
+    # -- a topic recreated under the same name --------------------------------------------------
+
+    def _watch_topic_ids(self, consumer: Any) -> None:
+        # kafka-python keeps topic ids in its cluster metadata; a changed id means the topic was
+        # deleted and created again, and positions in the old log mean nothing in the new one.
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        if cluster is None or not hasattr(cluster, "topic_id"):
+            return
+
+        def on_metadata(c: Any) -> None:
+            with self._ids_lock:
+                for topic in self._topics:
+                    tid = c.topic_id(topic)
+                    if tid is None:
+                        continue
+                    prev = self._topic_ids.get(topic)
+                    if prev is not None and prev != tid:
+                        self._recreated.add(topic)
+                    self._topic_ids[topic] = tid
+
+        cluster.add_listener(on_metadata)
+
+    def _take_recreated(self) -> bool:
+        with self._ids_lock:
+            topics, self._recreated = self._recreated, set()
+        if not topics:
+            return False
+        self.restarts += 1
+        tps = [tp for tp in self._consumer.assignment() if tp.topic in topics]
+        log.warning("topics %s were recreated: reading them again from the beginning", ", ".join(sorted(topics)))
+        if tps:
+            self._consumer.seek_to_beginning(*tps)
+        return True
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False, timeout_ms=2000)
+            except Exception:
+                log.debug("closing the consumer", exc_info=True)
+            self._consumer = None
+        self._dlq.close(timeout_s=2.0)
