@@ -78,6 +78,10 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     stream: bool = False
     embedding: bytes = b""
     prompt_text: str = ""
+    # set on the record of one failed attempt (policy "failover", status "error"): the decision it
+    # was an attempt of. Its own decision_id carries the "upstream_error" feedback of that model,
+    # so the policy's arm and propensity stay on the parent alone.
+    parent_decision_id: str = ""
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

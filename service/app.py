@@ -1,8 +1,15 @@
-"""The Litestar application: ``create_app(settings, deps)`` builds it; nothing at import time."""
+"""The Litestar application: ``create_app(settings, deps)`` builds it; nothing at import time.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/feedback``, ``GET /v1/models``,
+``GET /v1/router/state``, ``GET /healthz``, ``GET /metrics`` (Prometheus text) and the OpenAPI
+document at ``/schema/openapi.json``. With API keys configured, the ``/v1`` routes need
+``Authorization: Bearer``; ``/healthz``, ``/metrics`` and ``/schema`` do not.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import anyio
@@ -12,33 +19,89 @@ from litestar import Litestar, Request, Response, get, post
 from feedback.ports import EventSink
 from service.chat import ChatService
 from service.errors import ApiError, exception_handlers
+from service.failover import CLOSED, HALF_OPEN, OPEN
+from service.openapi import body_operation, openapi_config
+from service.schemas import ChatRequest, FeedbackRequest
 from service.settings import Settings
 from service.state import router_state
+from service.tenants import TenantDirectory
 
 __all__ = ["Deps", "create_app"]
 
 log = logging.getLogger("turnout.app")
 _enc = msgspec.json.Encoder()
+_CIRCUIT_CODE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
 class Deps:
     """What the HTTP layer needs, built by the composition root (``service.runtime``)."""
 
-    def __init__(self, chat: ChatService, sink: EventSink, extra_state: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, chat: ChatService, sink: EventSink, extra_state: Callable[[], dict[str, Any]] | None = None,
+                 tenants: TenantDirectory | None = None) -> None:  # fmt: skip
         self.chat = chat
         self.sink = sink
         self.extra_state = extra_state or (lambda: {})
+        self.tenants = tenants or TenantDirectory([])
 
 
 def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=_enc.encode(obj), status_code=status, media_type="application/json")
 
 
+def _circuits(chat: ChatService) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"state": b.state, "retry_in_s": round(b.retry_in_s(), 3), "opened": b.opened}
+        for name, b in chat.failover.breakers.items()
+    }
+
+
+def _spill_bytes(sink: EventSink) -> float:
+    stats = getattr(sink, "stats", None)
+    return float(stats().get("spill_bytes", 0)) if callable(stats) else 0.0
+
+
+def _register_gauges(chat: ChatService, sink: EventSink) -> None:
+    m = chat.metrics
+
+    def posterior_means():
+        view = chat.router.view
+        for c in range(view.mean.shape[0]):
+            for j, model in enumerate(view.models):
+                yield (str(c), model), float(view.mean[c, j])
+
+    m.add_gauge("turnout_posterior_mean", "Posterior mean answer quality per cluster and model.",
+                ("cluster", "model"), posterior_means)  # fmt: skip
+    m.add_gauge("turnout_circuit_state", "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.", ("model",),
+                lambda: [((n, ), _CIRCUIT_CODE[b.state]) for n, b in chat.failover.breakers.items()])  # fmt: skip
+    m.add_gauge("turnout_circuit_opened", "Times each provider's circuit opened.", ("model",),
+                lambda: [((n,), b.opened) for n, b in chat.failover.breakers.items()])  # fmt: skip
+    m.add_gauge("turnout_snapshot_version", "Version of the live snapshot.", (),
+                lambda: [((), chat.router.view.snapshot.version)])  # fmt: skip
+    m.add_gauge("turnout_event_backlog", "Events accepted and not yet stored or acknowledged.", (),
+                lambda: [((), getattr(sink, "backlog", 0))])  # fmt: skip
+    m.add_gauge("turnout_event_spill_bytes", "Bytes of events spilled to disk while the broker is away.", (),
+                lambda: [((), _spill_bytes(sink))])  # fmt: skip
+
+
 def create_app(settings: Settings, deps: Deps) -> Litestar:
     chat = deps.chat
+    tenants = deps.tenants
+    _register_gauges(chat, deps.sink)
+    rejected = chat.metrics.rejected
 
-    @post("/v1/chat/completions", status_code=200)
+    def caller_of(request: Request) -> Any:
+        try:
+            caller = tenants.authenticate(request.headers.get("authorization"))
+            tenants.throttle(caller)
+        except ApiError as exc:
+            rejected.inc("unauthorized" if exc.status == 401 else "rate_limited")
+            raise
+        return caller
+
+    @post("/v1/chat/completions", status_code=200, operation_class=body_operation(ChatRequest))
     async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        caller = caller_of(request)
         raw = await request.body()
         if b'"stream"' in raw:
             try:
@@ -46,23 +109,26 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
             except msgspec.MsgspecError:
                 wants_stream = False
             if wants_stream:
-                return await chat.stream(raw)
-        return await chat.complete(raw)
+                return await chat.stream(raw, caller, request.headers, started)
+        return await chat.complete(raw, caller, request.headers, started)
 
-    @post("/v1/feedback", status_code=202)
+    @post("/v1/feedback", status_code=202, operation_class=body_operation(FeedbackRequest))
     async def feedback(request: Request) -> Response:
+        caller = caller_of(request)
         body = chat.parse_feedback(await request.body())
         ref = chat.decisions.cached(body.decision_id)
         if ref is None:
             ref = await anyio.to_thread.run_sync(chat.decisions.lookup, body.decision_id)
-        return _json(chat.feedback(body, ref), 202)
+        return _json(chat.feedback(body, ref, caller), 202)
 
     @get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        caller = caller_of(request)
+        allowed = set(caller.tenant.models) or {m.name for m in chat.pool}
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout", "turnout_kind": "policy"}
                 for name in chat.policies]  # fmt: skip
         data += [{"id": m.name, "object": "model", "created": 0, "owned_by": "turnout", "turnout_kind": "model"}
-                 for m in chat.pool]  # fmt: skip
+                 for m in chat.pool if m.name in allowed]  # fmt: skip
         return _json({"object": "list", "data": data})
 
     @get("/healthz")
@@ -72,21 +138,33 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         return _json({"status": "ok", "snapshot_version": view.snapshot.version, "event_backlog": backlog})
 
     @get("/v1/router/state")
-    async def state() -> Response:
-        extra = {"event_backlog": getattr(deps.sink, "backlog", 0), "snapshots_rejected": chat.router.rejected}
+    async def state(request: Request) -> Response:
+        caller_of(request)
+        extra = {"event_backlog": getattr(deps.sink, "backlog", 0), "snapshots_rejected": chat.router.rejected,
+                 "circuits": _circuits(chat)}  # fmt: skip
         extra.update(deps.extra_state())
         return _json(router_state(chat.router.view, extra))
 
+    @get("/metrics", media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def close_upstreams() -> None:
+        for upstream in chat.upstreams.values():
+            try:
+                await upstream.aclose()
+            except Exception:  # shutting down: a provider that fails to close must not stop the rest
+                log.warning("closing upstream failed", exc_info=True)
+
     return Litestar(
-        route_handlers=[chat_completions, feedback, models, healthz, state],
+        route_handlers=[chat_completions, feedback, models, healthz, state, metrics],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,
-        openapi_config=None,
+        openapi_config=openapi_config(),
+        on_shutdown=[close_upstreams],
         debug=False,
     )
 
 
 class _StreamFlag(msgspec.Struct):
     stream: bool = False
-
-

@@ -1,13 +1,21 @@
-"""The chat-completions request path: parse, route, dispatch with failover, answer, emit.
+"""The chat-completions request path: parse, screen (rules), route, dispatch with failover, emit.
 
-Nothing here waits on Kafka or ClickHouse: events go to the sink's in-memory buffer.
+Nothing here waits on Kafka or ClickHouse: events go to the sink's in-memory buffer. Per
+request the path does: decode the body, run the rules, embed the last user message, take one
+Thompson decision from the live snapshot, call the provider (failing over by the posterior),
+encode the answer, publish the events. Everything else (learning, storage) is elsewhere.
+
+A failed attempt is recorded as its own ``DecisionMade`` (policy ``failover``, status ``error``,
+``parent_decision_id`` = the request's decision) with a ``FeedbackGiven`` of kind
+``upstream_error`` and reward 0 on it: negative evidence for the model that failed, while the
+policy's arm and propensity stay on the request's own decision.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 import msgspec
 import numpy as np
@@ -20,21 +28,27 @@ from learner.embedding import Embedder, prompt_hash
 from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
 from service.errors import ApiError, validation_error
+from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, RetryPolicy
+from service.metrics import Registry
+from service.rerequest import RerequestTracker
 from service.routing import RouteChoice, Router
+from service.rules import NoCandidate, Rules
 from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
     FeedbackAccepted, FeedbackRequest, Usage, message_text,
 )  # fmt: skip
 from service.simulated import estimate_tokens
-from service.upstream import Chunk, Upstream, UpstreamCall, UpstreamError
+from service.tenants import ANONYMOUS, Caller, FeedbackCap
+from service.upstream import Chunk, Completion, Upstream, UpstreamCall, UpstreamError
 
-__all__ = ["ChatService", "PoolModel", "PolicyWeights"]
+__all__ = ["ChatService", "PolicyWeights", "PoolModel", "Routed"]
 
 log = logging.getLogger("turnout.chat")
 
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _feedback_decoder = msgspec.json.Decoder(FeedbackRequest)
 _enc = msgspec.json.Encoder()
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 class PoolModel(msgspec.Struct, frozen=True):
@@ -42,11 +56,25 @@ class PoolModel(msgspec.Struct, frozen=True):
     upstream_model: str
     price_in_per_mtok: float
     price_out_per_mtok: float
+    tier: float = 0.6
+    context_window: int = 128_000
 
 
 class PolicyWeights(msgspec.Struct, frozen=True):
     cost_weight: float
     latency_weight: float = 0.0
+
+
+class Routed(msgspec.Struct, frozen=True):
+    """What routing decided for one request."""
+
+    choice: RouteChoice
+    embedding: np.ndarray  # (d,) float32, unit norm
+    text: str  # the last user message
+    prompt_tokens: int
+    policy: str  # a policy name, "passthrough" (model asked by name) or "pinned" (a rule)
+    candidates: tuple[str, ...]  # models to try, in order
+    safety_class: str = ""
 
 
 def _cost(model: PoolModel, prompt_tokens: int, completion_tokens: int) -> float:
@@ -67,6 +95,13 @@ class ChatService:
         rng: np.random.Generator,
         max_attempts: int,
         store_prompts: bool,
+        failover: Failover | None = None,
+        rules: Rules | None = None,
+        rerequests: RerequestTracker | None = None,
+        feedback_cap: FeedbackCap | None = None,
+        metrics: Registry | None = None,
+        session_header: str = "x-session-id",
+        log_requests: bool = False,
     ) -> None:
         self.embedder = embedder
         self.router = router
@@ -77,8 +112,17 @@ class ChatService:
         self.policies = policies
         self.decisions = decisions
         self.rng = rng
-        self.max_attempts = max_attempts
         self.store_prompts = store_prompts
+        self.failover = failover or Failover(
+            {m.name: CircuitBreaker() for m in pool}, RetryPolicy(max_attempts=max_attempts), rng
+        )
+        self.rules = rules or Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool])
+        self.rerequests = rerequests
+        self.feedback_cap = feedback_cap
+        self.metrics = metrics or Registry()
+        self.session_header = session_header
+        self.log_requests = log_requests
+        self._tenant_masks: dict[tuple[str, ...], np.ndarray] = {}
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -87,7 +131,7 @@ class ChatService:
             req = _chat_decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             raise validation_error(exc, "request body") from None
-        if req.model not in self.policies and req.model not in self.by_name:
+        if req.model not in self.policies and req.model not in self.by_name and req.model not in self.rules.aliases:
             known = ", ".join(sorted(self.policies) + sorted(self.by_name))
             raise ApiError(404, f"unknown model '{req.model}'; known models and policies: {known}",
                            param="model", code="model_not_found")  # fmt: skip
@@ -96,135 +140,260 @@ class ChatService:
                            param="messages", code="invalid_value")  # fmt: skip
         return req
 
-    def route(self, req: ChatRequest) -> tuple[RouteChoice, np.ndarray, str, int]:
+    def route(self, req: ChatRequest, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS) -> Routed:
+        """Rules, then embedding, then one Thompson decision among the models the rules allow."""
+        tenant = caller.tenant
         text = next(message_text(m) for m in reversed(req.messages) if m.role == "user")
         prompt_tokens = sum(estimate_tokens(message_text(m)) + 4 for m in req.messages)
-        embedding = self.embedder.embed([text])[0]
-        if req.model in self.by_name:  # pass-through: logged with propensity 1
-            view = self.router.view
-            arm = view.index[req.model]
-            allowed = np.zeros(len(view.models), dtype=bool)
-            allowed[arm] = True
-            choice = self.router.decide(embedding, prompt_tokens, 0.0, 0.0, allowed, 0)
-        else:
-            w = self.policies[req.model]
-            row = int(self.rng.integers(1 << 30))
-            choice = self.router.decide(embedding, prompt_tokens, w.cost_weight, w.latency_weight, None, row)
-        return choice, embedding, text, prompt_tokens
-
-    def _attempts(self, choice: RouteChoice, req: ChatRequest) -> list[int]:
-        if req.model in self.by_name:
-            return [choice.arm]
-        return [choice.arm, *choice.fallback_order][: self.max_attempts]
-
-    def _decision(self, req: ChatRequest, choice: RouteChoice, embedding: np.ndarray, text: str,
-                  decision_id: str, **fields) -> DecisionMade:  # fmt: skip
         view = self.router.view
+        policy = req.model if req.model in self.policies else tenant.policy
+        weights = self.policies[policy]
+        cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
+        try:
+            screen = self.rules.screen(
+                text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
+                costs=view.costs(prompt_tokens), requested=req.model, tenant=tenant.name,
+                tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
+            )  # fmt: skip
+        except NoCandidate as exc:
+            self.metrics.rejected.inc(exc.code)
+            raise ApiError(400, str(exc), param=exc.param, code=exc.code) from None
+        embedding = self.embedder.embed([text])[0]
+        if screen.pinned >= 0:  # logged with propensity 1
+            only = np.zeros(len(self.pool), dtype=bool)
+            only[screen.pinned] = True
+            choice = self.router.decide(embedding, prompt_tokens, 0.0, 0.0, only, 0)
+            policy = "passthrough" if screen.rule == "requested" else "pinned"
+            return Routed(choice, embedding, text, prompt_tokens, policy, (self.pool[screen.pinned].name,),
+                          screen.safety_class)  # fmt: skip
+        allowed = None if screen.allowed is self.rules.all else screen.allowed
+        row = int(self.rng.integers(1 << 30))
+        choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
+        escalated = self.rules.escalate(screen.allowed, choice.margin)
+        if escalated is not screen.allowed:  # unsure of the cluster: decide again among strong models
+            allowed = escalated
+            choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
+        if tenant.exploration_cap < 1.0:
+            choice = self._cap_exploration(choice, prompt_tokens, cost_weight, weights.latency_weight,
+                                           allowed, tenant.exploration_cap)  # fmt: skip
+        names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
+        return Routed(choice, embedding, text, prompt_tokens, policy, names, screen.safety_class)
+
+    def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
+        if not models:
+            return None
+        mask = self._tenant_masks.get(models)
+        if mask is None:
+            mask = np.array([m.name in models for m in self.pool], dtype=bool)
+            mask.setflags(write=False)
+            self._tenant_masks[models] = mask
+        return mask
+
+    def _cap_exploration(self, choice: RouteChoice, prompt_tokens: int, cost_weight: float, latency_weight: float,
+                         allowed: np.ndarray | None, cap: float) -> RouteChoice:  # fmt: skip
+        """Mix the Thompson policy with the greedy one: with probability 1 - cap take the model of
+        best posterior mean utility. Exploration (any other model) then takes at most ``cap`` of the
+        traffic, and the logged propensity is the mixture's, exact: cap * p_ts + (1 - cap) * [greedy]."""
+        view = self.router.view
+        utility = view.mean[choice.cluster] - (cost_weight * view.costs(prompt_tokens) + latency_weight * view.latency_s)
+        if allowed is not None:
+            utility = np.where(allowed, utility, -np.inf)
+        greedy = int(np.argmax(utility))
+        props = cap * np.asarray(choice.propensities)
+        props[greedy] += 1.0 - cap
+        arm = choice.arm if self.rng.random() < cap else greedy
+        order = tuple(int(j) for j in np.argsort(-utility) if j != arm and np.isfinite(utility[j]))
+        return msgspec.structs.replace(choice, arm=arm, propensity=float(props[arm]),
+                                       propensities=tuple(float(p) for p in props), fallback_order=order,
+                                       expected_cost_usd=float(view.costs(prompt_tokens)[arm]))  # fmt: skip
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _decision(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                  **fields) -> DecisionMade:  # fmt: skip
+        view = self.router.view
+        choice = routed.choice
+        keep = self.store_prompts or caller.tenant.store_prompts
         return DecisionMade(
             event_id=uuid7(),
             decision_id=decision_id,
             ts_ms=int(time.time() * 1000),
+            tenant=caller.tenant.name,
             user=req.user or "",
-            policy=req.model if req.model in self.policies else "passthrough",
             requested_model=req.model,
             snapshot_version=view.snapshot.version,
             clustering=view.snapshot.clustering,
             cluster=choice.cluster,
             margin=choice.margin,
-            arm=self.pool[choice.arm].name,
-            propensity=choice.propensity,
-            prompt_hash=prompt_hash(text),
+            prompt_hash=prompt_hash(routed.text),
             stream=req.stream,
-            embedding=np.ascontiguousarray(embedding, dtype="<f4").tobytes(),
-            prompt_text=text if self.store_prompts else "",
+            embedding=emb,
+            prompt_text=routed.text if keep else "",
             **fields,
         )
 
     def _emit(self, decision: DecisionMade) -> None:
         self.sink.publish(decision)
         self.decisions.remember(
-            DecisionRef(decision.decision_id, decision.tenant, decision.cluster, decision.model, decision.snapshot_version)
-        )
+            DecisionRef(decision.decision_id, decision.tenant, decision.cluster, decision.model, decision.snapshot_version),
+            decision.user,
+        )  # fmt: skip
+
+    def _emit_attempts(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                       attempts: list[Attempt]) -> None:  # fmt: skip
+        """Each failed attempt: its own decision record and an ``upstream_error`` reward of 0."""
+        for i, a in enumerate(attempts):
+            attempt_id = uuid7()
+            self._emit(self._decision(
+                req, caller, routed, attempt_id, emb, policy="failover", arm=a.model, propensity=1.0, model=a.model,
+                status="error", fallbacks=i, errors=(f"{a.model}: {a.error}",), latency_ms=a.latency_ms,
+                parent_decision_id=decision_id,
+            ))  # fmt: skip
+            self._negative(attempt_id, caller, req, "upstream_error")
+            self.metrics.upstream_errors.inc(a.model)
+
+    def _negative(self, decision_id: str, caller: Caller, req: ChatRequest, kind: str) -> None:
+        self.sink.publish(FeedbackGiven(event_id=uuid7(), decision_id=decision_id, ts_ms=int(time.time() * 1000),
+                                        reward=0.0, kind=kind, tenant=caller.tenant.name, user=req.user or ""))  # fmt: skip
+        self.metrics.feedback.inc(kind)
+
+    def _begin(self, req: ChatRequest, caller: Caller, routed: Routed, headers: Mapping[str, str],
+               started: float) -> tuple[str, bytes]:  # fmt: skip
+        """The decision id and embedding bytes; re-request detection; the overhead metric."""
+        decision_id = uuid7()
+        if self.rerequests is not None:
+            asker = req.user or headers.get(self.session_header, "")
+            previous = self.rerequests.observe(caller.tenant.name, asker, decision_id, routed.embedding)
+            if previous is not None:
+                self._negative(previous, caller, req, "re_request")
+        self.metrics.overhead.observe(time.perf_counter() - started)
+        return decision_id, np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes()
+
+    def _failed(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                exc: AllFailed, started: float, headers: Mapping[str, str]) -> ApiError:  # fmt: skip
+        """Record a request no model answered and the error the client gets."""
+        self._emit_attempts(req, caller, routed, decision_id, emb, exc.attempts)
+        errors = tuple(f"{a.model}: {a.error}" for a in exc.attempts)
+        if exc.client_error is not None:
+            errors += (str(exc.client_error),)
+        self._emit(self._decision(
+            req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
+            propensity=routed.choice.propensity, status="error", fallbacks=max(0, len(exc.attempts) - 1),
+            errors=errors, latency_ms=(time.perf_counter() - started) * 1000.0,
+        ))  # fmt: skip
+        if self.rerequests is not None:
+            self.rerequests.forget(caller.tenant.name, req.user or headers.get(self.session_header, ""), decision_id)
+        self.metrics.requests.inc(routed.policy, "", "error")
+        log.warning("no model answered: %s", "; ".join(errors) or "all unavailable",
+                    extra={"decision_id": decision_id, "tenant": caller.tenant.name})  # fmt: skip
+        h = {"x-turnout-decision-id": decision_id}
+        if exc.client_error is not None:
+            status = exc.client_error.status or 400
+            return ApiError(status, f"the provider refused the request: {exc.client_error}",
+                            code="upstream_rejected", headers=h)  # fmt: skip
+        if exc.retry_after_s is not None:
+            h["retry-after"] = str(int(np.ceil(exc.retry_after_s)))
+            return ApiError(503, "every candidate model is unavailable (circuit open or rate limited)"
+                            + (": " + "; ".join(errors) if errors else ""), code="upstream_unavailable", headers=h)  # fmt: skip
+        return ApiError(502, "every candidate model failed: " + "; ".join(errors), code="upstream_error", headers=h)
 
     @staticmethod
-    def _headers(decision_id: str, model: str, cluster: int, cost_usd: float) -> dict[str, str]:
+    def _headers(decision_id: str, model: str, cluster: int, cost_usd: float, fallbacks: int) -> dict[str, str]:
         return {
             "x-turnout-decision-id": decision_id,
             "x-turnout-model": model,
             "x-turnout-cluster": str(cluster),
             "x-turnout-cost-usd": f"{cost_usd:.8f}",
+            "x-turnout-fallbacks": str(fallbacks),
         }
+
+    def _call(self, req: ChatRequest, raw: bytes, model: str) -> UpstreamCall:
+        return UpstreamCall(req, raw, self.pool[self.by_name[model]].upstream_model)
 
     # -- non-streaming ---------------------------------------------------------------------
 
-    async def complete(self, raw: bytes) -> Response:
+    async def complete(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
+                       started: float | None = None) -> Response:  # fmt: skip
+        started = started or time.perf_counter()
         req = self.parse(raw)
-        choice, embedding, text, _ = self.route(req)
-        decision_id = uuid7()
-        started = time.perf_counter()
-        errors: list[str] = []
-        for attempt, arm in enumerate(self._attempts(choice, req)):
-            model = self.pool[arm]
-            call = UpstreamCall(req, raw, model.upstream_model)
+        routed = self.route(req, caller, headers)
+        decision_id, emb = self._begin(req, caller, routed, headers, started)
+        upstream_hist = self.metrics.upstream
+
+        async def call(name: str) -> Completion:
+            t = time.perf_counter()
             try:
-                done = await self.upstreams[model.name].complete(call)
-            except UpstreamError as exc:
-                errors.append(f"{model.name}: {exc}")
-                log.warning("upstream %s failed (decision %s): %s", model.name, decision_id, exc)
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            cost = _cost(model, done.prompt_tokens, done.completion_tokens)
-            self._emit(self._decision(
-                req, choice, embedding, text, decision_id, model=model.name, fallbacks=attempt,
-                errors=tuple(errors), prompt_tokens=done.prompt_tokens,
-                completion_tokens=done.completion_tokens, cost_usd=cost, latency_ms=latency_ms,
-            ))  # fmt: skip
-            body = ChatCompletion(
-                id="chatcmpl-" + decision_id.replace("-", ""),
-                created=int(time.time()),
-                model=model.name,
-                choices=[Choice(0, ChoiceMessage("assistant", done.text), done.finish_reason)],
-                usage=Usage(done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens),
-            )
-            return Response(
-                content=_enc.encode(body),
-                media_type="application/json",
-                headers=self._headers(decision_id, model.name, choice.cluster, cost),
-            )
-        self._emit(self._decision(req, choice, embedding, text, decision_id, status="error",
-                                  fallbacks=len(errors) - 1, errors=tuple(errors)))  # fmt: skip
-        raise ApiError(502, "every candidate model failed: " + "; ".join(errors), code="upstream_error",
-                       headers={"x-turnout-decision-id": decision_id})  # fmt: skip
+                return await self.upstreams[name].complete(self._call(req, raw, name))
+            finally:
+                upstream_hist.observe(time.perf_counter() - t, name)
+
+        try:
+            name, done, attempts = await self.failover.run(routed.candidates, call)
+        except AllFailed as exc:
+            raise self._failed(req, caller, routed, decision_id, emb, exc, started, headers) from None
+        model = self.pool[self.by_name[name]]
+        cost = _cost(model, done.prompt_tokens, done.completion_tokens)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if attempts:
+            self._emit_attempts(req, caller, routed, decision_id, emb, attempts)
+            self.metrics.fallbacks.inc(name)
+        self._emit(self._decision(
+            req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
+            propensity=routed.choice.propensity, model=name, fallbacks=len(attempts),
+            errors=tuple(f"{a.model}: {a.error}" for a in attempts), prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens, cost_usd=cost, latency_ms=latency_ms,
+        ))  # fmt: skip
+        self.metrics.requests.inc(routed.policy, name, "ok")
+        if self.log_requests:
+            log.info("answered", extra={"decision_id": decision_id, "tenant": caller.tenant.name, "model": name,
+                                        "fallbacks": len(attempts), "latency_ms": round(latency_ms, 2)})  # fmt: skip
+        body = ChatCompletion(
+            id="chatcmpl-" + decision_id.replace("-", ""),
+            created=int(time.time()),
+            model=name,
+            choices=[Choice(0, ChoiceMessage("assistant", done.text), done.finish_reason)],
+            usage=Usage(done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens),
+        )
+        return Response(content=_enc.encode(body), media_type="application/json",
+                        headers=self._headers(decision_id, name, routed.choice.cluster, cost, len(attempts)))  # fmt: skip
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def stream(self, raw: bytes) -> Stream:
+    async def stream(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
+                     started: float | None = None) -> Stream:  # fmt: skip
+        """Fail over only until the first chunk: the response (and its headers) starts after it."""
+        started = started or time.perf_counter()
         req = self.parse(raw)
-        choice, embedding, text, prompt_tokens = self.route(req)
-        decision_id = uuid7()
-        started = time.perf_counter()
-        errors: list[str] = []
-        for attempt, arm in enumerate(self._attempts(choice, req)):
-            model = self.pool[arm]
-            agen = self.upstreams[model.name].stream(UpstreamCall(req, raw, model.upstream_model))
-            try:  # fail over only before the first byte reaches the client
-                first = await agen.__anext__()
-            except (UpstreamError, StopAsyncIteration) as exc:
-                errors.append(f"{model.name}: {exc or 'empty stream'}")
-                continue
-            view = self.router.view
-            est = float(view.costs(prompt_tokens)[view.index[model.name]])
-            body = self._sse(req, choice, embedding, text, decision_id, model, attempt, errors, first, agen, started)
-            return Stream(body, media_type="text/event-stream",
-                          headers=self._headers(decision_id, model.name, choice.cluster, est))  # fmt: skip
-        self._emit(self._decision(req, choice, embedding, text, decision_id, status="error",
-                                  fallbacks=len(errors) - 1, errors=tuple(errors)))  # fmt: skip
-        raise ApiError(502, "every candidate model failed: " + "; ".join(errors), code="upstream_error",
-                       headers={"x-turnout-decision-id": decision_id})  # fmt: skip
+        routed = self.route(req, caller, headers)
+        decision_id, emb = self._begin(req, caller, routed, headers, started)
 
-    async def _sse(self, req: ChatRequest, choice: RouteChoice, embedding: np.ndarray, text: str,
-                   decision_id: str, model: PoolModel, attempt: int, errors: list[str], first: Chunk,
-                   agen: AsyncIterator[Chunk], started: float) -> AsyncIterator[bytes]:  # fmt: skip
+        async def call(name: str) -> tuple[Chunk, AsyncIterator[Chunk]]:
+            agen = self.upstreams[name].stream(self._call(req, raw, name))
+            try:
+                return await agen.__anext__(), agen
+            except StopAsyncIteration:
+                raise UpstreamError(f"{name}: empty stream") from None
+            except BaseException:
+                await agen.aclose()  # type: ignore[attr-defined]
+                raise
+
+        try:
+            name, (first, agen), attempts = await self.failover.run(routed.candidates, call)
+        except AllFailed as exc:
+            raise self._failed(req, caller, routed, decision_id, emb, exc, started, headers) from None
+        if attempts:
+            self._emit_attempts(req, caller, routed, decision_id, emb, attempts)
+            self.metrics.fallbacks.inc(name)
+        model = self.pool[self.by_name[name]]
+        view = self.router.view
+        estimate = float(view.costs(routed.prompt_tokens)[view.index[name]])
+        body = self._sse(req, caller, routed, decision_id, emb, model, attempts, first, agen, started)
+        return Stream(body, media_type="text/event-stream",
+                      headers=self._headers(decision_id, name, routed.choice.cluster, estimate, len(attempts)))  # fmt: skip
+
+    async def _sse(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                   model: PoolModel, attempts: list[Attempt], first: Chunk, agen: AsyncIterator[Chunk],
+                   started: float) -> AsyncIterator[bytes]:  # fmt: skip
         cid = "chatcmpl-" + decision_id.replace("-", "")
         created = int(time.time())
 
@@ -233,10 +402,12 @@ class ChatService:
             chunk = ChatCompletionChunk(id=cid, created=created, model=model.name, choices=choices, usage=usage)
             return b"data: " + _enc.encode(chunk) + b"\n\n"
 
-        status, prompt_tokens, completion_tokens, finish = "ok", 0, 0, "stop"
+        status, prompt_tokens, completion_tokens = "ok", 0, 0
+        errors = [f"{a.model}: {a.error}" for a in attempts]
         yield frame(Delta(role="assistant", content=""))
         try:
             chunk: Chunk | None = first
+            finish = "stop"
             while chunk is not None:
                 if chunk.text:
                     yield frame(Delta(content=chunk.text))
@@ -251,18 +422,26 @@ class ChatService:
         except UpstreamError as exc:  # after the first byte: end the stream with an error chunk
             status = "error"
             errors.append(f"{model.name}: {exc}")
+            self.failover.breakers[model.name].failure(exc.retry_after_s)
             err = {"error": {"message": f"upstream {model.name} failed mid-stream: {exc}", "type": "api_error",
                              "code": "upstream_error"}}  # fmt: skip
             yield b"data: " + _enc.encode(err) + b"\n\n"
         finally:
-            usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+            await agen.aclose()  # type: ignore[attr-defined]
             self._emit(self._decision(
-                req, choice, embedding, text, decision_id, model=model.name, status=status,
-                fallbacks=attempt, errors=tuple(errors), prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens, cost_usd=_cost(model, prompt_tokens, completion_tokens),
+                req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
+                propensity=routed.choice.propensity, model=model.name, status=status, fallbacks=len(attempts),
+                errors=tuple(errors), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                cost_usd=_cost(model, prompt_tokens, completion_tokens),
                 latency_ms=(time.perf_counter() - started) * 1000.0,
             ))  # fmt: skip
+            if status == "error":
+                self._negative(decision_id, caller, req, "upstream_error")
+                log.warning("stream of %s failed mid-way", model.name,
+                            extra={"decision_id": decision_id, "tenant": caller.tenant.name})  # fmt: skip
+            self.metrics.requests.inc(routed.policy, model.name, status)
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
+            usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
             yield frame(Delta(), usage=usage, empty=True)
         yield b"data: [DONE]\n\n"
 
@@ -278,11 +457,16 @@ class ChatService:
                            param="rating", code="invalid_value")  # fmt: skip
         return body
 
-    def feedback(self, body: FeedbackRequest, ref: DecisionRef | None) -> FeedbackAccepted:
-        if ref is None:
+    def feedback(self, body: FeedbackRequest, ref: DecisionRef | None, caller: Caller = ANONYMOUS) -> FeedbackAccepted:
+        """Accept feedback on a decision of the caller's own tenant (any other id is 'unknown')."""
+        if ref is None or ref.tenant != caller.tenant.name:
             raise ApiError(404, f"unknown decision_id '{body.decision_id}'", param="decision_id",
                            code="decision_not_found")  # fmt: skip
         reward = reward_from_rating(body.rating) if body.rating else reward_from_score(float(body.score or 0.0))
+        user = self.decisions.user(body.decision_id)
+        if user and self.feedback_cap is not None and not self.feedback_cap.admit(ref.tenant, user):
+            self.metrics.feedback.inc("capped")
+            return FeedbackAccepted("", body.decision_id, reward, status="capped")
         event = FeedbackGiven(
             event_id=uuid7(),
             decision_id=body.decision_id,
@@ -290,8 +474,10 @@ class ChatService:
             reward=reward,
             kind="explicit",
             tenant=ref.tenant,
+            user=user,
             rating=body.rating or "",
             comment=body.comment or "",
         )
         self.sink.publish(event)
+        self.metrics.feedback.inc("explicit")
         return FeedbackAccepted(event.event_id, body.decision_id, reward)

@@ -18,18 +18,25 @@ class DecisionIndex:
     def __init__(self, rows: RowStore, capacity: int) -> None:
         self._rows = rows
         self._capacity = capacity
-        self._lru: collections.OrderedDict[str, DecisionRef] = collections.OrderedDict()
+        self._lru: collections.OrderedDict[str, tuple[DecisionRef, str]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def remember(self, ref: DecisionRef) -> None:
+    def remember(self, ref: DecisionRef, user: str = "") -> None:
         with self._lock:
-            self._lru[ref.decision_id] = ref
+            self._lru[ref.decision_id] = (ref, user)
             if len(self._lru) > self._capacity:
                 self._lru.popitem(last=False)
 
     def cached(self, decision_id: str) -> DecisionRef | None:
         with self._lock:
-            return self._lru.get(decision_id)
+            entry = self._lru.get(decision_id)
+        return entry[0] if entry else None
+
+    def user(self, decision_id: str) -> str:
+        """The ``user`` of a recent decision ("" if unknown or too old to be cached)."""
+        with self._lock:
+            entry = self._lru.get(decision_id)
+        return entry[1] if entry else ""
 
     def lookup(self, decision_id: str) -> DecisionRef | None:
         """From the LRU, else from the store (blocking I/O: call off the event loop)."""

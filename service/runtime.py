@@ -23,6 +23,7 @@ from learner.snapshot import Snapshot, decode_snapshot, encode_snapshot, initial
 from service.app import Deps, create_app
 from service.chat import ChatService, PolicyWeights, PoolModel
 from service.decisions import DecisionIndex
+from service.gateway import build_tenants, chat_parts
 from service.routing import Pricing, Router
 from service.settings import Settings
 from service.upstream import Upstream
@@ -69,7 +70,7 @@ def pool_from_settings(
         from simulations.pool import DEFAULT_POOL, topic_examples
 
         rng = np.random.default_rng(seed)
-        pool = tuple(PoolModel(m.name, m.name, m.price_in_per_mtok, m.price_out_per_mtok) for m in DEFAULT_POOL)
+        pool = tuple(PoolModel(m.name, m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier) for m in DEFAULT_POOL)
         prior = PoolPrior(
             models=tuple(m.name for m in DEFAULT_POOL),
             prior_mean=tuple(m.tier for m in DEFAULT_POOL),
@@ -78,10 +79,11 @@ def pool_from_settings(
         )
         ups: dict[str, Upstream] = {m.name: SimulatedUpstream(m, rng, sim_latency_scale) for m in DEFAULT_POOL}
         return pool, prior, ups, examples or tuple(topic_examples()), True
-    from service.openai_http import OpenAIUpstream
+    from service.gateway import openai_upstream
 
     pool = tuple(
-        PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok)
+        PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier,
+                  m.context_window)  # fmt: skip
         for m in settings.models
     )
     prior = PoolPrior(
@@ -90,7 +92,7 @@ def pool_from_settings(
         completion_tokens=tuple(m.expected_completion_tokens for m in settings.models),
         latency_s=tuple(m.expected_latency_s for m in settings.models),
     )
-    ups = {m.name: OpenAIUpstream(m.name, m.base_url, m.api_key_env, m.timeout_s) for m in settings.models}
+    ups = {m.name: openai_upstream(m) for m in settings.models}
     return pool, prior, ups, examples, False
 
 
@@ -169,6 +171,7 @@ class Runtime:
             policies=policies, decisions=DecisionIndex(self.rows, settings.server.decision_cache),
             rng=np.random.default_rng(settings.router.seed + 1), max_attempts=settings.router.max_attempts,
             store_prompts=settings.server.store_prompts,
+            **chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3)),
         )  # fmt: skip
         params = LearnerParams(
             n_clusters=settings.router.n_clusters, grace_ms=int(settings.learner.grace_s * 1000),
@@ -179,7 +182,8 @@ class Runtime:
             publish=self.router.swap, before=lambda: self.sink.flush(30.0),
         )  # fmt: skip
         self.learner_enabled = learner
-        self.app = create_app(settings, Deps(self.chat, self.sink, extra_state=self.event_state))
+        deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
+        self.app = create_app(settings, deps)
         self._scheduler: Any = None
 
     def event_state(self) -> dict[str, Any]:
@@ -220,6 +224,10 @@ class Runtime:
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        if self.settings.server.log_format == "json":
+            from service.logs import use_json_logs
+
+            use_json_logs()
         self._scheduler = BackgroundScheduler(daemon=True)
         if self.learner_enabled:
             self._scheduler.add_job(self.learn_safely, "interval", seconds=self.settings.learner.interval_s,

@@ -36,6 +36,8 @@ class ServerSettings(_Config):
     max_body_bytes: int = 1_000_000
     decision_cache: int = 200_000
     store_prompts: bool = False
+    log_format: Literal["text", "json"] = "json"  # json: one object a line, with the decision id
+    log_requests: bool = False  # a log line per answered request (off: the request path stays lean)
 
 
 class StorageSettings(_Config):
@@ -83,7 +85,10 @@ class ModelSettings(_Config):
     price_out_per_mtok: float = 0.0
     tier: float = 0.6  # prior answer quality in (0, 1)
     context_window: int = 128_000
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # read timeout: the longest silence between two bytes of an answer
+    connect_timeout_s: float = 5.0  # to open a connection, or to get one from a full pool
+    ttft_timeout_s: float = 30.0  # streaming: the longest wait for the first token (then fail over)
+    max_concurrency: int = 256  # open requests to this provider at once
     expected_completion_tokens: float = 300.0
     expected_latency_s: float = 1.0
 
@@ -122,6 +127,85 @@ class SimulatedSettings(_Config):
     latency_scale: float = 1.0  # 0 makes the simulated models answer instantly (benchmarks)
 
 
+class RetrySettings(_Config):
+    """[retry]: how a failed attempt is retried (``router.max_attempts`` bounds the attempts)."""
+
+    backoff_base_s: float = 0.05  # full jitter: sleep uniform(0, min(max, base * 2**round))
+    backoff_max_s: float = 2.0
+    max_retry_after_s: float = 5.0  # a provider's longer Retry-After skips it instead of waiting
+
+
+class BreakerSettings(_Config):
+    """[breaker]: one circuit breaker per provider (closed, open, half-open)."""
+
+    failure_threshold: int = 5  # consecutive failures that open the circuit
+    open_s: float = 15.0  # how long an open circuit rejects before it lets probes through
+    half_open_probes: int = 1  # requests let through at once while half-open
+    close_after: int = 2  # successful probes that close it again
+
+
+class PinRule(_Config):
+    """[[rules.pins]]: send matching requests to ``model``. Every condition given must hold."""
+
+    model: str
+    tenant: str = ""
+    header: str = ""  # a request header name ...
+    header_value: str = ""  # ... and the value it must have
+    requested_model: str = ""  # the ``model`` the client asked for (an alias such as "gpt-4o")
+    pattern: str = ""  # a regular expression searched in the last user message
+
+
+class SafetyClass(_Config):
+    """[[rules.safety]]: prompts matching ``pattern`` may only be served by ``models``."""
+
+    name: str
+    pattern: str
+    models: tuple[str, ...]
+
+
+class RulesSettings(_Config):
+    """[rules]: checks before the bandit, in order: pins, safety, context window, cost cap."""
+
+    pins: tuple[PinRule, ...] = ()
+    safety: tuple[SafetyClass, ...] = ()
+    max_cost_usd: float = 0.0  # per request, expected from prices; 0 = no cap
+    answer_reserve_tokens: int = 256  # room left for the answer when the request sets no max_tokens
+    escalation_margin: float = 0.0  # a cluster margin below this escalates ...
+    escalation_min_tier: float = 0.0  # ... to models of at least this tier; 0 = off
+
+
+class TenantSettings(_Config):
+    """[[tenants]]: who may call, with which keys (SHA-256 hex of the key, never the key)."""
+
+    name: str
+    api_key_sha256: tuple[str, ...] = ()
+    policy: str = "auto"  # what model="auto" means for this tenant
+    cost_weight: float | None = None  # overrides the policy's cost weight
+    max_cost_usd: float = 0.0  # per request; 0 = no cap beyond [rules]
+    exploration_cap: float = 1.0  # the largest share of requests that may explore
+    models: tuple[str, ...] = ()  # models the tenant may use; empty = all
+    rate_limit_rps: float = 0.0  # per key; 0 = unlimited
+    rate_limit_burst: int = 0  # bucket size; 0 = max(1, rate_limit_rps)
+    store_prompts: bool = False  # opt in to keeping prompt text with decisions
+
+
+class RerequestSettings(_Config):
+    """[rerequest]: a close prompt from the same user soon after is negative feedback."""
+
+    enabled: bool = True
+    window_s: float = 120.0
+    min_cosine: float = 0.9
+    session_header: str = "x-session-id"  # identifies the asker when the body has no ``user``
+    capacity: int = 100_000  # askers remembered
+
+
+class FeedbackCapSettings(_Config):
+    """[feedback_cap]: one user's feedback moves the posterior by at most this much per window."""
+
+    max_per_user: int = 30
+    window_s: float = 3600.0
+
+
 class Settings(_Config):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -131,6 +215,12 @@ class Settings(_Config):
     models: tuple[ModelSettings, ...] = ()
     policies: tuple[PolicySettings, ...] = ()
     simulated: SimulatedSettings = SimulatedSettings()
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    rules: RulesSettings = RulesSettings()
+    tenants: tuple[TenantSettings, ...] = ()
+    rerequest: RerequestSettings = RerequestSettings()
+    feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
 
 
 class ConfigError(ValueError):
@@ -198,3 +288,50 @@ def _check(s: Settings, source: str) -> None:
         raise ConfigError(f"config error in {source}: router.n_clusters must be >= 1")
     if not 0.0 < s.learner.discount <= 1.0:
         raise ConfigError(f"config error in {source}: learner.discount must be in (0, 1]")
+    _check_gateway(s, source)
+
+
+def _check_gateway(s: Settings, source: str) -> None:
+    """[retry], [breaker], [rules], [[tenants]]: values and regular expressions. Model names in
+    rules are checked against the pool when it is built (the simulated pool is not known here)."""
+    import re
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config error in {source}: {key} {why}")
+
+    if s.breaker.failure_threshold < 1 or s.breaker.half_open_probes < 1 or s.breaker.close_after < 1:
+        raise bad("[breaker]", "failure_threshold, half_open_probes and close_after must be >= 1")
+    if s.retry.backoff_base_s < 0 or s.retry.backoff_max_s < s.retry.backoff_base_s:
+        raise bad("[retry]", "needs 0 <= backoff_base_s <= backoff_max_s")
+    patterns = [(f"rules.pins[{i}].pattern", p.pattern) for i, p in enumerate(s.rules.pins)]
+    patterns += [(f"rules.safety[{i}].pattern", c.pattern) for i, c in enumerate(s.rules.safety)]
+    for key, pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise bad(key, f"is not a valid regular expression: {exc}") from None
+    for i, pin in enumerate(s.rules.pins):
+        if not (pin.tenant or pin.header or pin.requested_model or pin.pattern):
+            raise bad(f"rules.pins[{i}]", "needs at least one condition (tenant, header, requested_model, pattern)")
+        if bool(pin.header) != bool(pin.header_value):
+            raise bad(f"rules.pins[{i}]", "needs both header and header_value")
+    tenant_names = [t.name for t in s.tenants]
+    if len(set(tenant_names)) != len(tenant_names):
+        raise bad("[[tenants]]", "has a duplicate name")
+    policies = {p.name for p in s.policies} | {"auto"}
+    hashes: list[str] = []
+    for i, t in enumerate(s.tenants):
+        if t.policy not in policies:
+            raise bad(f"tenants[{i}].policy", f"'{t.policy}' is not a policy (known: {', '.join(sorted(policies))})")
+        if not 0.0 <= t.exploration_cap <= 1.0:
+            raise bad(f"tenants[{i}].exploration_cap", "must be in [0, 1]")
+        if t.rate_limit_rps < 0 or t.rate_limit_burst < 0:
+            raise bad(f"tenants[{i}]", "rate limits must be >= 0")
+        for h in t.api_key_sha256:
+            if not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise bad(f"tenants[{i}].api_key_sha256", "must hold lowercase SHA-256 hex digests of keys, not keys")
+        hashes += t.api_key_sha256
+    if len(set(hashes)) != len(hashes):
+        raise bad("[[tenants]]", "share an api key")
+    if not 0.0 < s.rerequest.min_cosine <= 1.0:
+        raise bad("rerequest.min_cosine", "must be in (0, 1]")

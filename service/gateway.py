@@ -1,0 +1,59 @@
+"""The gateway's parts built from settings: failover, rules, tenants, re-requests, provider adapters.
+
+Called by the composition root (``service.runtime``); each part stays a plain object that tests
+can build by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from service.failover import CircuitBreaker, Failover, RetryPolicy
+from service.rerequest import RerequestTracker
+from service.rules import Rules
+from service.settings import ModelSettings, Settings
+from service.tenants import FeedbackCap, Tenant, TenantDirectory
+
+__all__ = ["build_tenants", "chat_parts", "openai_upstream"]
+
+
+def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> Any:
+    from service.openai_http import OpenAIUpstream
+
+    return OpenAIUpstream(m.name, m.base_url, m.api_key_env, read_timeout_s=m.timeout_s,
+                          connect_timeout_s=m.connect_timeout_s, ttft_timeout_s=m.ttft_timeout_s,
+                          max_connections=m.max_concurrency, env=env)  # fmt: skip
+
+
+def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> dict[str, Any]:
+    """Keyword arguments of ``ChatService`` beyond the skeleton's: failover, rules, re-requests."""
+    b, r = settings.breaker, settings.retry
+    breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
+    policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
+    rr = settings.rerequest
+    return {
+        "failover": Failover(breakers, policy, rng),
+        "rules": Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool],
+                       settings.rules),  # fmt: skip
+        "rerequests": RerequestTracker(rr.window_s, rr.min_cosine, rr.capacity) if rr.enabled else None,
+        "feedback_cap": FeedbackCap(settings.feedback_cap.max_per_user, settings.feedback_cap.window_s),
+        "session_header": rr.session_header.lower(),
+        "log_requests": settings.server.log_requests,
+    }
+
+
+def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDirectory:
+    from service.settings import ConfigError
+
+    out = []
+    for i, t in enumerate(settings.tenants):
+        unknown = set(t.models) - set(pool_models)
+        if unknown:
+            raise ConfigError(f"config error: tenants[{i}].models names {sorted(unknown)}, not in the pool")
+        tenant = Tenant(name=t.name, policy=t.policy, cost_weight=t.cost_weight, max_cost_usd=t.max_cost_usd,
+                        exploration_cap=t.exploration_cap, models=t.models, rate_limit_rps=t.rate_limit_rps,
+                        rate_limit_burst=t.rate_limit_burst, store_prompts=t.store_prompts)  # fmt: skip
+        out.append((tenant, t.api_key_sha256))
+    return TenantDirectory(out)

@@ -1,0 +1,123 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), without a client library.
+
+The request path only adds to counters and histogram buckets held in dicts (a few hundred
+nanoseconds); the text is rendered when ``/metrics`` is scraped, with gauges (posterior means,
+circuit states, event backlog) read at that moment from the objects that own them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable, Iterable
+
+__all__ = ["Counter", "Gauge", "Histogram", "Registry"]
+
+Labels = tuple[str, ...]
+
+OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Labels, values: Labels, extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _num(x: float) -> str:
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+
+
+class Counter:
+    kind = "counter"
+
+    def __init__(self, name: str, help: str, labels: Labels = ()) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, *values: str, by: float = 1.0) -> None:
+        self.values[values] = self.values.get(values, 0.0) + by
+
+    def render(self) -> Iterable[str]:
+        for values, v in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.labels, values)} {_num(v)}"
+
+
+class Histogram:
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...], labels: Labels = ()) -> None:
+        self.name, self.help, self.labels, self.buckets = name, help, labels, buckets
+        self.series: dict[Labels, list[float]] = {}  # per label set: bucket counts..., overflow, sum, count
+
+    def observe(self, value: float, *values: str) -> None:
+        s = self.series.get(values)
+        if s is None:
+            s = self.series[values] = [0.0] * (len(self.buckets) + 3)
+        s[bisect.bisect_left(self.buckets, value)] += 1  # the first bucket with bound >= value
+        s[-2] += value
+        s[-1] += 1
+
+    def render(self) -> Iterable[str]:
+        for values, s in sorted(self.series.items()):
+            cumulative = 0.0
+            for bound, n in zip(self.buckets, s):
+                cumulative += n
+                le = 'le="' + _num(bound) + '"'
+                yield f"{self.name}_bucket{_labels(self.labels, values, le)} {_num(cumulative)}"
+            inf = 'le="+Inf"'
+            yield f"{self.name}_bucket{_labels(self.labels, values, inf)} {_num(s[-1])}"
+            yield f"{self.name}_sum{_labels(self.labels, values)} {_num(s[-2])}"
+            yield f"{self.name}_count{_labels(self.labels, values)} {_num(s[-1])}"
+
+
+class Gauge:
+    """A gauge read when scraped: ``read()`` returns (label values, value) pairs."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
+        self.name, self.help, self.labels, self.read = name, help, labels, read
+
+    def render(self) -> Iterable[str]:
+        for values, v in self.read():
+            yield f"{self.name}{_labels(self.labels, values)} {_num(v)}"
+
+
+class Registry:
+    """The service's metrics. Counters and histograms are fed by the request path."""
+
+    def __init__(self) -> None:
+        self.requests = Counter("turnout_requests_total", "Chat completions answered, by policy, model and status.",
+                                ("policy", "model", "status"))  # fmt: skip
+        self.overhead = Histogram("turnout_routing_overhead_seconds",
+                                  "Time from request body to upstream call: auth, parse, rules, embed, route.",
+                                  OVERHEAD_BUCKETS_S)  # fmt: skip
+        self.upstream = Histogram("turnout_upstream_latency_seconds", "Upstream call duration, by model.",
+                                  LATENCY_BUCKETS_S, ("model",))  # fmt: skip
+        self.upstream_errors = Counter("turnout_upstream_errors_total", "Failed upstream attempts, by model.",
+                                       ("model",))  # fmt: skip
+        self.fallbacks = Counter("turnout_fallbacks_total", "Requests answered by a fallback model.", ("model",))
+        self.rejected = Counter("turnout_rejected_total", "Requests refused before routing, by reason.", ("reason",))
+        self.feedback = Counter("turnout_feedback_total", "Feedback events emitted, by kind.", ("kind",))
+        self._metrics: list = [self.requests, self.overhead, self.upstream, self.upstream_errors, self.fallbacks,
+                               self.rejected, self.feedback]  # fmt: skip
+
+    def add_gauge(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
+        self._metrics.append(Gauge(name, help, labels, read))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for m in self._metrics:
+            lines.append(f"# HELP {m.name} {m.help}")
+            lines.append(f"# TYPE {m.name} {m.kind}")
+            lines.extend(m.render())
+        return "\n".join(lines) + "\n"

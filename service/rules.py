@@ -1,0 +1,146 @@
+"""Rules before the bandit: which models may serve a request, and whether one is pinned.
+
+Evaluated before the prompt is embedded, in this order, each narrowing the candidates:
+
+1. the tenant's models (``[[tenants]] models``);
+2. safety classes: a prompt matching a class's pattern may only go to that class's models;
+3. context window: models whose window cannot hold the prompt plus the answer are out;
+4. cost cap: models whose expected cost (from prices) exceeds the cap are out;
+5. pins: a client asking for a pool model by name, or the first pin rule that matches (tenant,
+   header, requested model, regex on the last user message) fixes the model, if it is still a
+   candidate. A pin never overrides 2-4.
+
+After embedding, ``escalate`` keeps only models of at least a tier when the cluster margin is low
+(the router is unsure which cluster this is, so it should not gamble on a small model).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from service.settings import ConfigError, RulesSettings
+
+__all__ = ["NoCandidate", "Rules", "Screen"]
+
+
+class Screen(msgspec.Struct, frozen=True):
+    """What the rules decided. allowed: (m,) bool; pinned: model index or -1."""
+
+    allowed: np.ndarray
+    pinned: int = -1
+    rule: str = ""  # which rule pinned it: "requested", "pins[2]"
+    safety_class: str = ""
+
+
+class NoCandidate(Exception):
+    """No model may serve this request; ``code`` is OpenAI-style (context_length_exceeded, ...)."""
+
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+class _Pin(msgspec.Struct, frozen=True):
+    model: int
+    tenant: str
+    header: str
+    header_value: str
+    requested_model: str
+    pattern: re.Pattern | None
+
+
+class Rules:
+    """Compiled once from ``[rules]`` against the pool's order of models."""
+
+    def __init__(self, models: Sequence[str], tiers: Sequence[float], context_windows: Sequence[int],
+                 settings: RulesSettings = RulesSettings()) -> None:  # fmt: skip
+        index = {m: i for i, m in enumerate(models)}
+
+        def model(key: str, name: str) -> int:
+            if name not in index:
+                raise ConfigError(f"config error: {key} names model '{name}', not in the pool ({', '.join(models)})")
+            return index[name]
+
+        self.models = tuple(models)
+        self.tiers = np.asarray(tiers, dtype=np.float64)
+        self.windows = np.asarray(context_windows, dtype=np.int64)
+        self.all = np.ones(len(models), dtype=bool)
+        self.all.setflags(write=False)
+        self.pins = tuple(
+            _Pin(model(f"rules.pins[{i}].model", p.model), p.tenant, p.header.lower(), p.header_value,
+                 p.requested_model, re.compile(p.pattern) if p.pattern else None)
+            for i, p in enumerate(settings.pins)
+        )  # fmt: skip
+        self.safety: tuple[tuple[str, re.Pattern, np.ndarray], ...] = ()
+        for i, c in enumerate(settings.safety):
+            mask = np.zeros(len(models), dtype=bool)
+            for name in c.models:
+                mask[model(f"rules.safety[{i}].models", name)] = True
+            self.safety += ((c.name, re.compile(c.pattern), mask),)
+        self.aliases = frozenset(p.requested_model for p in self.pins if p.requested_model)
+        self.max_cost_usd = settings.max_cost_usd
+        self.answer_reserve_tokens = settings.answer_reserve_tokens
+        self.escalation_margin = settings.escalation_margin
+        self.escalation_min_tier = settings.escalation_min_tier
+
+    def screen(self, *, text: str, prompt_tokens: int, max_tokens: int | None, costs: np.ndarray,
+               requested: str = "", tenant: str = "default", tenant_models: np.ndarray | None = None,
+               max_cost_usd: float = 0.0, headers: Mapping[str, str] | None = None) -> Screen:  # fmt: skip
+        """The candidates of one request. costs: (m,) expected USD; tenant_models: (m,) bool or None.
+
+        Raises ``NoCandidate`` when nothing is left.
+        """
+        allowed = self.all if tenant_models is None else tenant_models
+        klass = ""
+        for name, pattern, mask in self.safety:
+            if pattern.search(text):
+                allowed = allowed & mask
+                klass = klass or name
+        if not allowed.any():
+            raise NoCandidate("no model may serve this request under the safety rules"
+                              + (f" (class '{klass}')" if klass else ""), "content_policy")  # fmt: skip
+        need = prompt_tokens + (max_tokens or self.answer_reserve_tokens)
+        fits = allowed & (self.windows >= need)
+        if not fits.any():
+            raise NoCandidate(f"the request (about {need} tokens with the answer) exceeds the context window "
+                              f"of every model it may go to", "context_length_exceeded", "messages")  # fmt: skip
+        caps = [c for c in (self.max_cost_usd, max_cost_usd) if c > 0]
+        if caps:
+            cap = min(caps)
+            cheap = fits & (costs <= cap)
+            if not cheap.any():
+                raise NoCandidate(f"every model it may go to is expected to cost more than the cap of "
+                                  f"{cap:g} USD for this request", "cost_cap_exceeded")  # fmt: skip
+            fits = cheap
+        if requested in self.models:
+            arm = self.models.index(requested)
+            if not fits[arm]:
+                raise NoCandidate(f"model '{requested}' may not serve this request (tenant, safety, context "
+                                  f"window or cost rules)", "model_not_allowed", "model")  # fmt: skip
+            return Screen(fits, arm, "requested", klass)
+        for i, pin in enumerate(self.pins):
+            if fits[pin.model] and self._matches(pin, text, requested, tenant, headers):
+                return Screen(fits, pin.model, f"pins[{i}]", klass)
+        return Screen(fits, -1, "", klass)
+
+    @staticmethod
+    def _matches(pin: _Pin, text: str, requested: str, tenant: str, headers: Mapping[str, str] | None) -> bool:
+        if pin.tenant and pin.tenant != tenant:
+            return False
+        if pin.requested_model and pin.requested_model != requested:
+            return False
+        if pin.header and (headers is None or headers.get(pin.header) != pin.header_value):
+            return False
+        return pin.pattern is None or pin.pattern.search(text) is not None
+
+    def escalate(self, allowed: np.ndarray, margin: float) -> np.ndarray:
+        """allowed (m,) bool narrowed to strong models when the cluster margin is below threshold."""
+        if margin >= self.escalation_margin or self.escalation_min_tier <= 0:
+            return allowed
+        strong = allowed & (self.tiers >= self.escalation_min_tier)
+        return strong if strong.any() else allowed

@@ -1,0 +1,98 @@
+"""The rules before the bandit: pins, safety classes, context window, cost cap, escalation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.rules import NoCandidate, Rules
+from service.settings import ConfigError, PinRule, RulesSettings, SafetyClass
+
+MODELS = ("big", "mid", "small")
+TIERS = (0.9, 0.7, 0.5)
+WINDOWS = (200_000, 32_000, 4_000)
+COSTS = np.array([0.02, 0.004, 0.0005])
+
+
+def rules(**kw) -> Rules:
+    return Rules(MODELS, TIERS, WINDOWS, RulesSettings(**kw))
+
+
+def screen(r: Rules, text="hello", prompt_tokens=100, max_tokens=None, **kw):
+    return r.screen(text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens, costs=COSTS, **kw)
+
+
+def allowed(s) -> list[str]:
+    return [m for m, ok in zip(MODELS, s.allowed) if ok]
+
+
+def test_no_rules_allow_everything_and_pin_nothing():
+    s = screen(rules())
+    assert allowed(s) == list(MODELS) and s.pinned == -1
+
+
+def test_pins_by_tenant_header_requested_model_and_regex():
+    r = rules(pins=(
+        PinRule(model="big", tenant="acme"),
+        PinRule(model="mid", header="x-team", header_value="legal"),
+        PinRule(model="small", requested_model="gpt-4o-mini"),
+        PinRule(model="mid", pattern=r"(?i)\btranslate\b"),
+    ))  # fmt: skip
+    assert screen(r, tenant="acme").pinned == 0
+    assert screen(r, headers={"x-team": "legal"}).pinned == 1
+    assert screen(r, headers={"x-team": "sales"}).pinned == -1
+    assert screen(r, requested="gpt-4o-mini").pinned == 2
+    assert screen(r, text="Please TRANSLATE this").pinned == 1
+    assert screen(r, text="translated").pinned == -1
+    assert "gpt-4o-mini" in r.aliases
+
+
+def test_a_client_asking_for_a_model_by_name_is_a_pin():
+    s = screen(rules(), requested="mid")
+    assert s.pinned == 1 and s.rule == "requested"
+
+
+def test_safety_class_restricts_candidates_and_overrides_pins():
+    r = rules(safety=(SafetyClass(name="medical", pattern=r"(?i)diagnos", models=("big",)),),
+              pins=(PinRule(model="small", pattern="diagnos"),))  # fmt: skip
+    s = screen(r, text="can you diagnose this rash")
+    assert allowed(s) == ["big"] and s.safety_class == "medical" and s.pinned == -1
+    with pytest.raises(NoCandidate) as info:
+        screen(r, text="diagnose me", requested="small")
+    assert info.value.code == "model_not_allowed"
+
+
+def test_context_window_fit_uses_max_tokens_or_the_answer_reserve():
+    r = rules(answer_reserve_tokens=1000)
+    assert allowed(screen(r, prompt_tokens=3500)) == ["big", "mid"]  # 3500 + 1000 > 4000
+    assert allowed(screen(r, prompt_tokens=3500, max_tokens=100)) == list(MODELS)
+    with pytest.raises(NoCandidate) as info:
+        screen(r, prompt_tokens=250_000)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_cost_cap_from_rules_and_tenant_the_lower_wins():
+    assert allowed(screen(rules(max_cost_usd=0.01))) == ["mid", "small"]
+    assert allowed(screen(rules(max_cost_usd=0.01), max_cost_usd=0.001)) == ["small"]
+    with pytest.raises(NoCandidate) as info:
+        screen(rules(max_cost_usd=0.0001))
+    assert info.value.code == "cost_cap_exceeded"
+
+
+def test_tenant_models_narrow_candidates():
+    s = screen(rules(), tenant_models=np.array([False, True, True]))
+    assert allowed(s) == ["mid", "small"]
+
+
+def test_low_margin_escalates_to_a_minimum_tier_unless_nothing_is_left():
+    r = rules(escalation_margin=0.1, escalation_min_tier=0.7)
+    base = np.ones(3, dtype=bool)
+    assert list(r.escalate(base, 0.05)) == [True, True, False]
+    assert r.escalate(base, 0.5) is base
+    only_small = np.array([False, False, True])
+    assert r.escalate(only_small, 0.0) is only_small
+
+
+def test_a_rule_naming_an_unknown_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="rules.pins\\[0\\].model"):
+        rules(pins=(PinRule(model="gpt-17", tenant="x"),))
