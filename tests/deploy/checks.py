@@ -1,0 +1,66 @@
+"""What every deployment file must agree with: the real command line and the real settings."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from pathlib import Path
+from typing import Any, Mapping
+
+from service.cli import build_parser
+from service.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CONFIG_PATH = "/etc/turnout/turnout.toml"  # where every deployment mounts the config
+
+
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """Parse ``turnout <argv>`` with the real parser; fail the test on an unknown command or flag."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            args = build_parser().parse_args([str(a) for a in argv])
+        except SystemExit:
+            raise AssertionError(f"`turnout {' '.join(map(str, argv))}` is not a valid command: {err.getvalue()}")
+    assert callable(getattr(args, "func", None)), argv
+    return args
+
+
+def turnout_env(env: Mapping[str, Any]) -> dict[str, str]:
+    """The TURNOUT_ variables of an environment, as strings."""
+    return {k: str(v) for k, v in env.items() if k.startswith("TURNOUT_")}
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """Every TURNOUT_ variable is a setting override or a credential the code reads."""
+    credentials = {"TURNOUT_CLICKHOUSE_USER", "TURNOUT_CLICKHOUSE_PASSWORD"}
+    source = (ROOT / "feedback" / "clickhouse.py").read_text()
+    for key in env:
+        if key in credentials:
+            assert f'"{key}"' in source, f"{key} is no longer read by feedback/clickhouse.py"
+        else:
+            assert "__" in key, f"{key} is neither TURNOUT_SECTION__KEY nor a known credential"
+
+
+def settings_with(config: Path | str | None, env: Mapping[str, str]) -> Settings:
+    """Load ``config`` (a path, TOML text, or None for defaults) with ``env`` applied, and check
+    that every TURNOUT_SECTION__KEY override landed on a real setting with that value."""
+    import tempfile
+
+    check_env(env)
+    if isinstance(config, str):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "turnout.toml"
+            path.write_text(config)
+            settings = load_settings(path, env)
+    else:
+        settings = load_settings(config, env)
+    for key, value in env.items():
+        if "__" not in key:
+            continue
+        section, name = key[len("TURNOUT_") :].lower().split("__")
+        got = getattr(getattr(settings, section), name)
+        assert str(got) == value or (isinstance(got, float) and got == float(value)), (key, got, value)
+    return settings
