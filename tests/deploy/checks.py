@@ -18,13 +18,21 @@ CONFIG_PATH = "/etc/turnout/turnout.toml"  # where every deployment mounts the c
 
 def parse_command(argv: list[str]) -> argparse.Namespace:
     """Parse ``turnout <argv>`` with the real parser; fail the test on an unknown command or flag."""
+    argv = [str(a) for a in argv]
+    parser = build_parser()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            args = build_parser().parse_args([str(a) for a in argv])
+            args = parser.parse_args(argv)
         except SystemExit:
-            raise AssertionError(f"`turnout {' '.join(map(str, argv))}` is not a valid command: {err.getvalue()}")
+            raise AssertionError(f"`turnout {' '.join(argv)}` is not a valid command: {err.getvalue()}") from None
     assert callable(getattr(args, "func", None)), argv
+    # argparse accepts abbreviations (--conf for --config): a deployment must spell flags out
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    known = sub.choices[args.command]._option_string_actions
+    for token in argv:
+        if token.startswith("-"):
+            assert token.split("=")[0] in known, f"`turnout {' '.join(argv)}`: {token} is not a flag of {args.command}"
     return args
 
 
