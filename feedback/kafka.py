@@ -30,7 +30,7 @@ import msgspec
 from feedback.events import DecisionMade, Event, encode_event
 from feedback.spill import SpillJournal
 
-__all__ = ["KafkaEventSink", "Producer", "ensure_topics"]
+__all__ = ["KafkaEventSink", "Producer", "close_refused_sockets", "ensure_topics"]
 
 log = logging.getLogger("turnout.kafka")
 
@@ -45,6 +45,32 @@ class _Route(msgspec.Struct):
 
 
 _route_decoder = msgspec.msgpack.Decoder(_Route)
+
+
+def close_refused_sockets() -> None:
+    """Work around kafka-python 3.0: a refused connection's socket is left to the garbage collector.
+
+    While a broker is down every reconnect attempt drops an open socket object (a
+    ResourceWarning each, an error under ``-W error``). Wrap ``KafkaNetSocket.sock_connect`` so
+    that a failed connect closes its socket. Idempotent; a no-op on versions without that method.
+    """
+    try:
+        from kafka.net.inet import KafkaNetSocket
+    except ImportError:
+        return
+    original = getattr(KafkaNetSocket, "sock_connect", None)
+    if original is None or getattr(original, "_closes_on_failure", False):
+        return
+
+    async def sock_connect(self: Any, net: Any, sock: Any, sockaddr: Any, timeout_at: Any = None) -> Any:
+        try:
+            return await original(self, net, sock, sockaddr, timeout_at=timeout_at)
+        except BaseException:
+            sock.close()
+            raise
+
+    sock_connect._closes_on_failure = True  # type: ignore[attr-defined]
+    KafkaNetSocket.sock_connect = sock_connect  # type: ignore[method-assign]
 
 
 class Producer:
@@ -70,6 +96,7 @@ class Producer:
         """Send records and wait for the broker; which ones it acknowledged, in order."""
         from kafka import KafkaProducer
 
+        close_refused_sockets()
         if self._producer is None:
             try:
                 self._producer = KafkaProducer(**self._config)
@@ -112,6 +139,7 @@ def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    close_refused_sockets()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="turnout-admin",
                              request_timeout_ms=5000)  # fmt: skip
     try:

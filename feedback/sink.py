@@ -31,7 +31,7 @@ import msgspec
 
 from feedback.deadletters import DeadLetter, DeadLetterStore, letter_id
 from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
-from feedback.kafka import Producer, ensure_topics
+from feedback.kafka import Producer, close_refused_sockets, ensure_topics
 from feedback.ports import RowStore
 
 __all__ = ["Sink", "check_event", "split_batch"]
@@ -155,6 +155,7 @@ class Sink:
     def _connect(self) -> bool:
         from kafka import KafkaConsumer
 
+        close_refused_sockets()
         try:
             ensure_topics(self._bootstrap, (*self._topics, self._dlq_topic))
             consumer = KafkaConsumer(
