@@ -18,6 +18,7 @@ from litestar import Litestar, Request, Response, get, post
 
 from feedback.ports import EventSink
 from service.chat import ChatService
+from service.dashboard import DashboardSources, dashboard_routes
 from service.errors import ApiError, exception_handlers
 from service.failover import CLOSED, HALF_OPEN, OPEN
 from service.openapi import body_operation, openapi_config
@@ -41,6 +42,7 @@ class Deps:
         self.chat = chat
         self.sink = sink
         self.extra_state = extra_state or (lambda: {})
+        self.dashboard: DashboardSources | None = None  # issue 7: what /dashboard reads (service/dashboard.py)
         self.tenants = tenants or TenantDirectory([])
 
 
@@ -157,7 +159,8 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
                 log.warning("closing upstream failed", exc_info=True)
 
     return Litestar(
-        route_handlers=[chat_completions, feedback, models, healthz, state, metrics],
+        route_handlers=[chat_completions, feedback, models, healthz, state, metrics,
+                        *dashboard_routes(chat, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),

@@ -22,6 +22,7 @@ from learner.embedding import Embedder, HashingEmbedder
 from learner.snapshot import Snapshot, decode_snapshot, encode_snapshot, initial_snapshot
 from service.app import Deps, create_app
 from service.chat import ChatService, PolicyWeights, PoolModel
+from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.gateway import build_tenants, chat_parts
 from service.routing import Pricing, Router
@@ -183,6 +184,8 @@ class Runtime:
         )  # fmt: skip
         self.learner_enabled = learner
         deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
+        deps.dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
+            name: b.state for name, b in self.chat.failover.breakers.items()})
         self.app = create_app(settings, deps)
         self._scheduler: Any = None
 

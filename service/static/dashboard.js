@@ -1,0 +1,306 @@
+// Turnout dashboard: polls /v1/router/state and /v1/router/history, draws SVG charts.
+// Plain JS, no dependencies, no build step. ?refresh_s=N sets the polling period (default 5).
+(function () {
+  "use strict";
+
+  var NS = "http://www.w3.org/2000/svg";
+  var params = new URLSearchParams(window.location.search);
+  var refreshMs = Math.max(0.2, Number(params.get("refresh_s")) || 5) * 1000;
+  var windowSelect = document.getElementById("window");
+  if (params.get("window_s")) {
+    var opt = document.createElement("option");
+    opt.value = params.get("window_s");
+    opt.textContent = params.get("window_s") + " s";
+    windowSelect.appendChild(opt);
+    windowSelect.value = opt.value;
+  }
+  var PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#9333ea", "#dc2626", "#0891b2", "#db2777", "#65a30d",
+                 "#7c3aed", "#ea580c"];
+  var colors = {};
+  var updates = 0;
+  var timer = null;
+
+  function colorOf(model) {
+    if (!(model in colors)) colors[model] = PALETTE[Object.keys(colors).length % PALETTE.length];
+    return colors[model];
+  }
+
+  function svgEl(tag, attrs, parent) {
+    var node = document.createElementNS(NS, tag);
+    for (var k in attrs) node.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function htmlEl(tag, attrs, parent, text) {
+    var node = document.createElement(tag);
+    for (var k in attrs) node.setAttribute(k, attrs[k]);
+    if (text !== undefined) node.textContent = text;
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+  function usd(x) {
+    if (x === null || x === undefined) return "n/a";
+    if (x === 0) return "$0";
+    return "$" + (Math.abs(x) >= 0.01 ? x.toFixed(4) : x.toPrecision(3));
+  }
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+
+  function hhmm(ms, seconds) {
+    var d = new Date(ms);
+    return pad(d.getHours()) + ":" + pad(d.getMinutes()) + (seconds ? ":" + pad(d.getSeconds()) : "");
+  }
+
+  function box(svg) {
+    var vb = svg.viewBox.baseVal;
+    return { w: vb.width, h: vb.height, l: 46, r: 10, t: 14, b: 22 };
+  }
+
+  // A time axis shared by the line and share charts: bucket centres between since and until.
+  function timeScale(hist, b) {
+    var span = Math.max(1, hist.until_ms - hist.since_ms);
+    return function (t) { return b.l + (t - hist.since_ms) / span * (b.w - b.l - b.r); };
+  }
+
+  function timeAxis(svg, hist, b, x) {
+    svgEl("line", { x1: b.l, x2: b.w - b.r, y1: b.h - b.b, y2: b.h - b.b, "class": "axis" }, svg);
+    [hist.since_ms, (hist.since_ms + hist.until_ms) / 2, hist.until_ms].forEach(function (t, i) {
+      var anchor = ["start", "middle", "end"][i];
+      var short = hist.until_ms - hist.since_ms < 30 * 60 * 1000;
+      svgEl("text", { x: x(t), y: b.h - 6, "text-anchor": anchor }, svg).textContent = hhmm(t, short);
+    });
+  }
+
+  function noData(svg, b, text) {
+    svgEl("text", { x: b.w / 2, y: b.h / 2, "text-anchor": "middle", "class": "empty-note" }, svg).textContent = text;
+  }
+
+  // series: [{values: [number|null per bucket], color, cls}]; marks: [{at, color, cls, label}]
+  function lineChart(svg, hist, series, marks, fmt) {
+    clear(svg);
+    var b = box(svg), x = timeScale(hist, b);
+    var max = 0;
+    series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v > max) max = v; }); });
+    var y = function (v) { return b.h - b.b - (max > 0 ? v / max : 0) * (b.h - b.t - b.b); };
+    svgEl("text", { x: b.l - 4, y: b.t + 4, "text-anchor": "end" }, svg).textContent = fmt(max);
+    svgEl("text", { x: b.l - 4, y: b.h - b.b, "text-anchor": "end" }, svg).textContent = fmt(0);
+    timeAxis(svg, hist, b, x);
+    (marks || []).forEach(function (m) {
+      var g = svgEl("g", { "class": m.cls }, svg);
+      svgEl("line", { x1: x(m.at), x2: x(m.at), y1: b.t, y2: b.h - b.b, stroke: m.color,
+                      "stroke-dasharray": "3,3" }, g);
+      svgEl("text", { x: x(m.at) + 2, y: b.t - 3 }, g).textContent = m.label;
+      svgEl("title", {}, g).textContent = m.title || m.label;
+    });
+    var drawn = 0;
+    series.forEach(function (s) {
+      var d = "", pen = "M";
+      s.values.forEach(function (v, i) {
+        if (v === null) { pen = "M"; return; }
+        var px = x(hist.buckets[i] + hist.bucket_ms / 2);
+        d += pen + px.toFixed(1) + "," + y(v).toFixed(1) + " ";
+        pen = "L";
+        drawn++;
+        svgEl("circle", { cx: px.toFixed(1), cy: y(v).toFixed(1), r: 1.8, fill: s.color }, svg);
+      });
+      if (d) svgEl("path", { d: d, fill: "none", stroke: s.color, "stroke-width": 1.8, "class": s.cls }, svg);
+    });
+    if (!drawn) noData(svg, b, "no traffic in this window");
+  }
+
+  // Stacked bars, one per bucket: share[model][bucket] in [0, 1] of the bucket's decisions.
+  function shareChart(svg, hist, traffic) {
+    clear(svg);
+    var b = box(svg), x = timeScale(hist, b);
+    var y = function (v) { return b.h - b.b - v * (b.h - b.t - b.b); };
+    svgEl("text", { x: b.l - 4, y: b.t + 4, "text-anchor": "end" }, svg).textContent = "100%";
+    svgEl("text", { x: b.l - 4, y: b.h - b.b, "text-anchor": "end" }, svg).textContent = "0%";
+    timeAxis(svg, hist, b, x);
+    if (!traffic || !traffic.decisions.some(function (n) { return n > 0; })) {
+      noData(svg, b, "no traffic in this window");
+      return;
+    }
+    var width = Math.max(1, x(hist.since_ms + hist.bucket_ms) - x(hist.since_ms) - 0.5);
+    hist.buckets.forEach(function (start, i) {
+      if (!traffic.decisions[i]) return;
+      var base = 0;
+      hist.models.forEach(function (model) {
+        var v = (traffic.share[model] || [])[i] || 0;
+        if (v <= 0) return;
+        var bar = svgEl("rect", { x: x(start).toFixed(1), y: y(base + v).toFixed(1), width: width.toFixed(1),
+                                  height: (y(base) - y(base + v)).toFixed(1), fill: colorOf(model),
+                                  "class": "share", "data-model": model }, svg);
+        svgEl("title", {}, bar).textContent = model + ": " + (100 * v).toFixed(0) + "% of " + traffic.decisions[i] +
+          " at " + hhmm(start);
+        base += v;
+      });
+    });
+  }
+
+  // Posterior mean (dot) and 90% credible interval (bar) per model, with evidence and decisions.
+  function posteriorChart(svg, models, stats) {
+    clear(svg);
+    var rowH = 22, l = 110, r = 150, w = 540, h = models.length * rowH + 20;
+    svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+    var x = function (v) { return l + v * (w - l - r); };
+    [0, 0.5, 1].forEach(function (v) {
+      svgEl("line", { x1: x(v), x2: x(v), y1: 2, y2: h - 16, "class": "axis" }, svg);
+      svgEl("text", { x: x(v), y: h - 4, "text-anchor": "middle" }, svg).textContent = v.toFixed(1);
+    });
+    models.forEach(function (model, i) {
+      var s = stats[model], cy = 12 + i * rowH;
+      var g = svgEl("g", { "class": "posterior", "data-model": model }, svg);
+      svgEl("text", { x: l - 8, y: cy + 4, "text-anchor": "end", style: "fill:#1d2330;font-size:11px" }, g)
+        .textContent = model;
+      svgEl("rect", { x: x(s.ci90[0]), y: cy - 4, width: Math.max(1, x(s.ci90[1]) - x(s.ci90[0])), height: 8,
+                      rx: 3, fill: colorOf(model), "fill-opacity": 0.35, "class": "ci" }, g);
+      svgEl("circle", { cx: x(s.mean), cy: cy, r: 4, fill: colorOf(model), "class": "mean" }, g);
+      svgEl("text", { x: w - r + 8, y: cy + 4 }, g).textContent =
+        s.mean.toFixed(2) + " [" + s.ci90[0].toFixed(2) + ", " + s.ci90[1].toFixed(2) + "]  n=" +
+        Math.round(s.evidence) + "  d=" + s.decisions;
+    });
+  }
+
+  function renderCards(state, hist) {
+    var c = hist.cost;
+    document.getElementById("requests").textContent = String(hist.decisions);
+    var answered = c.answered.reduce(function (a, v) { return a + v; }, 0);
+    document.getElementById("cost-per-request").textContent = answered ? usd(c.total_usd / answered) : "n/a";
+    document.getElementById("counterfactual").textContent = answered ? usd(c.counterfactual_total_usd / answered) : "n/a";
+    document.getElementById("saving").textContent = c.saving === null ? "n/a" : (100 * c.saving).toFixed(1) + "%";
+    document.getElementById("backlog").textContent =
+      state.event_backlog === undefined ? "n/a" : String(state.event_backlog);
+  }
+
+  function renderLegend(models) {
+    var legend = document.getElementById("legend");
+    clear(legend);
+    models.forEach(function (m) {
+      var item = htmlEl("span", { "class": "item", "data-model": m }, legend);
+      htmlEl("span", { "class": "swatch", style: "background:" + colorOf(m) }, item);
+      item.appendChild(document.createTextNode(m));
+    });
+  }
+
+  function renderBreakers(breakers) {
+    var table = document.getElementById("breakers");
+    clear(table);
+    var body = htmlEl("tbody", {}, table);
+    if (breakers === null) {
+      htmlEl("td", {}, htmlEl("tr", {}, body), "n/a");
+      return;
+    }
+    Object.keys(breakers).sort().forEach(function (m) {
+      var tr = htmlEl("tr", { "data-model": m }, body);
+      htmlEl("td", {}, tr, m);
+      htmlEl("td", { "class": "state " + breakers[m] }, tr, breakers[m].replace("_", "-"));
+    });
+  }
+
+  function renderDriftList(drift) {
+    var list = document.getElementById("drift-events");
+    clear(list);
+    if (drift === null) { htmlEl("li", {}, list, "n/a"); return; }
+    if (!drift.length) { htmlEl("li", {}, list, "none in this window"); return; }
+    drift.slice().reverse().forEach(function (e) {
+      htmlEl("li", { "class": "drift" }, list, hhmm(e.at_ms) + " " + e.kind + " in cluster " + e.clusters.join(",") +
+        (e.model ? " (" + e.model + ")" : "") + ": " + e.old_value.toFixed(3) + " -> " + e.new_value.toFixed(3) +
+        ", " + e.action + " (v" + e.version + ")");
+    });
+  }
+
+  function renderClusters(state, hist) {
+    var root = document.getElementById("clusters");
+    clear(root);
+    var byId = {};
+    if (hist.clustering === state.clustering) hist.clusters.forEach(function (c) { byId[c.cluster] = c; });
+    state.clusters.forEach(function (c) {
+      var sec = htmlEl("section", { "class": "cluster", id: "cluster-" + c.id }, root);
+      var traffic = byId[c.id];
+      var recent = traffic ? traffic.decisions.reduce(function (a, v) { return a + v; }, 0) : 0;
+      var h = htmlEl("h3", {}, sec, "Cluster " + c.id + " ");
+      htmlEl("span", { "class": "sub" }, h, c.decisions + " decisions in the snapshot, " + recent + " in the window");
+      posteriorChart(svgEl("svg", { "class": "chart posterior-chart", viewBox: "0 0 540 100" }, sec), state.models,
+                     c.models);
+      shareChart(svgEl("svg", { "class": "chart share-chart", viewBox: "0 0 540 120" }, sec), hist, traffic);
+    });
+  }
+
+  function render(state, hist) {
+    state.models.forEach(colorOf);
+    document.getElementById("snapshot").textContent = "snapshot v" + state.version + " (" + state.reason +
+      ", clustering " + state.clustering + ", " + state.clusters.length + " clusters)";
+    renderCards(state, hist);
+    renderLegend(hist.models);
+    lineChart(document.getElementById("cost-chart"), hist, [
+      { values: hist.cost.counterfactual_per_request_usd, color: "#dc2626", cls: "counterfactual" },
+      { values: hist.cost.cost_per_request_usd, color: "#2563eb", cls: "actual" }
+    ], [], usd);
+    var marks = hist.snapshots.map(function (s) {
+      return { at: s.at_ms, color: "#9ca3af", cls: "snapshot-mark", label: "v" + s.version,
+               title: "snapshot v" + s.version + " (" + s.reason + ")" };
+    });
+    (hist.drift || []).forEach(function (e) {
+      marks.push({ at: e.at_ms, color: "#ea580c", cls: "drift-mark", label: "drift",
+                   title: e.kind + " drift in " + e.clusters.join(",") + ": " + e.action });
+    });
+    lineChart(document.getElementById("margin-chart"), hist, [
+      { values: hist.overall.margin, color: "#0f766e", cls: "margin" }
+    ], marks, function (v) { return v.toFixed(2); });
+    renderBreakers(hist.breakers);
+    renderDriftList(hist.drift);
+    shareChart(document.getElementById("share-overall"), hist, hist.overall);
+    renderClusters(state, hist);
+  }
+
+  // With API keys configured the data routes need "Authorization: Bearer": ask once, keep it
+  // for this tab only (sessionStorage), never in the URL.
+  var keyInput = document.getElementById("api-key");
+  keyInput.value = sessionStorage.getItem("turnout-api-key") || "";
+  keyInput.addEventListener("change", function () {
+    sessionStorage.setItem("turnout-api-key", keyInput.value);
+    if (timer) clearTimeout(timer);
+    loop();
+  });
+
+  function getJson(url) {
+    var headers = keyInput.value ? { Authorization: "Bearer " + keyInput.value } : {};
+    return fetch(url, { cache: "no-store", headers: headers }).then(function (r) {
+      if (r.status === 401) document.getElementById("auth").hidden = false;
+      if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+      return r.json();
+    });
+  }
+
+  function refresh() {
+    var status = document.getElementById("status");
+    var windowS = windowSelect.value;
+    return Promise.all([getJson("/v1/router/state"), getJson("/v1/router/history?window_s=" + windowS)])
+      .then(function (res) {
+        render(res[0], res[1]);
+        updates++;
+        status.className = "meta ok";
+        status.textContent = "updated " + new Date().toLocaleTimeString() + " (every " + refreshMs / 1000 + " s)";
+        document.body.setAttribute("data-ready", "1");
+        document.body.setAttribute("data-updates", String(updates));
+      })
+      .catch(function (err) {
+        status.className = "meta error";
+        status.textContent = "update failed: " + err.message;
+      });
+  }
+
+  function loop() {
+    refresh().then(function () { timer = setTimeout(loop, refreshMs); });
+  }
+
+  windowSelect.addEventListener("change", function () {
+    if (timer) clearTimeout(timer);
+    loop();
+  });
+  loop();
+})();
