@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import msgspec
 import numpy as np
@@ -104,3 +106,23 @@ def test_history_endpoint_over_http(live, runtime):
     assert '<script src="/dashboard/dashboard.js">' in page.text and "http" not in page.text.split("<body")[1]
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert missing.status_code == 404
+
+
+def test_history_needs_a_key_when_keys_are_configured(settings, embedder):
+    from service.runtime import Runtime
+    from service.settings import TenantSettings
+    from tests.servers import serve
+
+    key = "sk-operator"
+    tenant = TenantSettings(name="ops", api_key_sha256=(hashlib.sha256(key.encode()).hexdigest(),))
+    rt = Runtime(msgspec.structs.replace(settings, tenants=(tenant,)), embedder=embedder, sim_latency_scale=0.0)
+    try:
+        with serve(rt.app) as url:
+            anonymous = httpx.get(url + "/v1/router/history", timeout=30)
+            keyed = httpx.get(url + "/v1/router/history", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            page = httpx.get(url + "/dashboard", timeout=30)
+    finally:
+        rt.stop()
+    assert anonymous.status_code == 401
+    assert keyed.status_code == 200 and keyed.json()["decisions"] == 0
+    assert page.status_code == 200  # the page is static; it asks for the key when the data says 401
