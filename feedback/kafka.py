@@ -92,6 +92,7 @@ class Producer:
         )  # fmt: skip
         self._timeout_s = send_timeout_s
         self._producer: Any = None
+        self._down = False  # said once per outage, not per attempt
 
     def send_all(self, records: Sequence[Record], headers: Sequence[list] | None = None) -> list[bool]:
         """Send records and wait for the broker; which ones it acknowledged, in order."""
@@ -102,8 +103,11 @@ class Producer:
             try:
                 self._producer = KafkaProducer(**self._config)
             except Exception as exc:  # NoBrokersAvailable and friends: try again later
-                log.warning("Kafka producer cannot connect (%s): %s", self._config["bootstrap_servers"], exc)
+                (log.debug if self._down else log.warning)(
+                    "Kafka producer cannot connect (%s): %s", self._config["bootstrap_servers"], exc)
+                self._down = True
                 return [False] * len(records)
+            self._down = False
         futures = []
         partitions: dict[str, int] = {}
         try:
