@@ -19,10 +19,13 @@ import numpy as np
 from feedback.clickhouse_dedup import fresh
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
-from feedback.ports import DecisionRef, DecisionStats, RewardRow, SnapshotInfo
+from feedback.ports import (
+    DecisionRef, DecisionStats, DriftEvent, RewardRow, RewardStats, SnapshotInfo, WindowStats,
+)  # fmt: skip
 
 __all__ = [
-    "ClickHouseDeadLetterStore", "ClickHouseRowStore", "ClickHouseSnapshotStore", "connect", "migrate", "MIGRATIONS_DIR",
+    "ClickHouseDeadLetterStore", "ClickHouseLearnerLog", "ClickHouseRowStore", "ClickHouseSnapshotStore", "connect",
+    "migrate", "MIGRATIONS_DIR",
 ]  # fmt: skip
 
 log = logging.getLogger("turnout.clickhouse")
@@ -174,58 +177,111 @@ class ClickHouseRowStore:
         r = rows[0]
         return DecisionRef(r[0], r[1], int(r[2]), r[3], int(r[4]))
 
-    def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
-        rows = self._query(
-            """
-            SELECT f.decision_id, d.clustering, d.cluster, d.model, f.reward, f.kind,
-                   if(d.clustering = {c:UInt32}, [], d.embedding)
+    # Window queries (learner): every fact counts once, in the window of its first arrival (see
+    # RowStore). They read only what arrived in the window: ``ingested_ms`` has a minmax skip
+    # index and the ids are UUIDv7 (time-ordered primary keys), so old granules are skipped and
+    # the cost of a cycle follows the new data, not the table. Aggregation happens here, so a
+    # cycle transfers a few hundred rows whatever the traffic.
+
+    @staticmethod
+    def _ready_sql(decision_cols: tuple[str, ...]) -> str:
+        """Feedback joined to its decision, for pairs whose later half arrived in the window."""
+        outer = ", ".join(f"d.{c} AS {c}" for c in decision_cols)
+        inner = ", ".join(f"any({c}) AS {c}" for c in decision_cols)
+        return f"""
+            SELECT f.event_id AS event_id, f.reward AS reward, f.kind AS kind, d.decision_id AS decision_id, {outer}
             FROM (
                 SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
-                       any(kind) AS kind
-                FROM feedback
-                WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}
+                       any(kind) AS kind, min(ingested_ms) AS fi
+                FROM (
+                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
+                    WHERE event_id IN (SELECT event_id FROM feedback
+                                       WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                    UNION ALL
+                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
+                    WHERE decision_id IN (SELECT decision_id FROM decisions
+                                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                )
                 GROUP BY event_id
             ) AS f
             INNER JOIN (
-                SELECT decision_id, any(clustering) AS clustering, any(cluster) AS cluster,
-                       any(model) AS model, any(embedding) AS embedding
-                FROM decisions AS raw
+                SELECT decision_id, {inner}, min(ingested_ms) AS di
+                FROM decisions
                 WHERE decision_id IN (
                     SELECT decision_id FROM feedback
-                    WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64})
+                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}}
+                    UNION ALL
+                    SELECT decision_id FROM decisions
+                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
                 GROUP BY decision_id
             ) AS d ON f.decision_id = d.decision_id
+            WHERE greatest(f.fi, d.di) >= {{lo:Int64}} AND greatest(f.fi, d.di) < {{hi:Int64}}
+        """
+
+    def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
+        cols = ("clustering", "cluster", "model", "arm", "embedding")
+        rows = self._query(
+            f"""
+            SELECT decision_id, clustering, cluster, model, reward, kind,
+                   if(clustering = {{c:UInt32}}, [], embedding), arm
+            FROM ({self._ready_sql(cols)})
             """,
             {"lo": since_ms, "hi": until_ms, "c": clustering},
         )
         return [
             RewardRow(r[0], int(r[1]), int(r[2]), r[3], float(r[4]), r[5],
-                      np.asarray(r[6], dtype="<f4").tobytes() if len(r[6]) else b"")
+                      np.asarray(r[6], dtype="<f4").tobytes() if len(r[6]) else b"", r[7])
             for r in rows
         ]  # fmt: skip
+
+    def reward_stats(self, since_ms: int, until_ms: int) -> list[RewardStats]:
+        cols = ("clustering", "cluster", "model", "arm")
+        rows = self._query(
+            f"""
+            SELECT clustering, cluster, model, arm, kind, count(), sum(reward)
+            FROM ({self._ready_sql(cols)})
+            GROUP BY clustering, cluster, model, arm, kind
+            """,
+            {"lo": since_ms, "hi": until_ms},
+        )
+        return [RewardStats(int(r[0]), int(r[1]), r[2], r[3], r[4], int(r[5]), float(r[6])) for r in rows]
 
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
         rows = self._query(
             """
-            SELECT c, k, m, count(), sum(toff), sum(lat)
+            SELECT c, k, m, count(), sum(toff), sum(lat), p, sum(cost), sum(mg), sum(mg * mg)
             FROM (
                 SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m,
-                       any(completion_tokens) AS toff, any(latency_ms) AS lat
+                       any(policy) AS p, any(completion_tokens) AS toff, any(latency_ms) AS lat,
+                       any(cost_usd) AS cost, toFloat64(any(margin)) AS mg, min(ingested_ms) AS di
                 FROM decisions
-                WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64} AND model != ''
+                WHERE decision_id IN (SELECT decision_id FROM decisions
+                                      WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64})
                 GROUP BY decision_id
+                HAVING di >= {lo:Int64} AND m != ''
             )
-            GROUP BY c, k, m
+            GROUP BY c, k, m, p
             """,
             {"lo": since_ms, "hi": until_ms},
         )
-        return [DecisionStats(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4]), float(r[5])) for r in rows]
+        return [
+            DecisionStats(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4]), float(r[5]), r[6], float(r[7]),
+                          float(r[8]), float(r[9]))
+            for r in rows
+        ]  # fmt: skip
 
-    def recent_embeddings(self, limit: int) -> list[bytes]:
+    def recent_embeddings(self, limit: int, until_ms: int | None = None) -> list[bytes]:
+        # pick the ids first (small columns), then read the wide embedding column for those only
         rows = self._query(
-            "SELECT embedding FROM decisions WHERE length(embedding) > 0 "
-            "ORDER BY ingested_ms DESC LIMIT {n:UInt64}",
-            {"n": limit},
+            """
+            SELECT any(embedding) FROM decisions
+            WHERE decision_id IN (
+                SELECT decision_id FROM decisions
+                WHERE ingested_ms < {until:Int64} AND notEmpty(embedding)
+                ORDER BY ingested_ms DESC LIMIT {n:UInt64})
+            GROUP BY decision_id
+            """,
+            {"n": limit, "until": until_ms if until_ms is not None else 2**62},
         )
         return [np.asarray(r[0], dtype="<f4").tobytes() for r in rows]
 
@@ -272,6 +328,64 @@ class ClickHouseSnapshotStore:
                 parameters={"n": limit},
             ).result_rows
         return [SnapshotInfo(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+
+
+_WINDOW_COLS = [
+    "version", "since_ms", "until_ms", "clustering", "cluster", "model", "policy", "decisions", "cost_usd",
+    "margin_sum", "rewards", "reward_sum",
+]  # fmt: skip
+_DRIFT_COLS = [
+    "version", "key", "at_ms", "clustering", "kind", "clusters", "model", "old_value", "new_value", "action",
+    "new_clustering",
+]  # fmt: skip
+
+
+class ClickHouseLearnerLog:
+    """The learner's per-window statistics and drift events (``learner_windows``, ``drift_events``).
+
+    Both tables replace rows by (version, key): a cycle retried after a crash rewrites its rows.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def record(self, version: int, windows: Sequence[WindowStats], drift: Sequence[DriftEvent]) -> None:
+        wrows = [[getattr(w, c) for c in _WINDOW_COLS] for w in windows]
+        drows = [
+            [e.version, f"{e.kind}:{e.model}:{','.join(map(str, e.clusters))}", e.at_ms, e.clustering, e.kind,
+             list(e.clusters), e.model, e.old_value, e.new_value, e.action, e.new_clustering]
+            for e in drift
+        ]  # fmt: skip
+        with self._lock:
+            if wrows:
+                self._client.insert("learner_windows", wrows, column_names=_WINDOW_COLS)
+            if drows:
+                self._client.insert("drift_events", drows, column_names=_DRIFT_COLS)
+
+    def drift_events(self, limit: int = 100) -> list[DriftEvent]:
+        with self._lock:
+            rows = self._client.query(
+                "SELECT version, " + ", ".join(f"argMax({c}, written_ms)" for c in _DRIFT_COLS[2:]) + " "
+                "FROM drift_events GROUP BY version, key "
+                "ORDER BY version DESC, key LIMIT {n:UInt64}",
+                parameters={"n": limit},
+            ).result_rows
+        return [
+            DriftEvent(int(r[0]), int(r[1]), int(r[2]), r[3], tuple(int(c) for c in r[4]), r[5], float(r[6]),
+                       float(r[7]), r[8], int(r[9]))
+            for r in rows
+        ]  # fmt: skip
+
+    def windows(self, since_version: int = 0) -> list[WindowStats]:
+        cols = ", ".join(f"argMax({c}, written_ms)" for c in _WINDOW_COLS[1:])
+        with self._lock:
+            rows = self._client.query(
+                f"SELECT version, {cols} FROM learner_windows WHERE version > {{v:UInt64}} "
+                "GROUP BY version, clustering, cluster, model, policy ORDER BY version, clustering, cluster, model, policy",
+                parameters={"v": since_version},
+            ).result_rows
+        return [WindowStats(*r) for r in rows]
 
 
 class ClickHouseDeadLetterStore:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from typing import Callable, Sequence
 
 from feedback.events import DecisionMade, Event, FeedbackGiven
-from feedback.ports import DecisionRef, DecisionStats, RewardRow, SnapshotInfo
+from feedback.ports import DecisionRef, DecisionStats, DriftEvent, RewardRow, RewardStats, SnapshotInfo, WindowStats
 
-__all__ = ["MemoryRowStore", "MemorySnapshotStore"]
+__all__ = ["MemoryLearnerLog", "MemoryRowStore", "MemorySnapshotStore"]
 
 
 def _wall_ms() -> int:
@@ -25,6 +26,10 @@ class MemoryRowStore:
         self._decisions: dict[str, tuple[int, DecisionMade]] = {}
         self._feedback: dict[str, tuple[int, FeedbackGiven]] = {}
         self._seen: set[str] = set()
+        # arrival-time indexes, so a window query reads the window, not everything
+        self._decision_times: list[tuple[int, str]] = []
+        self._feedback_times: list[tuple[int, str]] = []
+        self._feedback_of: dict[str, list[str]] = {}
 
     def insert(self, events: Sequence[Event]) -> None:
         with self._lock:
@@ -34,9 +39,13 @@ class MemoryRowStore:
                     continue
                 self._seen.add(ev.event_id)
                 if isinstance(ev, DecisionMade):
-                    self._decisions.setdefault(ev.decision_id, (now, ev))
+                    if ev.decision_id not in self._decisions:
+                        self._decisions[ev.decision_id] = (now, ev)
+                        bisect.insort(self._decision_times, (now, ev.decision_id))
                 else:
                     self._feedback[ev.event_id] = (now, ev)
+                    bisect.insort(self._feedback_times, (now, ev.event_id))
+                    self._feedback_of.setdefault(ev.decision_id, []).append(ev.event_id)
 
     def now_ms(self) -> int:
         return self._clock()
@@ -49,39 +58,68 @@ class MemoryRowStore:
         d = item[1]
         return DecisionRef(d.decision_id, d.tenant, d.cluster, d.model, d.snapshot_version)
 
-    def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
+    def _ready(self, since_ms: int, until_ms: int) -> list[tuple[FeedbackGiven, DecisionMade]]:
+        """Feedback whose later-arriving half (it or its decision) arrived in the window."""
         out = []
         with self._lock:
-            for at, fb in self._feedback.values():
-                if not since_ms <= at < until_ms:
-                    continue
+            ids = [e for _, e in _between(self._feedback_times, since_ms, until_ms)]
+            for _, did in _between(self._decision_times, since_ms, until_ms):
+                ids.extend(self._feedback_of.get(did, ()))
+            for eid in dict.fromkeys(ids):
+                at, fb = self._feedback[eid]
                 item = self._decisions.get(fb.decision_id)
-                if item is None:
-                    continue
-                d = item[1]
-                emb = d.embedding if d.clustering != clustering else b""
-                out.append(RewardRow(d.decision_id, d.clustering, d.cluster, d.model, fb.reward, fb.kind, emb))
+                if item is not None and since_ms <= max(at, item[0]) < until_ms:
+                    out.append((fb, item[1]))
         return out
 
+    def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
+        return [
+            RewardRow(d.decision_id, d.clustering, d.cluster, d.model, fb.reward, fb.kind,
+                      d.embedding if d.clustering != clustering else b"", d.arm)
+            for fb, d in self._ready(since_ms, until_ms)
+        ]  # fmt: skip
+
+    def reward_stats(self, since_ms: int, until_ms: int) -> list[RewardStats]:
+        acc: dict[tuple[int, int, str, str, str], list[float]] = {}
+        for fb, d in self._ready(since_ms, until_ms):
+            row = acc.setdefault((d.clustering, d.cluster, d.model, d.arm, fb.kind), [0, 0.0])
+            row[0] += 1
+            row[1] += fb.reward
+        return [RewardStats(c, k, m, a, kind, int(v[0]), v[1]) for (c, k, m, a, kind), v in acc.items()]
+
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
-        acc: dict[tuple[int, int, str], list[float]] = {}
+        acc: dict[tuple[int, int, str, str], list[float]] = {}
         with self._lock:
-            for at, d in self._decisions.values():
-                if since_ms <= at < until_ms and d.model:
-                    row = acc.setdefault((d.clustering, d.cluster, d.model), [0, 0.0, 0.0])
+            for at, did in _between(self._decision_times, since_ms, until_ms):
+                d = self._decisions[did][1]
+                if d.model:
+                    row = acc.setdefault((d.clustering, d.cluster, d.model, d.policy), [0, 0.0, 0.0, 0.0, 0.0, 0.0])
                     row[0] += 1
                     row[1] += d.completion_tokens
                     row[2] += d.latency_ms
-        return [DecisionStats(c, k, m, int(v[0]), v[1], v[2]) for (c, k, m), v in acc.items()]
+                    row[3] += d.cost_usd
+                    row[4] += d.margin
+                    row[5] += d.margin * d.margin
+        return [
+            DecisionStats(c, k, m, int(v[0]), v[1], v[2], p, v[3], v[4], v[5])
+            for (c, k, m, p), v in acc.items()
+        ]
 
-    def recent_embeddings(self, limit: int) -> list[bytes]:
+    def recent_embeddings(self, limit: int, until_ms: int | None = None) -> list[bytes]:
         with self._lock:
-            items = sorted(self._decisions.values(), key=lambda x: x[0], reverse=True)
-        return [d.embedding for _, d in items[:limit] if d.embedding]
+            end = len(self._decision_times) if until_ms is None else bisect.bisect_left(self._decision_times, (until_ms, ""))
+            newest = [self._decisions[did][1] for _, did in reversed(self._decision_times[max(0, end - limit) : end])]
+        return [d.embedding for d in newest if d.embedding]
 
     def count(self, table: str) -> int:
         with self._lock:
             return len(self._decisions) if table == "decisions" else len(self._feedback)
+
+
+def _between(index: list[tuple[int, str]], since_ms: int, until_ms: int) -> list[tuple[int, str]]:
+    lo = bisect.bisect_left(index, (since_ms, ""))
+    hi = bisect.bisect_left(index, (until_ms, ""))
+    return index[lo:hi]
 
 
 class MemorySnapshotStore:
@@ -105,3 +143,22 @@ class MemorySnapshotStore:
     def list(self, limit: int = 50) -> list[SnapshotInfo]:
         with self._lock:
             return [self._rows[v][0] for v in sorted(self._rows, reverse=True)[:limit]]
+
+
+class MemoryLearnerLog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_version: dict[int, tuple[list[WindowStats], list[DriftEvent]]] = {}
+
+    def record(self, version: int, windows: Sequence[WindowStats], drift: Sequence[DriftEvent]) -> None:
+        with self._lock:
+            self._by_version[version] = (list(windows), list(drift))
+
+    def drift_events(self, limit: int = 100) -> list[DriftEvent]:
+        with self._lock:
+            events = [e for v in sorted(self._by_version, reverse=True) for e in self._by_version[v][1]]
+        return events[:limit]
+
+    def windows(self, since_version: int = 0) -> list[WindowStats]:
+        with self._lock:
+            return [w for v in sorted(self._by_version) if v > since_version for w in self._by_version[v][0]]

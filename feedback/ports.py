@@ -15,11 +15,15 @@ from feedback.events import Event
 __all__ = [
     "DecisionRef",
     "DecisionStats",
+    "DriftEvent",
     "EventSink",
+    "LearnerLog",
     "RewardRow",
+    "RewardStats",
     "RowStore",
     "SnapshotInfo",
     "SnapshotStore",
+    "WindowStats",
 ]
 
 
@@ -43,6 +47,7 @@ class RewardRow(msgspec.Struct, frozen=True):
     reward: float
     kind: str
     embedding: bytes  # filled only when asked for (the decision's clustering is stale)
+    arm: str = ""  # what the policy chose (``model`` answered; they differ after a failover)
 
 
 class DecisionStats(msgspec.Struct, frozen=True):
@@ -54,6 +59,60 @@ class DecisionStats(msgspec.Struct, frozen=True):
     decisions: int
     completion_tokens: float
     latency_ms: float
+    policy: str = ""
+    cost_usd: float = 0.0
+    margin_sum: float = 0.0
+    margin_sq: float = 0.0  # sum of squared margins
+
+
+class RewardStats(msgspec.Struct, frozen=True):
+    """Feedback per (clustering, cluster, model, arm, kind) of the decisions it is about."""
+
+    clustering: int
+    cluster: int
+    model: str
+    arm: str
+    kind: str
+    count: int
+    reward_sum: float
+
+
+class WindowStats(msgspec.Struct, frozen=True):
+    """What one learning cycle read, per (clustering, cluster, model, policy): the pre-aggregated
+    history of the learner, one set of rows per snapshot version (dashboards, reports)."""
+
+    version: int
+    since_ms: int
+    until_ms: int
+    clustering: int
+    cluster: int
+    model: str
+    policy: str
+    decisions: int
+    cost_usd: float
+    margin_sum: float
+    rewards: float  # evidence weight of the feedback folded in
+    reward_sum: float
+
+
+class DriftEvent(msgspec.Struct, frozen=True):
+    """A change the learner detected and what it did about it.
+
+    ``kind`` is ``margin`` (traffic moved away from the centroids of ``clusters``: re-clustered)
+    or ``reward`` (``model``'s reward fell in ``clusters``: its old evidence there was faded).
+    ``old_value``/``new_value`` are the baseline and the recent level (mean margin or reward).
+    """
+
+    version: int  # the snapshot that acted on it
+    at_ms: int
+    clustering: int
+    kind: str
+    clusters: tuple[int, ...]
+    model: str
+    old_value: float
+    new_value: float
+    action: str
+    new_clustering: int = 0
 
 
 class SnapshotInfo(msgspec.Struct, frozen=True):
@@ -74,7 +133,13 @@ class EventSink(Protocol):
 
 
 class RowStore(Protocol):
-    """Durable rows of decisions and feedback, and the queries the product needs of them."""
+    """Durable rows of decisions and feedback, and the queries the product needs of them.
+
+    Windows ``[since_ms, until_ms)`` are in ingestion time, and each fact counts in exactly one
+    window however often it was delivered: a decision in the window of its first ingestion, a
+    piece of feedback in the window where both it and its decision had arrived (the later of
+    the two first ingestions), so feedback that overtakes its decision is not lost.
+    """
 
     def insert(self, events: Sequence[Event]) -> None: ...
 
@@ -84,9 +149,13 @@ class RowStore(Protocol):
 
     def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]: ...
 
+    def reward_stats(self, since_ms: int, until_ms: int) -> list[RewardStats]: ...
+
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]: ...
 
-    def recent_embeddings(self, limit: int) -> list[bytes]: ...
+    def recent_embeddings(self, limit: int, until_ms: int | None = None) -> list[bytes]:
+        """Embeddings of the newest ``limit`` decisions (ingested before ``until_ms`` if given)."""
+        ...
 
     def count(self, table: str) -> int: ...
 
@@ -101,3 +170,17 @@ class SnapshotStore(Protocol):
     def get(self, version: int) -> bytes | None: ...
 
     def list(self, limit: int = 50) -> list[SnapshotInfo]: ...
+
+
+class LearnerLog(Protocol):
+    """What the learner did, kept beside the rows: per-window statistics and drift events.
+
+    Records are keyed by snapshot version, so a cycle that crashed before its commit point and
+    ran again overwrites what it had written instead of adding to it.
+    """
+
+    def record(self, version: int, windows: Sequence[WindowStats], drift: Sequence[DriftEvent]) -> None: ...
+
+    def drift_events(self, limit: int = 100) -> list[DriftEvent]: ...
+
+    def windows(self, since_version: int = 0) -> list[WindowStats]: ...

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-__all__ = ["reward_from_rating", "reward_from_score", "IMPLICIT_REWARD"]
+import msgspec
+
+__all__ = ["IMPLICIT_REWARD", "RewardWeights", "reward_from_rating", "reward_from_score"]
 
 # Implicit signals: a re-request of the same question and an upstream error both say the
 # answer was not good enough.
 IMPLICIT_REWARD = {"re_request": 0.0, "upstream_error": 0.0}
+
+
+class RewardWeights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How much evidence one piece of feedback of each kind is worth, relative to a rating.
+
+    Implicit signals are noisier than a thumbs-down (a user re-asks for many reasons), so they
+    weigh less by default. An upstream error is charged to the model the policy chose (``arm``),
+    every other kind to the model that answered.
+    """
+
+    explicit: float = 1.0
+    re_request: float = 0.5
+    upstream_error: float = 1.0
+
+    def of(self, kind: str) -> float:
+        """The weight of ``kind``; unknown kinds weigh like explicit feedback."""
+        return float(getattr(self, kind)) if kind in _KINDS else self.explicit
+
+
+_KINDS = frozenset(RewardWeights.__struct_fields__)
 
 
 def reward_from_rating(rating: str) -> float:

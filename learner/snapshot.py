@@ -13,6 +13,8 @@ import msgspec
 import numpy as np
 
 __all__ = [
+    "BudgetState",
+    "ClusterDrift",
     "Snapshot",
     "SnapshotError",
     "centroid_array",
@@ -20,6 +22,7 @@ __all__ = [
     "encode_snapshot",
     "initial_snapshot",
     "validate",
+    "validate_pool",
 ]
 
 Reason = Literal["initial", "scheduled", "drift", "manual", "rollback", "recluster"]
@@ -27,6 +30,30 @@ Reason = Literal["initial", "scheduled", "drift", "manual", "rollback", "reclust
 
 class SnapshotError(ValueError):
     """A snapshot that must not be published: the message says which field is wrong."""
+
+
+class BudgetState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A policy's learned cost weight, steered each cycle toward a target mean cost per request."""
+
+    policy: str
+    cost_weight: float  # what the router uses for this policy instead of the configured weight
+    target_cost_usd: float  # target mean cost per request
+    realised_cost_usd: float = 0.0  # mean cost per request in the last window with traffic
+    decisions: int = 0  # requests counted under this budget so far
+
+
+class ClusterDrift(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The drift detectors' memory for one cluster (see ``learner.drift``).
+
+    Margins and rewards arrive as sums per window; they are pooled into blocks of a minimum
+    size, and the last blocks form a rolling window the detectors are replayed over.
+    """
+
+    margin_blocks: tuple[float, ...] = ()  # mean margin per block, oldest first
+    margin_until_ms: tuple[int, ...] = ()  # when each block was complete (the window's end)
+    margin_pending: tuple[float, float] = (0.0, 0.0)  # decisions and margin sum not yet a block
+    reward_blocks: tuple[tuple[float, ...], ...] = ()  # (m,) per model: mean reward per block
+    reward_pending: tuple[tuple[float, float], ...] = ()  # (m,) per model: evidence weight, reward sum
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +74,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shrink_strength: float = 5.0
     watermark_ms: int = 0
     clustering: int = 0  # bumps whenever centroids change; cluster ids are only valid within one
+    budgets: tuple[BudgetState, ...] = ()  # learned cost weights of policies with a budget
+    drift: tuple[ClusterDrift, ...] = ()  # (k,) or empty: detector memory per cluster
+    explore_share: tuple[float, ...] = ()  # (m,) or empty: share of sample rows a model may win
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -108,6 +138,35 @@ def validate(snap: Snapshot) -> None:
         raise SnapshotError("prior_strength/shrink_strength: must be positive")
     if snap.version < 0 or snap.parent < 0 or snap.parent > snap.version:
         raise SnapshotError("version/parent: parent must not be newer than version")
+    _validate_learning(snap, k, m)
+
+
+def _validate_learning(snap: Snapshot, k: int, m: int) -> None:
+    if len({b.policy for b in snap.budgets}) != len(snap.budgets):
+        raise SnapshotError("budgets: duplicate policy")
+    for b in snap.budgets:
+        if not (np.isfinite(b.cost_weight) and b.cost_weight >= 0 and b.target_cost_usd > 0):
+            raise SnapshotError(f"budgets: policy {b.policy!r} needs a finite weight >= 0 and a target > 0")
+    if snap.drift and len(snap.drift) != k:
+        raise SnapshotError(f"drift: expected {k} clusters")
+    for d in snap.drift:
+        if d.reward_blocks and len(d.reward_blocks) != m or d.reward_pending and len(d.reward_pending) != m:
+            raise SnapshotError(f"drift: expected reward windows for {m} models")
+        values = [*d.margin_blocks, *d.margin_pending, *(v for r in d.reward_blocks for v in r),
+                  *(v for r in d.reward_pending for v in r)]  # fmt: skip
+        if not np.isfinite(np.array(values, dtype=np.float64)).all():
+            raise SnapshotError("drift: non-finite values")
+    if snap.explore_share and (
+        len(snap.explore_share) != m or not all(0.0 < x <= 1.0 for x in snap.explore_share)
+    ):
+        raise SnapshotError(f"explore_share: expected {m} values in (0, 1]")
+
+
+def validate_pool(snap: Snapshot, models: tuple[str, ...]) -> None:
+    """Raise ``SnapshotError`` unless every model of the pool is in the snapshot."""
+    missing = [name for name in models if name not in snap.models]
+    if missing:
+        raise SnapshotError(f"models: the pool's {', '.join(missing)} missing from the snapshot")
 
 
 def initial_snapshot(

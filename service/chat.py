@@ -149,6 +149,8 @@ class ChatService:
         policy = req.model if req.model in self.policies else tenant.policy
         weights = self.policies[policy]
         cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
+        if tenant.cost_weight is None:  # learner budgets (issue 4): the live snapshot's weight for this policy
+            cost_weight = view.cost_weight(policy, cost_weight)
         try:
             screen = self.rules.screen(
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,

@@ -13,6 +13,7 @@ import threading
 import msgspec
 import numpy as np
 
+from learner.budget import cap_exploration
 from learner.clusters import assign
 from learner.policy import choose, draw_samples, expected_cost_usd, posterior
 from learner.snapshot import Snapshot, SnapshotError, centroid_array, validate
@@ -57,7 +58,10 @@ class RouterView:
         self.alpha, self.beta = alpha, beta
         self.mean = (alpha / (alpha + beta)).astype(np.float32)
         rng = np.random.default_rng([seed, snapshot.version])
-        self.samples = draw_samples(alpha, beta, n_samples, rng)
+        # the exploration budget excludes under-explored models from some rows: propensities stay
+        # the exact share of rows won
+        self.samples = cap_exploration(draw_samples(alpha, beta, n_samples, rng), snapshot.explore_share)
+        self.cost_weights = {b.policy: b.cost_weight for b in snapshot.budgets}
         self.price_in = np.array(pricing.price_in_per_mtok, dtype=np.float64)
         self.price_out = np.array(pricing.price_out_per_mtok, dtype=np.float64)
         self.completion_tokens = np.array(snapshot.completion_tokens, dtype=np.float64)
@@ -65,6 +69,10 @@ class RouterView:
         self.all_allowed = np.ones(len(self.models), dtype=bool)
         for arr in (self.centroids, self.samples, self.mean):
             arr.setflags(write=False)
+
+    def cost_weight(self, policy: str, configured: float) -> float:
+        """The weight the learner set for ``policy``'s budget, else the configured one."""
+        return self.cost_weights.get(policy, configured)
 
     def costs(self, prompt_tokens: int) -> np.ndarray:
         return expected_cost_usd(prompt_tokens, self.completion_tokens, self.price_in, self.price_out)

@@ -27,7 +27,7 @@ def test_first_requests_become_clusters():
     events = []
     for i in range(80):
         t = i % 2
-        emb = normalize_rows(topics[t] + 0.05 * rng.normal(size=dim))[0]
+        emb = normalize_rows((topics[t] + 0.05 * rng.normal(size=dim))[None, :])[0]
         did = uuid7()
         model = "a" if t == 0 else "b"
         events.append(DecisionMade(event_id=uuid7(), decision_id=did, ts_ms=int(time.time() * 1000), cluster=0,
