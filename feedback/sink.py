@@ -138,19 +138,30 @@ class Sink:
                     stop.wait(backoff)
                     backoff = min(self._retry_max_s, backoff * 2)
                     continue
-                backoff = 0.1
-                records = self._poll_batch(stop)
-                if self._take_recreated():
-                    continue  # what was polled may come from a stale position: drop it, re-read
-                if not records:
-                    continue
-                if self._store(records, stop):
-                    self._commit(records)
-                    self.batches += 1
-                elif not stop.is_set():
-                    self._rewind(records)
+                try:
+                    self._step(stop)
+                    backoff = 0.1
+                except Exception:  # a consumer error: start over from the committed offsets
+                    log.exception("sink consumer failed; reconnecting (uncommitted records will be read again)")
+                    self._close_consumer()
+                    stop.wait(backoff)
+                    backoff = min(self._retry_max_s, backoff * 2)
         finally:
-            self._close()
+            self._close_consumer()
+            self._dlq.close(timeout_s=2.0)
+
+    def _step(self, stop: threading.Event) -> None:
+        """One batch: poll, store, commit (or rewind when the batch was abandoned)."""
+        records = self._poll_batch(stop)
+        if self._take_recreated():
+            return  # what was polled may come from a stale position: drop it, re-read
+        if not records:
+            return
+        if self._store(records, stop):
+            self._commit(records)
+            self.batches += 1
+        elif not stop.is_set():
+            self._rewind(records)
 
     def _connect(self) -> bool:
         from kafka import KafkaConsumer
@@ -286,11 +297,10 @@ class Sink:
             self._consumer.seek_to_beginning(*tps)
         return True
 
-    def _close(self) -> None:
+    def _close_consumer(self) -> None:
         if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
             try:
-                self._consumer.close(autocommit=False, timeout_ms=2000)
+                consumer.close(autocommit=False, timeout_ms=2000)
             except Exception:
                 log.debug("closing the consumer", exc_info=True)
-            self._consumer = None
-        self._dlq.close(timeout_s=2.0)
