@@ -14,6 +14,7 @@ journal first fills past ``warn_ratio`` of its bound, and again whenever it refu
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -21,7 +22,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["Position", "SpillJournal"]
 
@@ -41,6 +42,7 @@ class SpillJournal:
                  warn_ratio: float = 0.8) -> None:  # fmt: skip
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = _lock_directory(self.directory)
         self.max_bytes = max_bytes
         self.segment_bytes = max(1, min(segment_bytes, max_bytes))
         self._warn_at = int(max_bytes * warn_ratio)
@@ -191,6 +193,8 @@ class SpillJournal:
             if not self._fh.closed:
                 self._sync_locked()
                 self._fh.close()
+            if not self._lock_fh.closed:
+                self._lock_fh.close()  # releases the directory lock
 
     def __enter__(self) -> "SpillJournal":
         return self
@@ -247,6 +251,18 @@ class SpillJournal:
         if self._records:
             log.warning("spill journal %s holds %d events from an earlier run; they will be replayed",
                         self.directory, self._records)  # fmt: skip
+
+
+def _lock_directory(directory: Path) -> Any:
+    """Hold an exclusive lock on the journal directory: two writers would corrupt each other."""
+    fh = open(directory / "lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise RuntimeError(f"spill journal {directory} is in use by another process; give each process that "
+                           f"publishes events its own [events] spill_dir") from None  # fmt: skip
+    return fh
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -92,7 +92,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     from service.runtime import Runtime
 
-    rt = Runtime(_settings(args), learner=True)
+    settings = _settings(args)
+    # the learner publishes no events: no Kafka producer (nor spill journal) in this process
+    settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(settings.events, backend="inprocess"))
+    rt = Runtime(settings, learner=True)
     if args.once:
         snap = rt.cycle.run(reason="manual")
         print(f"snapshot v{snap.version} published (watermark {snap.watermark_ms})")

@@ -129,3 +129,11 @@ def test_journal_is_a_fifo_that_survives_reopen(tmp_path_factory, ops):
     replayed += _drain(j)
     j.close()
     assert replayed == model
+
+
+def test_one_writer_per_directory(tmp_path, journals):
+    j = journals(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(RuntimeError, match="in use by another process"):
+        SpillJournal(tmp_path, max_bytes=1 << 20)
+    j.close()
+    journals(tmp_path, max_bytes=1 << 20).append([b"ok"])  # free again once closed
