@@ -64,12 +64,14 @@ def test_failing_inserts_commit_nothing_then_resume_losing_nothing(kafka_broker,
     rows = FlakyRows(ClickHouseRowStore(ch), failures=4)
     seen_while_failing: list[dict] = []
     rows.on_fail = lambda: seen_while_failing.append(committed(kafka_broker.bootstrap, names["group"], topics))
-    sink = _sink(kafka_broker, names, rows, ClickHouseDeadLetterStore(ch), batch_events=1000)
+    # hold_max_s: a batch failing for longer than that is abandoned and read again from Kafka
+    sink = _sink(kafka_broker, names, rows, ClickHouseDeadLetterStore(ch), batch_events=1000, hold_max_s=0.25)
     with running(sink):
         wait_for(lambda: _count(ch, "decisions") + _count(ch, "feedback") >= 400, what="400 rows")
         wait_for(lambda: sum(o or 0 for o in committed(kafka_broker.bootstrap, names["group"], topics).values()) == 400,
                  what="offsets of all 400 records committed")  # fmt: skip
     assert rows.failed == 4 and sink.store_failures == 4
+    assert sink.abandoned >= 1  # the failing batch was given back to Kafka and polled again
     assert len(seen_while_failing) == 4
     assert all(o is None for offsets in seen_while_failing for o in offsets.values())  # no commit while failing
     assert _count(ch, "decisions") == 200 and _count(ch, "feedback") == 200
