@@ -21,6 +21,7 @@ __all__ = [
     "decode_snapshot",
     "encode_snapshot",
     "initial_snapshot",
+    "rollback_snapshot",
     "validate",
     "validate_pool",
 ]
@@ -200,6 +201,29 @@ def initial_snapshot(
         prior_strength=prior_strength,
         shrink_strength=shrink_strength,
         clustering=1,
+    )
+    validate(snap)
+    return snap
+
+
+def rollback_snapshot(target: Snapshot, latest: Snapshot, now_ms: int) -> Snapshot:
+    """A new version that routes as ``target`` did, on top of ``latest``.
+
+    The watermark stays the latest's: what the learner has read is not read again (the rollback
+    undoes what was learned from it, on purpose). If the centroids differ, the clustering gets a
+    new generation, since decisions were logged under the latest one's cluster ids meanwhile;
+    the drift detectors then start afresh.
+    """
+    same = target.clustering == latest.clustering
+    snap = msgspec.structs.replace(
+        target,
+        version=latest.version + 1,
+        parent=latest.version,
+        created_at_ms=now_ms,
+        reason="rollback",
+        watermark_ms=latest.watermark_ms,
+        clustering=latest.clustering if same else latest.clustering + 1,
+        drift=target.drift if same else (),
     )
     validate(snap)
     return snap

@@ -126,11 +126,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_stores(args: argparse.Namespace):  # -> (RowStore, SnapshotStore, LearnerLog)
+    from service.runtime import open_stores
+
+    return open_stores(_settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description="An adaptive LLM router that learns from its traffic.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     parser.set_defaults(load_settings=_settings)  # for commands registered by other packages (turnout sink)
+    parser.set_defaults(open_stores=_open_stores)  # for learner.cli (turnout snapshot), which may not import service
 
     up = sub.add_parser("up", help="service, event bus, ClickHouse and learner in one process")
     _serve_args(up)

@@ -13,13 +13,18 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
 from feedback.inprocess import InProcessBus
-from feedback.ports import EventSink, RowStore, SnapshotStore
+from feedback.memory import MemoryLearnerLog
+from feedback.ports import EventSink, LearnerLog, RowStore, SnapshotStore
 from learner.clusters import kmeans
+from learner.budget import BudgetParams, BudgetTarget
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
+from learner.drift import DriftParams
 from learner.embedding import Embedder, HashingEmbedder
-from learner.snapshot import Snapshot, decode_snapshot, encode_snapshot, initial_snapshot
+from learner.recluster import ReclusterParams
+from learner.reward import RewardWeights
+from learner.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot, initial_snapshot
 from service.app import Deps, create_app
 from service.chat import ChatService, PolicyWeights, PoolModel
 from service.dashboard import clickhouse_sources
@@ -29,9 +34,43 @@ from service.routing import Pricing, Router
 from service.settings import Settings
 from service.upstream import Upstream
 
-__all__ = ["Runtime", "build_embedder", "build_event_sink", "build_runtime", "pool_from_settings"]
+__all__ = [
+    "Runtime", "build_embedder", "build_event_sink", "build_runtime", "learner_params", "open_stores",
+    "pool_from_settings",
+]  # fmt: skip
 
 log = logging.getLogger("turnout")
+
+
+def learner_params(settings: Settings) -> LearnerParams:
+    """The learning cycle's parameters from ``[learner]`` (plain values for the pure core)."""
+    ls, weights = settings.learner, {p.name: p.cost_weight for p in settings.policies}
+    weights["auto"] = settings.router.cost_weight
+    d, r = ls.drift, ls.recluster
+    return LearnerParams(
+        n_clusters=settings.router.n_clusters, grace_ms=int(ls.grace_s * 1000), discount=ls.discount,
+        cold_start_min=ls.cold_start_min, half_life_ms=ls.half_life_s * 1000.0,
+        half_life_rewards=ls.half_life_feedback,
+        rewards=RewardWeights(ls.feedback_weights.explicit, ls.feedback_weights.re_request,
+                              ls.feedback_weights.upstream_error),
+        drift=DriftParams(block=d.block, window=d.window, baseline=d.baseline, tolerance=d.tolerance,
+                          threshold=d.threshold, reward_block=d.reward_block, reward_tolerance=d.reward_tolerance,
+                          reward_threshold=d.reward_threshold) if d.enabled else None,
+        reward_reset=d.reward_reset,
+        recluster=ReclusterParams(sample=r.sample, max_clusters=r.max_clusters, min_size=r.min_size,
+                                  split_gain=r.split_gain, split_cos=r.split_cos, growth=r.growth,
+                                  merge_cos=r.merge_cos, carry=r.carry),
+        budgets=tuple(BudgetTarget(b.policy, b.target_cost_usd, weights[b.policy]) for b in ls.budgets),
+        budget=BudgetParams(step=ls.budget_step),
+        explore_min_evidence=ls.explore_min_evidence, explore_share=ls.explore_share,
+    )  # fmt: skip
+
+
+def open_stores(settings: Settings) -> tuple[RowStore, SnapshotStore, LearnerLog]:
+    """The ClickHouse stores, migrated: for commands that only read or write snapshots."""
+    client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
+    migrate(client)
+    return ClickHouseRowStore(client), ClickHouseSnapshotStore(client), ClickHouseLearnerLog(client)
 
 
 def build_event_sink(settings: Settings, rows: RowStore) -> EventSink:
@@ -174,13 +213,10 @@ class Runtime:
             store_prompts=settings.server.store_prompts,
             **chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3)),
         )  # fmt: skip
-        params = LearnerParams(
-            n_clusters=settings.router.n_clusters, grace_ms=int(settings.learner.grace_s * 1000),
-            discount=settings.learner.discount, cold_start_min=settings.learner.cold_start_min,
-        )  # fmt: skip
+        self.learner_log = ClickHouseLearnerLog(self.client) if self.client is not None else MemoryLearnerLog()
         self.cycle = LearningCycle(
-            self.rows, self.snapshots, prior, params, np.random.default_rng(settings.router.seed + 2),
-            publish=self.router.swap, before=lambda: self.sink.flush(30.0),
+            self.rows, self.snapshots, prior, learner_params(settings), np.random.default_rng(settings.router.seed + 2),
+            publish=self.router.swap, before=lambda: self.sink.flush(30.0), learner_log=self.learner_log,
         )  # fmt: skip
         self.learner_enabled = learner
         deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
@@ -211,10 +247,18 @@ class Runtime:
         self._pipeline_thread.start()
 
     def poll_snapshot(self) -> None:
-        """Swap in a newer stored snapshot (when the learner runs in another process)."""
+        """Swap in a newer stored snapshot (when the learner runs in another process).
+
+        One that does not decode or validate is refused and the last good one stays live.
+        """
         blob = self.snapshots.latest()
         if blob is not None:
-            snap = align(decode_snapshot(blob), self.prior)
+            try:
+                snap = align(decode_snapshot(blob), self.prior)
+            except SnapshotError as exc:
+                self.router.rejected += 1
+                log.error("stored snapshot rejected, keeping v%d: %s", self.router.view.snapshot.version, exc)
+                return
             if snap.version > self.router.view.snapshot.version:
                 self.router.swap(snap)
 

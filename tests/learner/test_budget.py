@@ -1,0 +1,51 @@
+"""Budgets: the dual step on the cost weight; the exploration cap keeps propensities exact."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learner.budget import BudgetParams, BudgetTarget, cap_exploration, dual_update, explore_share, start
+from learner.policy import choose
+
+P = BudgetParams()
+
+
+def test_overspending_raises_the_weight_underspending_lowers_it():
+    s = start(BudgetTarget("auto", 0.001, 25.0), P)
+    over = dual_update(s, 100, 0.2, P)  # twice the target
+    under = dual_update(s, 100, 0.05, P)  # half
+    assert over.cost_weight > 25.0 > under.cost_weight
+    assert over.realised_cost_usd == 0.002 and over.decisions == 100
+    assert dual_update(s, 0, 0.0, P) == s  # no traffic, no step
+    huge = dual_update(s, 1, 1000.0, P)
+    assert huge.cost_weight == 25.0 * np.exp(P.max_log_change)  # bounded per cycle
+
+
+def test_steps_telescope_so_the_average_tracks_the_target():
+    s = start(BudgetTarget("auto", 1.0, 1.0), P)
+    ratios = [1.5, 0.6, 1.2, 0.9, 0.8]
+    for r in ratios:
+        s = dual_update(s, 10, 10 * r, P)
+    assert np.isclose(np.log(s.cost_weight), P.step * sum(r - 1 for r in ratios))
+
+
+def test_no_cap_until_some_model_is_established():
+    assert explore_share(np.array([0.0, 3.0]), 20.0, 0.1) == ()
+    assert explore_share(np.array([50.0, 3.0, 20.0]), 20.0, 0.1) == (1.0, 0.1, 1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), share=st.floats(0.01, 0.99), row=st.integers(0, 255))
+def test_capped_model_wins_at_most_its_share_and_propensities_stay_exact(seed, share, row):
+    rng = np.random.default_rng(seed)
+    samples = rng.beta(2, 2, size=(3, 256, 4)).astype(np.float32)
+    samples[:, :, 3] += 1.0  # the new model would win every row
+    capped = cap_exploration(samples, (1.0, 1.0, 1.0, share))
+    arm, props = choose(capped[1], np.zeros(4), np.ones(4, dtype=bool), row)
+    assert props[3] <= share + 1 / 256 and np.isclose(props.sum(), 1.0)
+    winners = np.argmax(capped[1], axis=1)
+    assert arm == winners[row] and np.allclose(props, np.bincount(winners, minlength=4) / 256)
+    only = np.array([False, False, False, True])  # a pass-through to the capped model still gets it
+    assert choose(capped[1], np.zeros(4), only, row)[0] == 3
