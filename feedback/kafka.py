@@ -31,7 +31,7 @@ import msgspec
 from feedback.events import DecisionMade, Event, encode_event
 from feedback.spill import SpillJournal
 
-__all__ = ["KafkaEventSink", "Producer", "close_refused_sockets", "ensure_topics"]
+__all__ = ["KafkaEventSink", "Producer", "build_client", "close_refused_sockets", "ensure_topics"]
 
 log = logging.getLogger("turnout.kafka")
 
@@ -74,6 +74,33 @@ def close_refused_sockets() -> None:
     KafkaNetSocket.sock_connect = sock_connect  # type: ignore[method-assign]
 
 
+def build_client(factory: Any, **config: Any) -> Any:
+    """``factory(**config)`` (KafkaProducer, KafkaConsumer, KafkaAdminClient), cleaning up a failure.
+
+    kafka-python 3.0 makes its network client (with a wakeup socket pair) before it bootstraps,
+    and leaves it open when the bootstrap fails (broker down); close it here. Also applies
+    ``close_refused_sockets``.
+    """
+    from kafka.net.compat import KafkaNetClient
+
+    close_refused_sockets()
+    made: list[Any] = []
+
+    def network_client(**kwargs: Any) -> Any:
+        made.append(KafkaNetClient(**kwargs))
+        return made[-1]
+
+    try:
+        return factory(kafka_client=network_client, **config)
+    except BaseException:
+        for client in made:
+            try:
+                client.close()
+            except Exception:  # already half torn down
+                log.debug("closing a failed client", exc_info=True)
+        raise
+
+
 class Producer:
     """A kafka-python producer that is rebuilt after a failure.
 
@@ -98,10 +125,9 @@ class Producer:
         """Send records and wait for the broker; which ones it acknowledged, in order."""
         from kafka import KafkaProducer
 
-        close_refused_sockets()
         if self._producer is None:
             try:
-                self._producer = KafkaProducer(**self._config)
+                self._producer = build_client(KafkaProducer, **self._config)
             except Exception as exc:  # NoBrokersAvailable and friends: try again later
                 (log.debug if self._down else log.warning)(
                     "Kafka producer cannot connect (%s): %s", self._config["bootstrap_servers"], exc)
@@ -148,9 +174,8 @@ def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    close_refused_sockets()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="turnout-admin",
-                             request_timeout_ms=5000)  # fmt: skip
+    admin = build_client(KafkaAdminClient, bootstrap_servers=bootstrap_servers.split(","), client_id="turnout-admin",
+                         request_timeout_ms=5000, bootstrap_timeout_ms=2000)  # fmt: skip
     try:
         missing = [t for t in topics if t not in set(admin.list_topics())]
         if missing:
@@ -292,7 +317,11 @@ class KafkaEventSink:
         batch = self._take()
         if not batch:
             return False
-        acked = self._producer.send_all([self._record(e) for e in batch])
+        try:
+            acked = self._producer.send_all([self._record(e) for e in batch])
+        except Exception:  # whatever went wrong, the batch must not vanish: journal it
+            log.exception("Kafka send raised; journaling the batch")
+            acked = [False] * len(batch)
         sent = sum(acked)
         self.sent += sent
         if sent < len(batch):
@@ -332,9 +361,9 @@ class KafkaEventSink:
         while prefix < len(acked) and acked[prefix]:
             prefix += 1
         if prefix:
-            self._journal.commit(chunk[prefix - 1][1], prefix)
-            self.replayed += prefix
+            self.replayed += prefix  # counted before the commit empties the backlog (flush reads it)
             self.sent += prefix
+            self._journal.commit(chunk[prefix - 1][1], prefix)
         if prefix < len(chunk):
             self._failed(len(chunk) - prefix)
             return False

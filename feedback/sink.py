@@ -31,7 +31,7 @@ import msgspec
 
 from feedback.deadletters import DeadLetter, DeadLetterStore, letter_id
 from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
-from feedback.kafka import Producer, close_refused_sockets, ensure_topics
+from feedback.kafka import Producer, build_client, ensure_topics
 from feedback.ports import RowStore
 
 __all__ = ["Sink", "check_event", "split_batch"]
@@ -166,10 +166,10 @@ class Sink:
     def _connect(self) -> bool:
         from kafka import KafkaConsumer
 
-        close_refused_sockets()
         try:
             ensure_topics(self._bootstrap, (*self._topics, self._dlq_topic))
-            consumer = KafkaConsumer(
+            consumer = build_client(
+                KafkaConsumer,
                 bootstrap_servers=self._bootstrap.split(","), group_id=self._group, client_id=self._client_id,
                 enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=self._session_timeout_ms,
                 heartbeat_interval_ms=max(100, self._session_timeout_ms // 6),
