@@ -100,7 +100,13 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
             raise
         return caller
 
-    @post("/v1/chat/completions", status_code=200, operation_class=body_operation(ChatRequest))
+    chat_body = body_operation(ChatRequest, {
+        "model": {"enum": [*chat.policies, *(m.name for m in chat.pool), *sorted(chat.rules.aliases)]},
+        "messages": {"contains": {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"const": "user"}, "content": {"type": "string", "pattern": "\\S"}}}},
+    })  # fmt: skip
+
+    @post("/v1/chat/completions", status_code=200, operation_class=chat_body)
     async def chat_completions(request: Request) -> Response:
         started = time.perf_counter()
         caller = caller_of(request)
@@ -165,6 +171,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),
         on_shutdown=[close_upstreams],
+        logging_config=None,  # logging belongs to the process (service.cli, service.logs), not the app
         debug=False,
     )
 

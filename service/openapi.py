@@ -3,7 +3,7 @@
 The handlers read raw bodies and decode them with msgspec themselves (faster than Litestar's
 signature model, and with OpenAI-style 400/422 errors), so Litestar cannot see the bodies in
 their signatures. ``body_operation`` puts them back: an ``Operation`` class whose request body
-refers to the JSON Schema that msgspec derives from the same structs the decoders use.
+is the JSON Schema that msgspec derives from the same structs the decoders use.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Any
 
 import msgspec
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reference, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from service.schemas import ChatRequest, ErrorBody, FeedbackRequest
 
 __all__ = ["body_operation", "openapi_config"]
 
@@ -41,15 +40,30 @@ def _schema(node: Any) -> Any:
             value = [OpenAPIType(v) for v in value] if isinstance(value, list) else OpenAPIType(value)
         elif name == "properties":
             value = {k: _schema(v) for k, v in value.items()}
-        elif name in ("items", "any_of", "one_of", "all_of") or (name == "additional_properties" and isinstance(value, dict)):
+        elif name in ("items", "contains", "any_of", "one_of", "all_of") or (name == "additional_properties" and isinstance(value, dict)):
             value = _schema(value)
         kwargs[name] = value
     return Schema(**kwargs)
 
 
-def _components() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components([ChatRequest, FeedbackRequest, ErrorBody], ref_template=_REF)
-    return {name: _schema(s) for name, s in components.items()}
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every ``$ref`` replaced by its definition (our structs are not recursive).
+    Inline because Litestar fills ``components/schemas`` from its own registry only."""
+    if isinstance(node, list):
+        return [_inline(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _inline(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+    return {k: _inline(v, defs) for k, v in node.items()}
+
+
+def _body_schema(struct: type[msgspec.Struct], fields: dict[str, dict[str, Any]]) -> Schema:
+    (ref,), defs = msgspec.json.schema_components([struct], ref_template=_REF)
+    body = _inline(ref, defs)
+    for field, extra in fields.items():
+        body["properties"][field] = {**body["properties"][field], **extra}
+    return _schema(body)
 
 
 def openapi_config(version: str = "0.1.0") -> OpenAPIConfig:
@@ -57,17 +71,16 @@ def openapi_config(version: str = "0.1.0") -> OpenAPIConfig:
         title="Turnout",
         version=version,
         description="An adaptive LLM router with an OpenAI-compatible API.",
-        components=Components(schemas=_components()),
         path="/schema",
     )
 
 
-def body_operation(struct: type[msgspec.Struct]) -> type[Operation]:
-    """An Operation class whose request body is ``struct`` (JSON, required)."""
-    body = RequestBody(
-        required=True,
-        content={"application/json": OpenAPIMediaType(schema=Reference(ref=_REF.format(name=struct.__name__)))},
-    )
+def body_operation(struct: type[msgspec.Struct], fields: dict[str, dict[str, Any]] | None = None) -> type[Operation]:
+    """An Operation class whose request body is ``struct`` (JSON, required). ``fields`` adds
+    JSON Schema keywords to fields: what the struct alone cannot say (the models of this
+    deployment, the user message a chat needs)."""
+    schema = _body_schema(struct, fields or {})
+    body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=schema)})
 
     class _WithBody(Operation):
         def __init__(self, *args: Any, **kwargs: Any) -> None:

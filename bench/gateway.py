@@ -1,0 +1,248 @@
+"""Gateway overhead, side by side: Turnout and LiteLLM's proxy in front of the same upstream.
+
+    python -m bench.gateway [--rates 50,100,200,400,600,800] [--duration-s 10] [--litellm /work/litellm-venv/bin/litellm]
+
+1. A zero-latency OpenAI-compatible upstream (``bench.upstream``) in its own process.
+2. Turnout (``turnout up``: service, in-process event bus, embedded ClickHouse, learner) with three
+   providers on that upstream, and LiteLLM's proxy (two workers, telemetry off) with one model on it.
+3. At each rate, an open-loop load (``bench.loadgen``) goes to the upstream directly, then through
+   each gateway. Overhead at a percentile = gateway latency - direct latency at that percentile.
+   The highest rate whose p99 overhead stays under 10 ms is each gateway's sustained rate.
+CPU per request is read from /proc for each gateway's processes. The machine may be shared:
+run twice and compare ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from bench.loadgen import LoadResult, open_loop
+
+PROMPTS = [
+    "Write a Python function that merges two sorted lists.", "How long should I boil an egg for a soft yolk?",
+    "Plan a three day trip to Lisbon on a budget.", "What is the derivative of x^3 * sin(x)?",
+    "Explain the difference between a process and a thread.", "Suggest a vegetarian dinner for four people.",
+    "Which museums in Rome are worth a visit?", "Solve 3x + 7 = 22 and show the steps.",
+]  # fmt: skip
+P_LEVELS = (50, 90, 99)
+LIMIT_MS = 10.0
+BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 4  # both gateways check a bearer key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(port: int, path: str, timeout_s: float = 600.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before answering on :{port}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing answered on :{port}{path}")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the LiteLLM workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return total
+
+
+class Target:
+    def __init__(self, name: str, port: int, path: str, body: bytes, headers: dict[str, str],
+                 proc: subprocess.Popen | None = None) -> None:  # fmt: skip
+        self.name, self.port, self.path, self.body, self.headers, self.proc = name, port, path, body, headers, proc
+        self.results: dict[float, LoadResult] = {}
+        self.cpu_ms: dict[float, float] = {}
+
+    def run(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
+        bodies = [self.body.replace(b"__PROMPT__", p.encode()) for p in PROMPTS]
+        cpu0 = _cpu_s(self.proc.pid) if self.proc else 0.0
+        res = open_loop(f"http://127.0.0.1:{self.port}", self.path, lambda i: bodies[i % len(bodies)], rate=rate,
+                        duration_s=duration_s, warmup_s=warmup_s, headers=self.headers)  # fmt: skip
+        if self.proc:
+            self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / max(1, res.sent + int(rate * warmup_s))
+        self.results[rate] = res
+        return res
+
+
+def _start_upstream(port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.upstream", "--port", str(port)])
+
+
+def _start_turnout(port: int, upstream: int, tmp: Path) -> subprocess.Popen:
+    models = "".join(
+        f'[[models]]\nname = "m{i}"\nbase_url = "http://127.0.0.1:{upstream}/v1"\nupstream_model = "bench"\n'
+        f"tier = {t}\nprice_in_per_mtok = {p}\nprice_out_per_mtok = {4 * p}\n\n"
+        for i, (t, p) in enumerate([(0.8, 2.5), (0.7, 0.6), (0.6, 0.15)])
+    )  # fmt: skip
+    examples = ", ".join(json.dumps(p) for p in PROMPTS)
+    tenant = f'[[tenants]]\nname = "bench"\napi_key_sha256 = ["{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"]\n\n'
+    (tmp / "turnout.toml").write_text(
+        f'[server]\nlog_format = "text"\n\n[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
+    )
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--config", str(tmp / "turnout.toml"),
+                             "--port", str(port), "--data-dir", str(tmp / "data")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "turnout.log", "w"))  # fmt: skip
+
+
+def _start_litellm(binary: str, port: int, upstream: int, tmp: Path, workers: int) -> subprocess.Popen:
+    (tmp / "litellm.yaml").write_text(
+        "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench\n"
+        f"      api_base: http://127.0.0.1:{upstream}/v1\n      api_key: sk-bench\n"
+        "litellm_settings:\n  telemetry: false\n  set_verbose: false\n  json_logs: false\n"
+        f"general_settings:\n  master_key: {BENCH_KEY}\n"
+    )
+    env = dict(os.environ, LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR",
+               DISABLE_ADMIN_UI="True", NO_DOCS="True", USE_PRISMA_MIGRATE="False")  # fmt: skip
+    return subprocess.Popen([binary, "--config", str(tmp / "litellm.yaml"), "--port", str(port), "--host", "127.0.0.1",
+                             "--num_workers", str(workers)], env=env, cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "litellm.log", "w"))  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _overhead(target: Target, direct: Target, rate: float, p: float) -> float:
+    return target.results[rate].pct_ms(p) - direct.results[rate].pct_ms(p)
+
+
+def _report(direct: Target, gateways: list[Target], rates: list[float]) -> dict:
+    print(f"\n{'rate/s':>7} {'target':<9} {'ok':>6} {'err':>4} " + " ".join(f"{'p' + str(p) + ' ms':>9}" for p in P_LEVELS)
+          + " " + " ".join(f"{'ovh p' + str(p):>9}" for p in P_LEVELS) + f" {'cpu ms/req':>10}")  # fmt: skip
+    summary: dict = {"rates": {}, "sustained": {}}
+    for rate in rates:
+        for t in [direct, *gateways]:
+            if rate not in t.results:
+                continue
+            r = t.results[rate]
+            lat = " ".join(f"{r.pct_ms(p):9.2f}" for p in P_LEVELS)
+            ovh = " ".join(f"{_overhead(t, direct, rate, p):9.2f}" if t is not direct else f"{'':9}" for p in P_LEVELS)
+            cpu = f"{t.cpu_ms[rate]:10.2f}" if rate in t.cpu_ms else f"{'':10}"
+            print(f"{rate:7g} {t.name:<9} {r.ok:6d} {r.errors:4d} {lat} {ovh} {cpu}")
+            if t is not direct:
+                summary["rates"].setdefault(str(rate), {})[t.name] = {
+                    f"overhead_p{p}_ms": round(_overhead(t, direct, rate, p), 3) for p in P_LEVELS
+                } | {"errors": r.errors, "cpu_ms_per_request": round(t.cpu_ms.get(rate, float("nan")), 3)}
+    for t in gateways:
+        ok = [rate for rate in rates if rate in t.results and t.results[rate].errors == 0
+              and _overhead(t, direct, rate, 99) < LIMIT_MS]  # fmt: skip
+        summary["sustained"][t.name] = max(ok) if ok else 0
+    print(f"\nhighest rate with p99 overhead < {LIMIT_MS:g} ms and no errors: "
+          + ", ".join(f"{n} {r:g}/s" for n, r in summary["sustained"].items()))  # fmt: skip
+    if len(gateways) == 2:
+        t, other = gateways
+        at = 50.0 if 50.0 in rates else rates[0]
+        if at in t.results and at in other.results:
+            mine, theirs = _overhead(t, direct, at, 99), _overhead(other, direct, at, 99)
+            print(f"p99 overhead at {at:g}/s: {t.name} {mine:.2f} ms, {other.name} {theirs:.2f} ms "
+                  f"(ratio {theirs / max(mine, 1e-3):.1f}x)")  # fmt: skip
+        if summary["sustained"].get(other.name):
+            print(f"sustained rate ratio: {summary['sustained'][t.name] / summary['sustained'][other.name]:.1f}x")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rates", default="50,100,200,400,600,800,1000")
+    p.add_argument("--duration-s", type=float, default=10.0)
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--litellm", default="/work/litellm-venv/bin/litellm", help="LiteLLM's CLI ('' to skip)")
+    p.add_argument("--litellm-workers", type=int, default=2)
+    p.add_argument("--json", help="also write the summary here")
+    args = p.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as d:
+        tmp = Path(d)
+        try:
+            up_port, t_port, l_port = _free_port(), _free_port(), _free_port()
+            procs.append(_start_upstream(up_port))
+            turnout = _start_turnout(t_port, up_port, tmp)
+            procs.append(turnout)
+            litellm = None
+            if args.litellm and shutil.which(args.litellm):
+                litellm = _start_litellm(args.litellm, l_port, up_port, tmp, args.litellm_workers)
+                procs.append(litellm)
+            _wait_http(up_port, "/v1/models")
+            _wait_http(t_port, "/healthz", proc=turnout)
+            body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}]})
+            direct = Target("direct", up_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"bench"), {})
+            auth = {"authorization": f"Bearer {BENCH_KEY}"}
+            gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth,
+                               turnout)]  # fmt: skip
+            if litellm is not None:
+                _wait_http(l_port, "/health/liveliness", proc=litellm)
+                gateways.append(Target("litellm", l_port, "/v1/chat/completions",
+                                       body.replace(b"__MODEL__", b"bench"), auth,
+                                       litellm))  # fmt: skip
+            for t in gateways:  # warm up: imports, connection pools, JIT-less caches
+                t.run(20.0, 3.0, 0.0)
+            saturated: set[str] = set()
+            for rate in rates:
+                direct.run(rate, args.duration_s, args.warmup_s)
+                for t in gateways:
+                    if t.name in saturated:
+                        continue
+                    res = t.run(rate, args.duration_s, args.warmup_s)
+                    ovh = _overhead(t, direct, rate, 99)
+                    print(f"  {rate:g}/s {t.name}: p99 overhead {ovh:.2f} ms, errors {res.errors}", flush=True)
+                    if ovh > 1000.0 or res.errors > res.sent // 10:
+                        saturated.add(t.name)  # far past saturation: higher rates say nothing more
+                    time.sleep(1.0)
+            summary = _report(direct, gateways, rates)
+            summary["cpu_count"] = os.cpu_count()
+            summary["load_avg"] = os.getloadavg()
+            if args.json:
+                Path(args.json).write_text(json.dumps(summary, indent=2))
+        finally:
+            for proc in reversed(procs):
+                _stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
