@@ -221,7 +221,7 @@ class Runtime:
         self.learner_enabled = learner
         deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
         deps.dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
-            name: b.state for name, b in self.chat.failover.breakers.items()})
+            name: b.state for name, b in self.chat.failover.breakers.items()}, drift=self.learner_log.drift_events)
         self.app = create_app(settings, deps)
         self._scheduler: Any = None
 

@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 
 from feedback.history import TrafficBucket
-from feedback.ports import SnapshotInfo
+from feedback.ports import DriftEvent, SnapshotInfo
 from service.dashboard import _window, router_history
 from service.errors import ApiError
 from tests.service.learning import drive
 
 B = 60_000
-
-
-class DriftEvent(msgspec.Struct, frozen=True):
-    """The fields of a learner drift event that the dashboard reads."""
-
-    version: int
-    at_ms: int
-    clustering: int
-    kind: str
-    clusters: tuple[int, ...]
-    model: str
-    old_value: float
-    new_value: float
-    action: str
 
 
 def test_router_history_shares_costs_margins_and_marks():
@@ -41,7 +27,7 @@ def test_router_history_shares_costs_margins_and_marks():
         TrafficBucket(9 * B, 1, 0, "a", 5, 5, 0.1, 0.1, 0.0),  # outside the window: ignored
     ]
     snaps = [SnapshotInfo(3, 2, B + 5, "scheduled"), SnapshotInfo(2, 1, 10 * B, "drift")]
-    drift = [DriftEvent(3, B + 1, 0, "margin", (0, 1), "", 0.6, 0.3, "recluster")]
+    drift = [DriftEvent(3, B + 1, 0, "margin", (0, 1), "", 0.6, 0.3, "recluster", 1)]
     h = router_history(rows, models=("a", "b"), clustering=1, since_ms=0, until_ms=3 * B, bucket_ms=B,
                        snapshots=snaps, drift=drift, breakers={"a": "open"})  # fmt: skip
     assert h.buckets == [0, B, 2 * B]
@@ -100,7 +86,7 @@ def test_history_endpoint_over_http(live, runtime):
     assert runtime.router.view.snapshot.version in versions
     assert h["clustering"] == runtime.router.view.snapshot.clustering
     assert h["breakers"] == {m: "closed" for m in runtime.prior.models}
-    assert h["drift"] is None  # no drift log wired: the page shows n/a
+    assert h["drift"] == []  # the learner log is wired and had nothing to report
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "buckets"
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/dashboard/dashboard.js">' in page.text and "http" not in page.text.split("<body")[1]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from feedback.events import DecisionMade, uuid7
+from feedback.ports import DriftEvent
 from tests.service.learning import drive
 
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -91,6 +92,9 @@ def test_dashboard_renders_live_data_in_chromium(live, runtime, chromium, tmp_pa
     snap = runtime.router.view.snapshot
     now_ms = int(time.time() * 1000)
     past = _past_traffic(runtime, now_ms, np.random.default_rng(13))
+    drift = DriftEvent(version=snap.version, at_ms=now_ms - 5 * 60_000, clustering=snap.clustering, kind="margin",
+                       clusters=(1,), model="", old_value=0.42, new_value=0.21, action="recluster")  # fmt: skip
+    runtime.learner_log.record(snap.version, [], [drift])
     url = f"{live}/dashboard?refresh_s=1&window_s=900"
 
     # the DOM after the page polled a few times (virtual time runs the timers without waiting)
@@ -112,7 +116,8 @@ def test_dashboard_renders_live_data_in_chromium(live, runtime, chromium, tmp_pa
     assert 'class="share"' in dom  # some traffic share was drawn
     assert 'class="actual"' in dom and 'class="counterfactual"' in dom and 'class="margin"' in dom
     assert re.search(rf'class="snapshot-mark".*?>v{snap.version}<', dom)
-    assert re.search(r'<ul id="drift-events"><li>n/a</li></ul>', dom)  # no drift log wired
+    assert dom.count('class="drift-mark"') == 1
+    assert "margin in cluster 1: 0.420 -&gt; 0.210, recluster" in dom
     for model in snap.models:
         assert re.search(rf'<tr data-model="{model}"><td>{model}</td><td class="state closed">closed</td>', dom)
     assert "update failed" not in dom
