@@ -15,13 +15,18 @@ def tier_from_prices(cost_usd: np.ndarray, low: float = 0.55, high: float = 0.8)
 
     Providers price by capability, so the dearest model starts at ``high`` and the cheapest at
     ``low``, linear in log price between. A weak prior (its strength is set elsewhere):
-    evidence overrides it within a few dozen calls.
+    evidence overrides it within a few dozen calls. A model with no price (<= 0) gets the middle.
     """
-    c = np.log(np.maximum(np.asarray(cost_usd, dtype=np.float64), 1e-12))
+    cost = np.asarray(cost_usd, dtype=np.float64)
+    out = np.full(len(cost), (low + high) / 2.0)
+    known = cost > 0
+    if known.sum() < 2:
+        return out
+    c = np.log(cost[known])
     span = c.max() - c.min()
-    if span <= 1e-12:
-        return np.full(len(c), (low + high) / 2.0)
-    return low + (high - low) * (c - c.min()) / span
+    if span > 1e-12:
+        out[known] = low + (high - low) * (c - c.min()) / span
+    return out
 
 
 def temper(alpha: np.ndarray, beta: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:

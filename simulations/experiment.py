@@ -1,0 +1,76 @@
+"""A replay experiment end to end: embed once, replay at one or several cost weights, report.
+
+Shared by ``turnout replay``, ``bench/replay.py`` and the tables in ``docs/simulations.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+import numpy as np
+
+from learner.embedding import Embedder
+from simulations.outcomes import Outcomes
+from simulations.progress import Progress
+from simulations.online import Evidence
+from simulations.replay import ReplayConfig, ReplayRun, fit_warm_start, replay
+from simulations.report import ReplayReport, evaluate
+
+__all__ = ["decisions_path", "embed_outcomes", "run_replays", "warm_start", "write_decisions"]
+
+
+def embed_outcomes(outcomes: Outcomes, embedder: Embedder) -> np.ndarray:
+    """Embeddings of every prompt, (n, d): one batch call over the distinct texts."""
+    texts = list(dict.fromkeys(outcomes.prompts))
+    vectors = embedder.embed(texts)
+    where = {t: i for i, t in enumerate(texts)}
+    return np.ascontiguousarray(vectors[[where[p] for p in outcomes.prompts]], dtype=np.float32)
+
+
+def warm_start(outcomes: Outcomes, embedder: Embedder, config: ReplayConfig) -> Evidence:
+    """Fit centroids and evidence on ``outcomes`` with full information (every model's score)."""
+    emb = embed_outcomes(outcomes, embedder)
+    return fit_warm_start(outcomes, emb, config.n_clusters, np.random.default_rng([config.seed, 3]),
+                          max_clusters=config.max_clusters)  # fmt: skip
+
+
+def run_replays(
+    outcomes: Outcomes,
+    embeddings: np.ndarray,
+    config: ReplayConfig,
+    weights: Sequence[float] | None = None,
+    warm: Evidence | None = None,
+    show_progress: bool | None = None,
+) -> tuple[ReplayReport, list[tuple[float, ReplayRun]]]:
+    """One replay per cost weight (``None``: the config's own, or its budget), then the report."""
+    points = [config.cost_weight] if weights is None else [float(w) for w in weights]
+    total = len(points) * len(outcomes) * max(1, config.passes)
+    runs: list[tuple[float, ReplayRun]] = []
+    start = time.perf_counter()
+    with Progress(total, "replay", enabled=show_progress) as bar:
+        for w in points:
+            cfg = msgspec.structs.replace(config, cost_weight=w)
+            runs.append((w, replay(outcomes, embeddings, cfg, warm, bar.advance)))
+    return evaluate(outcomes, runs, time.perf_counter() - start), runs
+
+
+def decisions_path(path: str | Path, weight: float, several: bool) -> Path:
+    """``FILE`` itself for one run; ``FILE`` with a ``.w<weight>`` suffix per point of a sweep."""
+    p = Path(path)
+    if not several:
+        return p
+    return p.with_name(f"{p.stem}.w{weight:g}{p.suffix or '.jsonl'}")
+
+
+def write_decisions(path: Path, outcomes: Outcomes, run: ReplayRun) -> Path:
+    """One JSON line per routed prompt: ``{"id", "model", "propensity", "cluster"}``."""
+    enc = msgspec.json.Encoder()
+    with open(path, "wb") as fh:
+        for row, arm, p, c in zip(run.rows, run.arms, run.propensities, run.clusters):
+            fh.write(enc.encode({"id": outcomes.ids[row], "model": outcomes.models[arm],
+                                 "propensity": float(p), "cluster": int(c)}))  # fmt: skip
+            fh.write(b"\n")
+    return path

@@ -1,0 +1,146 @@
+"""Logged decisions for off-policy evaluation, read from ClickHouse, and a candidate's probabilities.
+
+``read_decisions`` is a read-only query of the ``decisions`` and ``feedback`` tables (one row
+per routed decision that received feedback: the arm the policy chose, its logged propensity,
+the mean of its rewards). ``candidate_target`` is what a candidate snapshot at a cost weight
+would have done with each of those prompts: the same computation as the service's router
+(nearest centroid, the snapshot's posterior sample matrix seeded by (seed, version), ``choose``)
+so its probabilities are exact, not estimated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from learner.clusters import assign_many
+from learner.costs import completion_cost, price_per_token
+from learner.policy import choose, draw_samples, posterior
+from learner.snapshot import Snapshot, centroid_array
+from simulations.ope import Logged
+
+__all__ = ["LoggedDecisions", "candidate_target", "read_decisions", "to_logged"]
+
+
+class LoggedDecisions(msgspec.Struct, frozen=True):
+    """Decisions with feedback, oldest first. Arrays are (n,), embeddings (n, d)."""
+
+    decision_ids: tuple[str, ...]
+    arms: tuple[str, ...]
+    propensities: np.ndarray
+    rewards: np.ndarray
+    clusters: np.ndarray
+    prompt_tokens: np.ndarray
+    cost_usd: np.ndarray
+    embeddings: np.ndarray
+
+
+_SQL = """
+SELECT d.decision_id, d.arm, d.propensity, f.reward, d.cluster, d.prompt_tokens, d.cost_usd, d.embedding
+FROM (
+    SELECT decision_id, any(arm) AS arm, any(propensity) AS propensity, any(cluster) AS cluster,
+           any(prompt_tokens) AS prompt_tokens, any(cost_usd) AS cost_usd, any(embedding) AS embedding,
+           min(toUnixTimestamp64Milli(ts)) AS ts_ms
+    FROM decisions
+    WHERE toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}
+      AND requested_model = 'auto' AND policy != 'failover' AND arm != '' {tenant_filter}
+    GROUP BY decision_id
+) AS d
+INNER JOIN (
+    SELECT decision_id, avg(reward) AS reward
+    FROM (SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward FROM feedback GROUP BY event_id)
+    GROUP BY decision_id
+) AS f ON d.decision_id = f.decision_id
+ORDER BY d.ts_ms, d.decision_id
+"""
+
+
+def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") -> LoggedDecisions:
+    """Routed decisions made in [since_ms, until_ms) that have feedback (read-only).
+
+    Decisions pinned to a model or made by failover are left out: their propensity is not the
+    policy's. A decision with several pieces of feedback gets their mean as its reward.
+    """
+    params: dict[str, Any] = {"lo": since_ms, "hi": until_ms}
+    sql = _SQL.replace("{tenant_filter}", "AND tenant = {tenant:String}" if tenant else "")
+    if tenant:
+        params["tenant"] = tenant
+    rows = client.query(sql, parameters=params).result_rows
+    dim = max((len(r[7]) for r in rows), default=0)
+    emb = np.zeros((len(rows), dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if len(r[7]) == dim:
+            emb[i] = r[7]
+    return LoggedDecisions(
+        decision_ids=tuple(r[0] for r in rows),
+        arms=tuple(r[1] for r in rows),
+        propensities=np.array([float(r[2]) for r in rows]),
+        rewards=np.array([float(r[3]) for r in rows]),
+        clusters=np.array([int(r[4]) for r in rows], dtype=np.int64),
+        prompt_tokens=np.array([float(r[5]) for r in rows]),
+        cost_usd=np.array([float(r[6]) for r in rows]),
+        embeddings=emb,
+    )
+
+
+def candidate_target(
+    logs: LoggedDecisions,
+    snapshot: Snapshot,
+    cost_weight: float,
+    *,
+    seed: int = 0,
+    n_samples: int = 1024,
+    exclude: tuple[str, ...] = (),
+) -> np.ndarray:
+    """The candidate's probability of each of ``snapshot.models`` for each logged prompt: (n, m).
+
+    Costs are estimated per token from the logged bills (``learner.costs``), as the replay
+    does; ``exclude`` removes models from the candidate's pool.
+    """
+    models = snapshot.models
+    col = {m: j for j, m in enumerate(models)}
+    n, m = len(logs.arms), len(models)
+    if logs.embeddings.shape[1] != snapshot.dim:
+        raise ValueError(f"logged embeddings have dim {logs.embeddings.shape[1]}, the snapshot {snapshot.dim}")
+    billed = np.full((n, m), np.nan)
+    arms = np.array([col.get(a, -1) for a in logs.arms])
+    known = arms >= 0
+    billed[np.flatnonzero(known), arms[known]] = logs.cost_usd[known]
+    per_token = price_per_token(logs.prompt_tokens, billed)
+    resid = np.zeros((1, m))
+    count = np.zeros((1, m))
+    np.add.at(resid, (0, arms[known]), logs.cost_usd[known] - logs.prompt_tokens[known] * per_token[arms[known]])
+    np.add.at(count, (0, arms[known]), 1.0)
+    completion = completion_cost(per_token, resid, count)[0]
+    alpha, beta = posterior(np.array(snapshot.n), np.array(snapshot.reward_sum), np.array(snapshot.prior_mean),
+                            snapshot.prior_strength, snapshot.shrink_strength)  # fmt: skip
+    samples = draw_samples(alpha, beta, n_samples, np.random.default_rng([seed, snapshot.version]))
+    clusters, _ = assign_many(logs.embeddings, np.ascontiguousarray(centroid_array(snapshot)))
+    allowed = np.array([name not in exclude for name in models])
+    if not allowed.any():
+        raise ValueError("the candidate excludes every model")
+    out = np.zeros((n, m))
+    for i in range(n):
+        penalty = cost_weight * (logs.prompt_tokens[i] * per_token + completion)
+        _, out[i] = choose(samples[clusters[i]], penalty, allowed, 0)
+    return out
+
+
+def to_logged(logs: LoggedDecisions, models: tuple[str, ...], target: np.ndarray) -> Logged:
+    """OPE input: rounds whose arm is one of ``models``, the logged cluster as the context."""
+    col = {m: j for j, m in enumerate(models)}
+    keep = np.array([a in col for a in logs.arms], dtype=bool)
+    if not keep.any():
+        raise ValueError("no logged decision chose a model of the candidate's pool")
+    clusters = logs.clusters[keep]
+    _, ctx = np.unique(clusters, return_inverse=True)
+    return Logged(
+        actions=np.array([col[a] for a, k in zip(logs.arms, keep) if k], dtype=np.int64),
+        rewards=logs.rewards[keep],
+        propensities=logs.propensities[keep],
+        target=target[keep],
+        contexts=ctx.astype(np.int64),
+        action_names=models,
+    )
