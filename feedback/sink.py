@@ -34,12 +34,14 @@ from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
 from feedback.kafka import Producer, build_client, ensure_topics
 from feedback.ports import RowStore
 
-__all__ = ["Sink", "check_event", "split_batch"]
+__all__ = ["Sink", "check_event", "dead_letter", "split_batch"]
 
 log = logging.getLogger("turnout.sink")
 
 _U32 = 1 << 32
 _I64 = 1 << 63
+_F32_MAX = 3.4e38
+_DATA_ERRORS = (ValueError, TypeError, OverflowError)  # raised converting values, before any I/O
 
 
 def check_event(event: Event) -> str | None:
@@ -58,6 +60,8 @@ def check_event(event: Event) -> str | None:
             return "snapshot_version or fallbacks out of range"
         if not all(math.isfinite(v) for v in (event.margin, event.propensity, event.cost_usd, event.latency_ms)):
             return "a number is not finite"
+        if abs(event.margin) > _F32_MAX:
+            return f"margin {event.margin} does not fit a Float32"
         if not 0.0 <= event.propensity <= 1.0:
             return f"propensity {event.propensity} not in [0, 1]"
         if len(event.embedding) % 4:
@@ -67,24 +71,30 @@ def check_event(event: Event) -> str | None:
     return None
 
 
-def split_batch(records: Sequence[Any], now_ms: int) -> tuple[list[Event], list[DeadLetter]]:
-    """Consumer records -> (valid events, dead letters), in order."""
-    events: list[Event] = []
+def dead_letter(record: Any, error: str, now_ms: int) -> DeadLetter:
+    """A consumer record that is not a storable event, with the reason."""
+    payload = record.value if record.value is not None else b""
+    return DeadLetter(
+        letter_id=letter_id(record.topic, record.partition, record.offset, payload), topic=record.topic,
+        partition=record.partition, offset=record.offset, key=record.key or b"", error=error, payload=payload,
+        received_ms=now_ms,
+    )  # fmt: skip
+
+
+def split_batch(records: Sequence[Any], now_ms: int) -> tuple[list[tuple[Event, Any]], list[DeadLetter]]:
+    """Consumer records -> ((event, its record) for the valid ones, dead letters for the others), in order."""
+    events: list[tuple[Event, Any]] = []
     letters: list[DeadLetter] = []
     for r in records:
-        payload = r.value if r.value is not None else b""
         try:
-            event = decode_event(payload)
+            event = decode_event(r.value if r.value is not None else b"")
             error = check_event(event)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             error = f"undecodable: {exc}"
         if error is None:
-            events.append(event)
+            events.append((event, r))
         else:
-            letters.append(DeadLetter(
-                letter_id=letter_id(r.topic, r.partition, r.offset, payload), topic=r.topic, partition=r.partition,
-                offset=r.offset, key=r.key or b"", error=error, payload=payload, received_ms=now_ms,
-            ))  # fmt: skip
+            letters.append(dead_letter(r, error, now_ms))
     return events, letters
 
 
@@ -204,13 +214,20 @@ class Sink:
 
     def _store(self, records: list[Any], stop: threading.Event) -> bool:
         """Store the batch; retry with backoff. False if abandoned (stopping or held too long)."""
-        events, letters = split_batch(records, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        pairs, letters = split_batch(records, now_ms)
+        events = [e for e, _ in pairs]
         started = time.monotonic()
         delay = 0.05
         while True:
             try:
                 if events:
-                    self._rows.insert(events)
+                    rejected = self._insert_isolating(events)
+                    if rejected:  # values check_event let through and the store cannot take
+                        source = {id(e): r for e, r in pairs}
+                        letters = letters + [dead_letter(source[id(e)], error, now_ms) for e, error in rejected]
+                        gone = {id(e) for e, _ in rejected}
+                        events = [e for e in events if id(e) not in gone]
                 if letters:
                     self._dead.insert_dead_letters(letters)
                     self._publish_dead_letters(letters)
@@ -229,6 +246,23 @@ class Sink:
                 log.warning("sink held a batch for %.0f s: re-reading it from Kafka", time.monotonic() - started)
                 return False
             delay = min(self._retry_max_s, delay * 2)
+
+    def _insert_isolating(self, events: list[Event]) -> list[tuple[Event, str]]:
+        """Insert; when the store rejects the *data* (not an outage), bisect to the events it rejects.
+
+        A conversion error (ValueError, TypeError, OverflowError) would fail the batch forever and
+        stop the stream behind it; halving finds the culprits in O(log n) inserts. Other errors
+        (connection, server) propagate and are retried. Halves already inserted are deduplicated
+        when the batch is retried.
+        """
+        try:
+            self._rows.insert(events)
+            return []
+        except _DATA_ERRORS as exc:
+            if len(events) == 1:
+                return [(events[0], f"rejected by the row store: {type(exc).__name__}: {exc}")]
+        mid = len(events) // 2
+        return self._insert_isolating(events[:mid]) + self._insert_isolating(events[mid:])
 
     def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         records = [(self._dlq_topic, x.key, x.payload) for x in letters]

@@ -94,6 +94,21 @@ POISON = {
 }
 
 
+class RejectingRows:
+    """A row store that rejects, as bad data, any batch holding an event of tenant "reject-me"."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def insert(self, events: Any) -> None:
+        if any(e.tenant == "reject-me" for e in events):
+            raise ValueError("value out of range for column tenant")
+        self.inner.insert(events)
+
+
+REJECTED = encode_event(FeedbackGiven(event_id="e5", decision_id="d5", ts_ms=1, reward=0.5, tenant="reject-me"))
+
+
 def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broker, unique_topics, ch):
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.structs import TopicPartition
@@ -110,7 +125,7 @@ def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broke
             sent.append(("poison", payload))
         producer.send(names["decisions"] if isinstance(e, DecisionMade) else names["feedback"], key=b"k",
                       value=encode_event(e))  # fmt: skip
-    for payload in poison:
+    for payload in [*poison, REJECTED]:  # the last one passes check_event; the store rejects it
         producer.send(names["feedback"], key=b"k", value=payload)
         sent.append(("poison", payload))
     producer.send(names["feedback"], key=b"k", value=encode_event(feedback(decision(), 0.5)))  # behind the last
@@ -118,15 +133,17 @@ def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broke
     producer.close()
 
     dead = ClickHouseDeadLetterStore(ch)
-    sink = _sink(kafka_broker, names, ClickHouseRowStore(ch), dead)
+    sink = _sink(kafka_broker, names, RejectingRows(ClickHouseRowStore(ch)), dead)
+    expected = sorted([*POISON.values(), REJECTED])
     with running(sink):
         wait_for(lambda: _count(ch, "decisions") + _count(ch, "feedback") >= 121, what="121 rows")
-        wait_for(lambda: len(dead.dead_letters()) >= len(POISON), what="dead letters")
+        wait_for(lambda: len(dead.dead_letters()) >= len(expected), what="dead letters")
     assert _count(ch, "decisions") == 60 and _count(ch, "feedback") == 61
     letters = dead.dead_letters()
-    assert len(letters) == len(POISON) == sink.dead_lettered
-    assert sorted(x.payload for x in letters) == sorted(POISON.values())
+    assert len(letters) == len(expected) == sink.dead_lettered
+    assert sorted(x.payload for x in letters) == expected
     by_payload = {x.payload: x.error for x in letters}
+    assert by_payload[REJECTED].startswith("rejected by the row store: ValueError")
     assert by_payload[POISON["future schema"]].startswith("unsupported schema_version 99")
     assert by_payload[POISON["reward out of range"]].startswith("reward 7.0")
     assert by_payload[POISON["garbage"]].startswith("undecodable")
@@ -137,11 +154,11 @@ def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broke
     dlq.seek_to_beginning(*parts)
     got = []
     deadline = time.monotonic() + 20
-    while len(got) < len(POISON) and time.monotonic() < deadline:
+    while len(got) < len(expected) and time.monotonic() < deadline:
         for batch in dlq.poll(timeout_ms=200).values():
             got += batch
     dlq.close()
-    assert sorted(m.value or b"" for m in got) == sorted(POISON.values())
+    assert sorted(m.value or b"" for m in got) == expected
     assert all(dict(m.headers)["error"] for m in got)
     assert {dict(m.headers)["topic"].decode() for m in got} == {names["decisions"], names["feedback"]}
 
@@ -162,6 +179,7 @@ class _Rec(msgspec.Struct):
         (DecisionMade(event_id="e", decision_id="d", ts_ms=1, prompt_tokens=1 << 32), "prompt_tokens"),
         (DecisionMade(event_id="e", decision_id="d", ts_ms=1, cost_usd=math.nan), "not finite"),
         (DecisionMade(event_id="e", decision_id="d", ts_ms=1, embedding=b"abc"), "embedding"),
+        (DecisionMade(event_id="e", decision_id="d", ts_ms=1, margin=1e300), "Float32"),
         (DecisionMade(event_id="", decision_id="d", ts_ms=1), "must not be empty"),
         (DecisionMade(event_id="e", decision_id="d", ts_ms=-5), "ts_ms"),
         (DecisionMade(event_id="e", decision_id="d", ts_ms=1, schema_version=0), "schema_version"),
@@ -178,6 +196,6 @@ def test_split_batch_keeps_order_and_marks_each_dead_letter():
     recs = [_Rec("t", 0, i, b"k", encode_event(e)) for i, e in enumerate(good)]
     recs.insert(2, _Rec("t", 1, 77, None, b"\xc1"))
     ok, dead = split_batch(recs, now_ms=5)
-    assert ok == good
+    assert [e for e, _ in ok] == good and [r.offset for _, r in ok] == [0, 1, 2, 3, 4, 5]
     assert [(d.topic, d.partition, d.offset, d.key, d.payload, d.received_ms) for d in dead] == [("t", 1, 77, b"", b"\xc1", 5)]
     assert split_batch(recs, now_ms=9)[1][0].letter_id == dead[0].letter_id  # same message, same id
