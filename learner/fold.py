@@ -1,0 +1,268 @@
+"""The pure half of learning: one window of aggregated rows folded into a new snapshot.
+
+``fold`` discounts old evidence, adds the window's feedback (weighted by kind; rewards of an older
+clustering re-placed by their embedding), fades a model whose reward fell, updates usage
+estimates, takes the budget step, feeds the drift detectors and sets the exploration cap.
+``recluster_snapshot`` and ``cold_start_clusters`` replace the centroids and carry the evidence.
+No I/O: ``learner.cycle`` reads the store, calls these, and saves what they return.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import msgspec
+import numpy as np
+
+from feedback.ports import DecisionStats, RewardRow, RewardStats
+from learner.budget import BudgetParams, BudgetTarget, dual_update, explore_share, start
+from learner.clusters import assign_many, kmeans
+from learner.drift import Alarm, DriftParams, observe
+from learner.recluster import ReclusterParams, carry_evidence, recluster
+from learner.reward import RewardWeights
+from learner.snapshot import ClusterDrift, Snapshot, centroid_array, validate
+
+__all__ = [
+    "LearnerParams",
+    "PoolPrior",
+    "Window",
+    "align",
+    "cold_start_clusters",
+    "fold",
+    "recluster_snapshot",
+]
+
+log = logging.getLogger("turnout.learner")
+
+
+class PoolPrior(msgspec.Struct, frozen=True):
+    """What config says of the pool: names, prior quality (tier), expected tokens and latency."""
+
+    models: tuple[str, ...]
+    prior_mean: tuple[float, ...]
+    completion_tokens: tuple[float, ...]
+    latency_s: tuple[float, ...]
+
+
+class LearnerParams(msgspec.Struct, frozen=True):
+    n_clusters: int = 4
+    grace_ms: int = 2000
+    discount: float = 1.0  # evidence kept per cycle, on top of the half-lives
+    cold_start_min: int = 64
+    usage_pseudo_count: float = 20.0
+    half_life_ms: float = 0.0  # evidence halves every this much ingestion time (0: never)
+    half_life_rewards: float = 0.0  # ... and every this much new evidence in its cluster (0: never)
+    rewards: RewardWeights = RewardWeights()
+    drift: DriftParams | None = DriftParams()  # None: no drift detection
+    reward_reset: float = 0.1  # evidence kept in a (cluster, model) whose reward fell
+    recluster: ReclusterParams = ReclusterParams()
+    budgets: tuple[BudgetTarget, ...] = ()
+    budget: BudgetParams = BudgetParams()
+    explore_min_evidence: float = 0.0  # a model with less evidence is capped (0: no cap)
+    explore_share: float = 0.1  # ... to this share of the posterior sample rows
+
+
+class Window(msgspec.Struct, frozen=True):
+    """What one cycle read from the store for ``[since_ms, until_ms)``."""
+
+    since_ms: int
+    until_ms: int
+    rewards: tuple[RewardStats, ...]
+    stale: tuple[RewardRow, ...]  # feedback on decisions of an older clustering, with embeddings
+    decisions: tuple[DecisionStats, ...]
+
+
+def align(snap: Snapshot, pool: PoolPrior) -> Snapshot:
+    """The snapshot with its model axis matched to the pool: new models start with no evidence
+    (their prior from config), removed ones are dropped."""
+    if snap.models == pool.models:
+        return snap
+    idx = {m: i for i, m in enumerate(snap.models)}
+
+    def remap(rows: tuple, zero: object) -> tuple:
+        return tuple(tuple(r[idx[m]] if m in idx else zero for m in pool.models) for r in rows)
+
+    def pick(old: tuple, default: tuple) -> tuple:
+        return tuple(old[idx[m]] if m in idx else default[j] for j, m in enumerate(pool.models))
+
+    drift = tuple(
+        msgspec.structs.replace(
+            d,
+            reward_blocks=remap((d.reward_blocks,), ())[0] if d.reward_blocks else (),
+            reward_pending=remap((d.reward_pending,), (0.0, 0.0))[0] if d.reward_pending else (),
+        )
+        for d in snap.drift
+    )
+    return msgspec.structs.replace(
+        snap,
+        models=pool.models,
+        n=remap(snap.n, 0.0),
+        reward_sum=remap(snap.reward_sum, 0.0),
+        decisions=remap(snap.decisions, 0),
+        prior_mean=pool.prior_mean,
+        completion_tokens=pick(snap.completion_tokens, pool.completion_tokens),
+        latency_s=pick(snap.latency_s, pool.latency_s),
+        drift=drift,
+        explore_share=pick(snap.explore_share, (1.0,) * len(pool.models)) if snap.explore_share else (),
+    )
+
+
+def _rows(a: np.ndarray, cast: type = float) -> tuple:
+    return tuple(tuple(cast(x) for x in row) for row in a)
+
+
+def cold_start_clusters(
+    snap: Snapshot, embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator
+) -> Snapshot:
+    """Replace a single catch-all cluster by k-means clusters of the first requests' embeddings.
+
+    embeddings: (n, dim) float32. Evidence of the old cluster is spread over the new ones in
+    proportion to how many of the embeddings each received, so global totals are kept.
+    """
+    cents = kmeans(embeddings, n_clusters, rng)
+    labels, _ = assign_many(embeddings, cents)
+    share = np.bincount(labels, minlength=len(cents)) / len(labels)
+    return msgspec.structs.replace(
+        snap,
+        centroids=np.ascontiguousarray(cents, dtype="<f4").tobytes(),
+        n=_rows(np.outer(share, snap.n[0])),
+        reward_sum=_rows(np.outer(share, snap.reward_sum[0])),
+        decisions=tuple((0,) * len(snap.models) for _ in share),
+        clustering=snap.clustering + 1,
+        drift=(),
+    )
+
+
+def _evidence(snap: Snapshot, window: Window, weights: RewardWeights) -> tuple[np.ndarray, np.ndarray]:
+    """The window's feedback as evidence weight and weighted reward per (cluster, model), (k, m)."""
+    models = {m: i for i, m in enumerate(snap.models)}
+    cents = centroid_array(snap)
+    k, m = len(cents), len(snap.models)
+    n, s = np.zeros((k, m)), np.zeros((k, m))
+
+    def target(model: str, arm: str, kind: str) -> int | None:
+        # an upstream error is the fault of the model the policy chose; the rest, of who answered
+        return models.get(arm if kind == "upstream_error" and arm else model)
+
+    for r in window.rewards:
+        j = target(r.model, r.arm, r.kind)
+        if r.clustering != snap.clustering or j is None or not 0 <= r.cluster < k:
+            continue  # stale rows arrive one by one in window.stale
+        w = weights.of(r.kind)
+        n[r.cluster, j] += w * r.count
+        s[r.cluster, j] += w * r.reward_sum
+    stale = [(r, target(r.model, r.arm, r.kind)) for r in window.stale if r.clustering != snap.clustering]
+    placed = [(r, j) for r, j in stale if j is not None and r.embedding]
+    if len(placed) < len(stale):
+        log.warning("%d rewards from an old clustering without embeddings were skipped", len(stale) - len(placed))
+    if placed:  # decided under older centroids: place them by their embedding
+        embs = np.stack([np.frombuffer(r.embedding, dtype="<f4") for r, _ in placed])
+        clusters, _ = assign_many(embs, cents)
+        for (r, j), c in zip(placed, clusters):
+            w = weights.of(r.kind)
+            n[c, j] += w
+            s[c, j] += w * min(max(r.reward, 0.0), 1.0)
+    return n, s
+
+
+def _budgets(snap: Snapshot, stats: Sequence[DecisionStats], params: LearnerParams) -> tuple:
+    have = {b.policy: b for b in snap.budgets}
+    out = []
+    for target in params.budgets:
+        state = have.get(target.policy) or start(target, params.budget)
+        state = msgspec.structs.replace(state, target_cost_usd=target.target_cost_usd)
+        mine = [st for st in stats if st.policy == target.policy]
+        out.append(dual_update(state, sum(st.decisions for st in mine), sum(st.cost_usd for st in mine), params.budget))
+    return tuple(out)
+
+
+def fold(
+    snap: Snapshot, window: Window, *, now_ms: int, params: LearnerParams, reason: str = "scheduled"
+) -> tuple[Snapshot, list[Alarm]]:
+    """Fold one window into a new snapshot (version + 1, watermark = window end).
+
+    Old evidence is discounted (per cycle, by ingestion time elapsed, and by new evidence in its
+    cluster), a (cluster, model) whose reward fell keeps only ``reward_reset`` of its old
+    evidence, usage estimates move toward the window's means, budgets take a dual step.
+    Returns the snapshot and the drift alarms raised (margin alarms call for a re-clustering).
+    """
+    models = {m: i for i, m in enumerate(snap.models)}
+    k, m = len(snap.n), len(snap.models)
+    n_new, s_new = _evidence(snap, window, params.rewards)
+
+    decisions = np.array(snap.decisions, dtype=np.int64)
+    routed, margin_sum = np.zeros(k), np.zeros(k)
+    tok_sum, lat_sum, cnt = np.zeros(m), np.zeros(m), np.zeros(m)
+    for st in window.decisions:
+        j = models.get(st.model)
+        if j is None:
+            continue
+        if st.clustering == snap.clustering and 0 <= st.cluster < k:
+            decisions[st.cluster, j] += st.decisions
+            routed[st.cluster] += st.decisions
+            margin_sum[st.cluster] += st.margin_sum
+        tok_sum[j] += st.completion_tokens
+        lat_sum[j] += st.latency_ms / 1000.0
+        cnt[j] += st.decisions
+    a = params.usage_pseudo_count
+    tokens = (a * np.array(snap.completion_tokens) + tok_sum) / (a + cnt)
+    latency = (a * np.array(snap.latency_s) + lat_sum) / (a + cnt)
+
+    drift, alarms = snap.drift, []
+    if params.drift is not None:
+        drift, alarms = observe(snap.drift, routed, margin_sum, n_new, s_new, window.until_ms, params.drift)
+
+    keep = np.full((k, m), params.discount)
+    if params.half_life_ms > 0:
+        keep *= 0.5 ** (max(window.until_ms - snap.watermark_ms, 0) / params.half_life_ms)
+    if params.half_life_rewards > 0:
+        keep *= (0.5 ** (n_new.sum(axis=1) / params.half_life_rewards))[:, None]
+    for alarm in alarms:
+        if alarm.model >= 0:
+            keep[alarm.cluster, alarm.model] *= params.reward_reset
+    n = np.array(snap.n) * keep + n_new
+    s = np.minimum(np.array(snap.reward_sum) * keep + s_new, n)
+
+    share = snap.explore_share
+    if params.explore_min_evidence > 0:
+        share = explore_share(n.sum(axis=0), params.explore_min_evidence, params.explore_share)
+    new = msgspec.structs.replace(
+        snap,
+        version=snap.version + 1,
+        parent=snap.version,
+        created_at_ms=now_ms,
+        reason=reason,
+        n=_rows(n),
+        reward_sum=_rows(s),
+        decisions=_rows(decisions, int),
+        completion_tokens=tuple(float(x) for x in tokens),
+        latency_s=tuple(float(x) for x in latency),
+        watermark_ms=window.until_ms,
+        budgets=_budgets(snap, window.decisions, params),
+        drift=drift,
+        explore_share=share,
+    )
+    validate(new)
+    return new, alarms
+
+
+def recluster_snapshot(
+    snap: Snapshot, recent: np.ndarray, reference: np.ndarray | None, rng: np.random.Generator,
+    params: ReclusterParams, max_splits: int | None = None,
+) -> Snapshot:  # fmt: skip
+    """A new clustering from recent embeddings (n, d), evidence carried by overlap, detectors reset."""
+    old = centroid_array(snap)
+    result = recluster(recent, old, rng, params, reference, max_splits)
+    carry = lambda a: carry_evidence(np.array(a, dtype=np.float64), result.overlap, old, result.centroids, params.carry)  # noqa: E731
+    n = carry(snap.n)
+    return msgspec.structs.replace(
+        snap,
+        reason="drift",
+        centroids=np.ascontiguousarray(result.centroids, dtype="<f4").tobytes(),
+        n=_rows(n),
+        reward_sum=_rows(np.minimum(carry(snap.reward_sum), n)),
+        decisions=_rows(np.rint(carry(snap.decisions) / params.carry), int),
+        clustering=snap.clustering + 1,
+        drift=tuple(ClusterDrift() for _ in range(len(result.centroids))),
+    )
