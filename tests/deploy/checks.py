@@ -28,8 +28,12 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
             raise AssertionError(f"`turnout {' '.join(argv)}` is not a valid command: {err.getvalue()}") from None
     assert callable(getattr(args, "func", None)), argv
     # argparse accepts abbreviations (--conf for --config): a deployment must spell flags out
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    known = sub.choices[args.command]._option_string_actions
+    known: dict[str, Any] = {}
+    node: argparse.ArgumentParser | None = parser
+    while node is not None:  # the flags of every (sub)command on the way: turnout snapshot rollback ...
+        known.update(node._option_string_actions)
+        subs = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
+        node = subs[0].choices[getattr(args, subs[0].dest)] if subs else None
     for token in argv:
         if token.startswith("-"):
             assert token.split("=")[0] in known, f"`turnout {' '.join(argv)}`: {token} is not a flag of {args.command}"
