@@ -214,7 +214,7 @@ def fold(
         drift, alarms = observe(snap.drift, routed, margin_sum, n_new, s_new, window.until_ms, params.drift)
 
     keep = np.full((k, m), params.discount)
-    if params.half_life_ms > 0:
+    if params.half_life_ms > 0 and snap.watermark_ms > 0:  # (a first window has no old evidence)
         keep *= 0.5 ** (max(window.until_ms - snap.watermark_ms, 0) / params.half_life_ms)
     if params.half_life_rewards > 0:
         keep *= (0.5 ** (n_new.sum(axis=1) / params.half_life_rewards))[:, None]

@@ -52,8 +52,8 @@ def test_rewards_from_an_older_clustering_are_placed_by_their_embedding():
 
 
 def test_half_lives_fade_old_evidence_in_time_and_in_feedback():
-    old = _snap(n=((8.0, 4.0), (8.0, 0.0)), reward_sum=((4.0, 2.0), (8.0, 0.0)), watermark_ms=0)
-    timed = _fold(old, _window(until=2000), half_life_ms=1000.0)
+    old = _snap(n=((8.0, 4.0), (8.0, 0.0)), reward_sum=((4.0, 2.0), (8.0, 0.0)), watermark_ms=1000)
+    timed = _fold(old, _window(since=1000, until=3000), half_life_ms=1000.0)
     assert timed.n == ((2.0, 1.0), (2.0, 0.0)) and timed.reward_sum == ((1.0, 0.5), (2.0, 0.0))
     fresh = [RewardStats(1, 0, "a", "a", "explicit", 10, 10.0)]
     counted = _fold(old, _window(fresh), half_life_rewards=10.0)
