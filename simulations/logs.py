@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from learner.budget import cap_exploration
 from learner.clusters import assign_many
 from learner.costs import completion_cost, price_per_token
 from learner.policy import choose, draw_samples, posterior
@@ -38,22 +39,22 @@ class LoggedDecisions(msgspec.Struct, frozen=True):
 
 
 _SQL = """
-SELECT d.decision_id, d.arm, d.propensity, f.reward, d.cluster, d.prompt_tokens, d.cost_usd, d.embedding
+SELECT d.did, d.l_arm, d.l_propensity, f.l_reward, d.l_cluster, d.l_tokens, d.l_cost, d.l_embedding
 FROM (
-    SELECT decision_id, any(arm) AS arm, any(propensity) AS propensity, any(cluster) AS cluster,
-           any(prompt_tokens) AS prompt_tokens, any(cost_usd) AS cost_usd, any(embedding) AS embedding,
-           min(toUnixTimestamp64Milli(ts)) AS ts_ms
+    SELECT decision_id AS did, any(arm) AS l_arm, any(propensity) AS l_propensity, any(cluster) AS l_cluster,
+           any(prompt_tokens) AS l_tokens, any(cost_usd) AS l_cost, any(embedding) AS l_embedding,
+           min(toUnixTimestamp64Milli(ts)) AS l_ts
     FROM decisions
     WHERE toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}
       AND requested_model = 'auto' AND policy != 'failover' AND arm != '' {tenant_filter}
     GROUP BY decision_id
 ) AS d
 INNER JOIN (
-    SELECT decision_id, avg(reward) AS reward
-    FROM (SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward FROM feedback GROUP BY event_id)
-    GROUP BY decision_id
-) AS f ON d.decision_id = f.decision_id
-ORDER BY d.ts_ms, d.decision_id
+    SELECT fid, avg(r) AS l_reward
+    FROM (SELECT event_id, any(decision_id) AS fid, any(reward) AS r FROM feedback GROUP BY event_id)
+    GROUP BY fid
+) AS f ON d.did = f.fid
+ORDER BY d.l_ts, d.did
 """
 
 
@@ -116,7 +117,9 @@ def candidate_target(
     completion = completion_cost(per_token, resid, count)[0]
     alpha, beta = posterior(np.array(snapshot.n), np.array(snapshot.reward_sum), np.array(snapshot.prior_mean),
                             snapshot.prior_strength, snapshot.shrink_strength)  # fmt: skip
-    samples = draw_samples(alpha, beta, n_samples, np.random.default_rng([seed, snapshot.version]))
+    # as service.routing.RouterView: the version-seeded matrix under the snapshot's exploration cap
+    samples = cap_exploration(draw_samples(alpha, beta, n_samples, np.random.default_rng([seed, snapshot.version])),
+                              snapshot.explore_share)  # fmt: skip
     clusters, _ = assign_many(logs.embeddings, np.ascontiguousarray(centroid_array(snapshot)))
     allowed = np.array([name not in exclude for name in models])
     if not allowed.any():

@@ -18,13 +18,15 @@ import msgspec
 import numpy as np
 
 from learner.cluster_count import choose_k
+from learner.budget import BudgetParams, BudgetTarget, dual_update
+from learner.budget import start as budget_start
 from learner.clusters import assign, assign_many, kmeans
 from learner.costs import completion_cost, estimate_costs
 from learner.dominance import dominated
 from learner.policy import choose, credible_interval, draw_samples, posterior, update_stats
 from learner.priors import temper, tier_from_prices
 
-__all__ = ["Evidence", "OnlineRouter", "PolicyConfig", "pace"]
+__all__ = ["Evidence", "OnlineRouter", "PolicyConfig", "resid_stats"]
 
 
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +34,7 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     cost_weight: float = 25.0  # quality points one US dollar is worth
     budget_usd: float | None = None  # target mean cost per request: the cost weight is paced to it
+    budget_window: int = 100  # decisions per dual step of the paced weight (a learner cycle's window)
     n_clusters: int = 4  # 0: chosen from the data (silhouette) at each clustering
     max_clusters: int = 8  # the most clusters n_clusters=0 may choose
     cold_start: int = 64  # prompts seen before the first clustering (learner.cold_start_min)
@@ -72,16 +75,6 @@ class Evidence(msgspec.Struct, frozen=True):
             return out
 
         return Evidence(models, self.centroids, pick(self.n), pick(self.s), pick(self.resid_sum), pick(self.count))
-
-
-def pace(weight: float, mean_cost: float, budget_usd: float, gain: float) -> float:
-    """One multiplicative step of the cost weight toward a spending target (a dual update).
-
-    Spending above the budget raises the price of cost; below it, lowers it. ``gain`` is the
-    step size in log space per unit of relative error.
-    """
-    err = float(np.clip(mean_cost / budget_usd - 1.0, -1.0, 1.0))
-    return float(np.clip(weight * np.exp(gain * err), 1e-3, 1e9))
 
 
 def resid_stats(k: int, m: int, clusters, arms, costs, tokens, per_token) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +129,12 @@ class OnlineRouter:
         m = self.m = len(models)
         self.per_token = np.asarray(per_token, dtype=np.float64)
         self.prior_mean = tier_from_prices(self.per_token) if cfg.prior == "prices" else np.full(m, cfg.tier)
-        self.weight = cfg.cost_weight if cfg.budget_usd is None else 0.05 / cfg.budget_usd
-        self._spent = cfg.budget_usd or 0.0
+        self.weight = cfg.cost_weight
+        self._budget = None
+        if cfg.budget_usd is not None:  # the learner's dual ascent (learner.budget), one step per window
+            self._budget = budget_start(BudgetTarget("offline", cfg.budget_usd, 0.05 / cfg.budget_usd), BudgetParams())
+            self.weight = self._budget.cost_weight
+        self._window = [0, 0.0]  # decisions and summed cost since the last dual step
         self._hist = _History(dim)
         self._folded = 0
         self._rng = np.random.default_rng([cfg.seed, 2])
@@ -188,8 +185,13 @@ class OnlineRouter:
         """What the chosen model revealed (``reward`` None: the bill but no feedback); learns every
         ``learn_every`` records."""
         self._hist.append(embedding, arm, cluster, np.nan if reward is None else reward, cost, tokens)
-        if self.cfg.budget_usd is not None:
-            self._spent += (cost - self._spent) / 50.0
+        if self._budget is not None:
+            self._window[0] += 1
+            self._window[1] += cost
+            if self._window[0] >= self.cfg.budget_window:
+                self._budget = dual_update(self._budget, self._window[0], self._window[1], BudgetParams())
+                self.weight = self._budget.cost_weight
+                self._window = [0, 0.0]
         seen = self._hist.size
         if self._next_cluster is not None and seen >= self._next_cluster:
             self._recluster()
@@ -230,8 +232,6 @@ class OnlineRouter:
         self.count += c
         self._folded = h.size
         self._count_bills(arms, h.col("cost", start))
-        if self.cfg.budget_usd is not None:
-            self.weight = pace(self.weight, self._spent, self.cfg.budget_usd, 0.02 * len(arms))
         self._refresh()
 
     def _count_bills(self, arms: np.ndarray, costs: np.ndarray) -> None:
