@@ -9,23 +9,23 @@ document at ``/schema/openapi.json``. With API keys configured, the ``/v1`` rout
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import anyio
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, asgi, get, post
 
 from feedback.ports import EventSink
 from service.chat import ChatService
 from service.dashboard import DashboardSources, dashboard_routes
 from service.errors import ApiError, exception_handlers
+from service.fastpath import chat_endpoint, chat_path_item
 from service.failover import CLOSED, HALF_OPEN, OPEN
 from service.openapi import body_operation, openapi_config
 from service.schemas import ChatRequest, FeedbackRequest
 from service.settings import Settings
 from service.state import router_state
-from service.tenants import TenantDirectory
+from service.tenants import Caller, TenantDirectory
 
 __all__ = ["Deps", "create_app"]
 
@@ -91,9 +91,11 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
     _register_gauges(chat, deps.sink)
     rejected = chat.metrics.rejected
 
-    def caller_of(request: Request) -> Any:
+    def caller_of(source: Request | Mapping[str, str]) -> Caller:
+        """The authenticated, rate-limited caller of a request (or of its headers)."""
+        headers = source.headers if isinstance(source, Request) else source
         try:
-            caller = tenants.authenticate(request.headers.get("authorization"))
+            caller = tenants.authenticate(headers.get("authorization"))
             tenants.throttle(caller)
         except ApiError as exc:
             rejected.inc("unauthorized" if exc.status == 401 else "rate_limited")
@@ -105,24 +107,13 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         "messages": {"contains": {"type": "object", "required": ["role", "content"], "properties": {
             "role": {"const": "user"}, "content": {"type": "string", "pattern": "\\S"}}}},
     })  # fmt: skip
-
-    @post("/v1/chat/completions", status_code=200, operation_class=chat_body)
-    async def chat_completions(request: Request) -> Response:
-        started = time.perf_counter()
-        caller = caller_of(request)
-        raw = await request.body()
-        if b'"stream"' in raw:
-            try:
-                wants_stream = msgspec.json.decode(raw, type=_StreamFlag).stream
-            except msgspec.MsgspecError:
-                wants_stream = False
-            if wants_stream:
-                return await chat.stream(raw, caller, request.headers, started)
-        return await chat.complete(raw, caller, request.headers, started)
+    chat_completions = asgi("/v1/chat/completions", is_mount=False, copy_scope=False)(
+        chat_endpoint(chat, caller_of, settings.server.max_body_bytes)
+    )
 
     @post("/v1/feedback", status_code=202, operation_class=body_operation(FeedbackRequest))
     async def feedback(request: Request) -> Response:
-        caller = caller_of(request)
+        caller = caller_of(request.headers)
         body = chat.parse_feedback(await request.body())
         ref = chat.decisions.cached(body.decision_id)
         if ref is None:
@@ -131,7 +122,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     @get("/v1/models")
     async def models(request: Request) -> Response:
-        caller = caller_of(request)
+        caller = caller_of(request.headers)
         allowed = set(caller.tenant.models) or {m.name for m in chat.pool}
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout", "turnout_kind": "policy"}
                 for name in chat.policies]  # fmt: skip
@@ -147,7 +138,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     @get("/v1/router/state")
     async def state(request: Request) -> Response:
-        caller_of(request)
+        caller_of(request.headers)
         extra = {"event_backlog": getattr(deps.sink, "backlog", 0), "snapshots_rejected": chat.router.rejected,
                  "circuits": _circuits(chat)}  # fmt: skip
         extra.update(deps.extra_state())
@@ -164,7 +155,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
             except Exception:  # shutting down: a provider that fails to close must not stop the rest
                 log.warning("closing upstream failed", exc_info=True)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[chat_completions, feedback, models, healthz, state, metrics,
                         *dashboard_routes(chat, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
@@ -174,7 +165,5 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         logging_config=None,  # logging belongs to the process (service.cli, service.logs), not the app
         debug=False,
     )
-
-
-class _StreamFlag(msgspec.Struct):
-    stream: bool = False
+    app.openapi_schema.paths["/v1/chat/completions"] = chat_path_item(chat_body)  # an @asgi route: add its docs
+    return app

@@ -19,9 +19,6 @@ from typing import AsyncIterator, Mapping
 
 import msgspec
 import numpy as np
-from litestar import Response
-from litestar.response import Stream
-
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.ports import DecisionRef, EventSink
 from learner.embedding import Embedder, prompt_hash
@@ -41,7 +38,7 @@ from service.simulated import estimate_tokens
 from service.tenants import ANONYMOUS, Caller, FeedbackCap
 from service.upstream import Chunk, Completion, Upstream, UpstreamCall, UpstreamError
 
-__all__ = ["ChatService", "PolicyWeights", "PoolModel", "Routed"]
+__all__ = ["Answer", "ChatService", "PolicyWeights", "PoolModel", "Routed", "StreamAnswer"]
 
 log = logging.getLogger("turnout.chat")
 
@@ -63,6 +60,20 @@ class PoolModel(msgspec.Struct, frozen=True):
 class PolicyWeights(msgspec.Struct, frozen=True):
     cost_weight: float
     latency_weight: float = 0.0
+
+
+class Answer(msgspec.Struct, frozen=True):
+    """A complete JSON answer, for the HTTP layer to send as it is."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+class StreamAnswer(msgspec.Struct, frozen=True):
+    """A server-sent-event answer: headers now, then ``chunks`` (each a whole SSE frame)."""
+
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str]
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -315,7 +326,7 @@ class ChatService:
     # -- non-streaming ---------------------------------------------------------------------
 
     async def complete(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
-                       started: float | None = None) -> Response:  # fmt: skip
+                       started: float | None = None) -> Answer:  # fmt: skip
         started = started or time.perf_counter()
         req = self.parse(raw)
         routed = self.route(req, caller, headers)
@@ -356,13 +367,12 @@ class ChatService:
             choices=[Choice(0, ChoiceMessage("assistant", done.text), done.finish_reason)],
             usage=Usage(done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens),
         )
-        return Response(content=_enc.encode(body), media_type="application/json",
-                        headers=self._headers(decision_id, name, routed.choice.cluster, cost, len(attempts)))  # fmt: skip
+        return Answer(_enc.encode(body), self._headers(decision_id, name, routed.choice.cluster, cost, len(attempts)))
 
     # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
-                     started: float | None = None) -> Stream:  # fmt: skip
+                     started: float | None = None) -> StreamAnswer:  # fmt: skip
         """Fail over only until the first chunk: the response (and its headers) starts after it."""
         started = started or time.perf_counter()
         req = self.parse(raw)
@@ -390,8 +400,7 @@ class ChatService:
         view = self.router.view
         estimate = float(view.costs(routed.prompt_tokens)[view.index[name]])
         body = self._sse(req, caller, routed, decision_id, emb, model, attempts, first, agen, started)
-        return Stream(body, media_type="text/event-stream",
-                      headers=self._headers(decision_id, name, routed.choice.cluster, estimate, len(attempts)))  # fmt: skip
+        return StreamAnswer(body, self._headers(decision_id, name, routed.choice.cluster, estimate, len(attempts)))
 
     async def _sse(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
                    model: PoolModel, attempts: list[Attempt], first: Chunk, agen: AsyncIterator[Chunk],
