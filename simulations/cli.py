@@ -14,7 +14,14 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ["register"]
+from simulations.replay import ReplayConfig
+
+__all__ = ["DEFAULT_POLICY", "register"]
+
+# ``turnout replay``'s policy: the service's defaults plus the levers that measured well on
+# RouterBench (docs/simulations.md): the cluster count chosen from the data and refreshed as
+# traffic grows, and dominated models eliminated at 90% credibility.
+DEFAULT_POLICY = ReplayConfig(n_clusters=0, recluster_growth=4.0, eliminate=0.9)
 
 _json = msgspec.json.Encoder()
 
@@ -33,9 +40,7 @@ def _embedder(name: str, dim: int):
     return WordLlamaEmbedder(dim)
 
 
-def _replay_config(args: argparse.Namespace):
-    from simulations.replay import ReplayConfig
-
+def _replay_config(args: argparse.Namespace) -> ReplayConfig:
     return ReplayConfig(
         cost_weight=args.cost_weight,
         budget_usd=args.budget_usd,
@@ -52,6 +57,7 @@ def _replay_config(args: argparse.Namespace):
         eliminate=args.eliminate,
         temper=args.temper,
         passes=args.passes,
+        feedback=args.feedback,
         seed=args.seed,
     )
 
@@ -67,6 +73,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         outcomes = load_outcomes(args.files)
         warm_outcomes = load_outcomes(args.warm_start) if args.warm_start else None
+        if args.models:
+            names = [m.strip() for m in args.models.split(",") if m.strip()]
+            missing = [m for m in names if m not in outcomes.models]
+            if missing:
+                raise ValueError(f"--models: {', '.join(missing)} not in the files ({', '.join(outcomes.models)})")
+            outcomes = outcomes.select_models(names)
+            if warm_outcomes is not None:
+                warm_outcomes = warm_outcomes.select_models([m for m in names if m in warm_outcomes.models])
         config = _replay_config(args)
     except (OSError, ValueError, msgspec.ValidationError) as exc:
         print(f"turnout replay: {exc}", file=sys.stderr)
@@ -170,37 +184,46 @@ def _logged_from_clickhouse(args: argparse.Namespace):
 
 
 def _replay_parser(sub: argparse._SubParsersAction) -> None:
+    D = DEFAULT_POLICY
     p = sub.add_parser("replay", help="replay outcome files (JSONL): route online, learn from bandit feedback, report",
                        description="Shuffle the prompts (--seed), route each with the policy, reveal only the chosen "
                                    "model's score and cost, learn online; report against every single model and the "
                                    "per-prompt oracle in the cost-quality plane.")  # fmt: skip
     p.add_argument("files", nargs="+", help="outcome files (several are concatenated)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--cost-weight", type=float, default=25.0, help="quality points one US dollar is worth (default 25)")
+    how.add_argument("--cost-weight", type=float, default=D.cost_weight,
+                     help=f"quality points one US dollar is worth (default {D.cost_weight:g})")
     how.add_argument("--budget-usd", type=float, help="target mean cost per request; the cost weight is paced to it")
     p.add_argument("--sweep", action="store_true", help="replay at a range of cost weights from the data's cost scale")
     p.add_argument("--sweep-points", type=int, default=9, help="cost weights in a sweep (default 9)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--passes", type=int, default=1, help="stream the shuffled prompts this many times")
-    p.add_argument("--learn-every", type=int, default=1, help="fold feedback into the evidence every N prompts")
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--passes", type=int, default=D.passes, help="stream the shuffled prompts this many times")
+    p.add_argument("--learn-every", type=int, default=D.learn_every, help="fold feedback into the evidence every N prompts")
     p.add_argument("--warm-start", nargs="+", metavar="FILE", help="fit priors with full information on these outcome files first")
     p.add_argument("--decisions-out", metavar="FILE", help="one JSON line per routed prompt (suffix per weight in a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw the cost-quality plane (needs matplotlib)")
     pol = p.add_argument_group("policy")
-    pol.add_argument("--n-clusters", type=int, default=0, help="clusters; 0 chooses the count from the data (default)")
-    pol.add_argument("--max-clusters", type=int, default=8)
-    pol.add_argument("--cold-start", type=int, default=64, help="prompts before the first clustering (default 64)")
-    pol.add_argument("--recluster-growth", type=float, default=4.0,
-                     help="cluster again each time the prompts seen grow by this factor (0: only once)")
-    pol.add_argument("--prior-strength", type=float, default=2.0)
-    pol.add_argument("--shrink-strength", type=float, default=5.0)
-    pol.add_argument("--prior", choices=("flat", "prices"), default="prices", help="prior quality: flat, or from prices")
-    pol.add_argument("--costs", choices=("tokens", "mean", "exact"), default="tokens",
+    pol.add_argument("--models", help="comma-separated subset of the pool (e.g. two models for APGR/CPT)")
+    pol.add_argument("--n-clusters", type=int, default=D.n_clusters,
+                     help=f"clusters; 0 chooses the count from the data (default {D.n_clusters})")
+    pol.add_argument("--max-clusters", type=int, default=D.max_clusters)
+    pol.add_argument("--cold-start", type=int, default=D.cold_start, help="prompts before the first clustering")
+    pol.add_argument("--recluster-growth", type=float, default=D.recluster_growth,
+                     help=f"cluster again each time the prompts seen grow by this factor (0: only once; "
+                          f"default {D.recluster_growth:g})")  # fmt: skip
+    pol.add_argument("--prior-strength", type=float, default=D.prior_strength)
+    pol.add_argument("--shrink-strength", type=float, default=D.shrink_strength)
+    pol.add_argument("--prior", choices=("flat", "prices"), default=D.prior,
+                     help=f"prior quality: flat, or from prices (default {D.prior})")
+    pol.add_argument("--costs", choices=("tokens", "mean", "exact"), default=D.costs,
                      help="cost estimate before the call: per token (default), running mean per call, or the true one")
-    pol.add_argument("--eliminate", type=float, default=0.0, help="credible level to drop dominated models (0: off)")
-    pol.add_argument("--temper", type=float, default=1.0, help="posterior concentration factor (>1 explores less)")
-    pol.add_argument("--thompson-samples", type=int, default=1024)
+    pol.add_argument("--eliminate", type=float, default=D.eliminate,
+                     help=f"credible level to drop dominated models, 0 keeps all (default {D.eliminate:g})")
+    pol.add_argument("--temper", type=float, default=D.temper, help="posterior concentration factor (>1 explores less)")
+    pol.add_argument("--feedback", choices=("bandit", "full"), default=D.feedback,
+                     help="bandit (the protocol) or full: every model's outcome revealed, a bound")
+    pol.add_argument("--thompson-samples", type=int, default=D.thompson_samples)
     pol.add_argument("--embedder", choices=("wordllama", "hashing"), default="wordllama")
     pol.add_argument("--embedding-dim", type=int, default=256)
     p.set_defaults(func=cmd_replay)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from simulations.report import ReplayReport
 
 __all__ = ["PlotsUnavailable", "plot_frontier", "plot_lines", "pyplot"]
@@ -34,9 +36,11 @@ def plot_frontier(report: ReplayReport, path: str | Path, title: str = "") -> Pa
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for name, h, style in (("single models (zero router)", report.hull_zero, "--"),
                            ("oracle", report.hull_oracle, ":"), ("router", report.hull_router, "-")):  # fmt: skip
-        xs = [p[0] * 1000 for p in h] + [report.cost_range[1] * 1000]
-        ys = [p[1] for p in h] + [h[-1][1]]
-        ax.plot(xs, ys, style, label=name, drawstyle="default")
+        vx = [p[0] for p in h] + [max(report.cost_range[1], h[-1][0])]
+        vy = [p[1] for p in h] + [h[-1][1]]
+        # straight segments in cost are curves on the log axis: draw them densely
+        xs = np.concatenate([np.linspace(a, b, 24) for a, b in zip(vx[:-1], vx[1:])]) if len(vx) > 1 else np.array(vx)
+        ax.plot(xs * 1000, np.interp(xs, vx, vy), style, label=name)
     ax.scatter([p.cost_usd * 1000 for p in report.single], [p.quality for p in report.single], marker="o", color="gray")
     for p in report.single:
         ax.annotate(p.name.split("/")[-1], (p.cost_usd * 1000, p.quality), fontsize=7, xytext=(3, 3),

@@ -1,0 +1,100 @@
+"""``turnout replay | ope | simulate`` as a user runs them: outputs, files, errors, optional plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import msgspec
+import numpy as np
+import pytest
+
+from service.cli import main
+from simulations.environment import outcome_rows, scenario
+
+
+@pytest.fixture(scope="module")
+def outcome_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("replay") / "topics.jsonl"
+    rows = outcome_rows(scenario("stationary"), 160, np.random.default_rng(5))
+    path.write_bytes(b"\n".join(msgspec.json.encode(r) for r in rows) + b"\n")
+    return path
+
+
+FAST = ["--thompson-samples", "32", "--embedder", "hashing"]
+
+
+def test_replay_json_and_decisions(outcome_file, tmp_path, capsys):
+    out = tmp_path / "decisions.jsonl"
+    assert main(["replay", str(outcome_file), "--json", "--decisions-out", str(out), "--seed", "3", *FAST]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompts"] == 160 and report["routed"] == 160
+    assert {p["name"] for p in report["single"]} == set(report["models"])
+    assert report["decisions_files"] == [str(out)]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 160 and set(lines[0]) == {"id", "model", "propensity", "cluster"}
+    assert all(0 < x["propensity"] <= 1 for x in lines)
+
+
+def test_replay_sweep_writes_one_file_per_weight_and_a_plot(outcome_file, tmp_path, capsys):
+    out = tmp_path / "d.jsonl"
+    png = tmp_path / "plane.png"
+    args = ["replay", str(outcome_file), "--sweep", "--sweep-points", "4", "--decisions-out", str(out),
+            "--plot", str(png), *FAST]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "share of the zero-to-oracle AIQ gap captured" in text
+    files = sorted(tmp_path.glob("d.w*.jsonl"))
+    assert len(files) == 4 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replay_two_models_reports_apgr(outcome_file, capsys):
+    args = ["replay", str(outcome_file), "--models", "sim-mini,sim-frontier", "--sweep", "--sweep-points", "4", "--json", *FAST]
+    assert main(args) == 0
+    two = json.loads(capsys.readouterr().out)["two_model"]
+    assert two["strong"] == "sim-frontier" and 0.0 <= two["apgr"] <= 1.0 and two["cpt50"] <= two["cpt80"]
+
+
+def test_replay_errors_exit_2(outcome_file, tmp_path, capsys):
+    assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["replay", str(outcome_file), "--models", "nope", *FAST]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["replay", str(outcome_file), "--sweep", "--budget-usd", "0.001", *FAST]) == 2
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(outcome_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["replay", str(outcome_file), "--plot", str(tmp_path / "x.png"), *FAST]) == 3
+    assert "pip install" in capsys.readouterr().err
+
+
+def test_ope_from_a_file(tmp_path, capsys):
+    f = tmp_path / "rounds.jsonl"
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(2000):
+        a = "x" if rng.random() < 0.5 else "y"
+        rows.append({"action": a, "reward": float(rng.random() < (0.8 if a == "x" else 0.4)), "propensity": 0.5,
+                     "target": {"x": 0.9, "y": 0.1}})  # fmt: skip
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["ope", str(f), "--json", "--clip", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"ips", "snips", "dr", "ess", "n"} and out["n"] == 2000
+    for name in ("ips", "snips", "dr"):
+        # truth 0.9 * 0.8 + 0.1 * 0.4; the standard error is about 0.015 (coverage: test_ope.py)
+        assert abs(out[name]["estimate"] - 0.76) < 0.05 and out[name]["ci_low"] < out[name]["estimate"] < out[name]["ci_high"]
+    assert main(["ope", str(f), "--min-ess", "5000"]) == 0
+    captured = capsys.readouterr()
+    assert "| DR |" in captured.out and "effective sample size" in captured.err
+
+
+def test_simulate_json(tmp_path, capsys):
+    args = ["simulate", "--scenario", "new-model-added", "--steps", "200", "--seeds", "2", "--embedder", "hashing",
+            "--policies", "turnout,uniform,oracle,linucb", "--json", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = {p["name"]: p for p in out["policies"]}
+    assert by["oracle"]["regret_oracle"]["mean"] == 0.0
+    assert by["turnout"]["regret_oracle"]["mean"] < by["uniform"]["regret_oracle"]["mean"]
+    assert len(out["plots"]) == 2 and all(p.endswith(".png") for p in out["plots"])
+    assert main(["simulate", "--scenario", "nope"]) == 2
