@@ -11,8 +11,19 @@ References: Even-Dar, Mannor & Mansour, Action Elimination (JMLR 2006).
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
-__all__ = ["dominated"]
+__all__ = ["bounds", "dominated"]
+
+
+def bounds(alpha: np.ndarray, beta: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed ``level`` bounds of Beta(alpha, beta), elementwise.
+
+    The same interval as ``learner.policy.credible_interval``, by the ufunc directly: it is
+    evaluated once per decision in a replay, where ``scipy.stats``' argument checks dominate.
+    """
+    tail = (1.0 - level) / 2.0
+    return special.betaincinv(alpha, beta, tail), special.betaincinv(alpha, beta, 1.0 - tail)
 
 
 def dominated(lower: np.ndarray, upper: np.ndarray, penalty: np.ndarray, allowed: np.ndarray) -> np.ndarray:

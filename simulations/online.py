@@ -22,9 +22,9 @@ from learner.budget import BudgetParams, BudgetTarget, dual_update
 from learner.budget import start as budget_start
 from learner.clusters import assign, assign_many, kmeans
 from learner.costs import completion_cost, estimate_costs
-from learner.dominance import dominated
-from learner.policy import choose, credible_interval, draw_samples, posterior, update_stats
-from learner.priors import temper, tier_from_prices
+from learner.dominance import bounds, dominated
+from learner.policy import choose, draw_samples, posterior, update_stats
+from learner.priors import shrink_from_data, temper, tier_from_prices
 
 __all__ = ["Evidence", "OnlineRouter", "PolicyConfig", "resid_stats"]
 
@@ -41,7 +41,7 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     recluster_growth: float = 0.0  # > 1: cluster again when the prompts seen grow by this factor
     recluster_until: int = 4096  # ... until this many prompts were seen
     prior_strength: float = 2.0
-    shrink_strength: float = 5.0
+    shrink_strength: float = 5.0  # 0: per model, from the spread of its cluster means (empirical Bayes)
     prior: Literal["flat", "prices"] = "flat"  # prior quality: one tier for all, or from prices
     tier: float = 0.6  # the flat prior's quality
     costs: Literal["tokens", "mean", "exact"] = "tokens"  # how the cost of a call is estimated
@@ -169,7 +169,8 @@ class OnlineRouter:
             est = np.nan_to_num(exact_costs, nan=0.0)
         penalty = self.weight * est
         if self.cfg.eliminate > 0:
-            allowed = allowed & ~dominated(self.lower[c], self.upper[c], penalty, allowed)
+            lower, upper = bounds(self.alpha[c], self.beta[c], self.cfg.eliminate)
+            allowed = allowed & ~dominated(lower, upper, penalty, allowed)
         arm, props = choose(self._samples(c), penalty, allowed, row)
         return arm, props, c
 
@@ -241,13 +242,18 @@ class OnlineRouter:
 
     def _refresh(self) -> None:
         cfg = self.cfg
-        alpha, beta = posterior(self.n, self.s, self.prior_mean, cfg.prior_strength, cfg.shrink_strength)
+        if cfg.shrink_strength > 0:
+            alpha, beta = posterior(self.n, self.s, self.prior_mean, cfg.prior_strength, cfg.shrink_strength)
+        else:  # one posterior call per model, each with its own strength
+            k = shrink_from_data(self.n, self.s, default=5.0)
+            cols = [posterior(self.n[:, j : j + 1], self.s[:, j : j + 1], self.prior_mean[j : j + 1],
+                              cfg.prior_strength, float(k[j])) for j in range(self.m)]  # fmt: skip
+            alpha = np.concatenate([a for a, _ in cols], axis=1)
+            beta = np.concatenate([b for _, b in cols], axis=1)
         if cfg.temper != 1.0:
             alpha, beta = temper(alpha, beta, cfg.temper)
         self.alpha, self.beta = alpha, beta
         self.completion = completion_cost(self.per_token, self.resid, self.count)
-        if cfg.eliminate > 0:
-            self.lower, self.upper = credible_interval(alpha, beta, cfg.eliminate)
         self.version += 1
         self._drawn: dict[int, np.ndarray] = {}
 

@@ -102,3 +102,26 @@ def test_silhouette_matches_the_definition():
         a, b = d[i, same].mean(), d[i, other].mean()
         want.append((b - a) / max(a, b))
     assert silhouette(x, labels) == pytest.approx(np.mean(want))
+
+
+def test_bounds_are_the_policys_credible_interval():
+    from learner.dominance import bounds
+    from learner.policy import credible_interval
+
+    a, b = np.array([[1.0, 2.5, 40.0]]), np.array([[1.0, 7.0, 3.0]])
+    lo, hi = bounds(a, b, 0.9)
+    want_lo, want_hi = credible_interval(a, b, 0.9)
+    assert np.allclose(lo, want_lo) and np.allclose(hi, want_hi)
+
+
+def test_shrink_from_data_leans_on_the_global_posterior_when_clusters_agree():
+    from learner.priors import shrink_from_data
+
+    rng = np.random.default_rng(0)
+    n = np.full((4, 2), 400.0)
+    same = rng.binomial(400, 0.7, 4)  # model 0: 0.7 everywhere
+    apart = rng.binomial(400, [0.2, 0.9, 0.5, 0.8])  # model 1: differs by cluster
+    s = np.column_stack([same, apart]).astype(float)
+    k = shrink_from_data(n, s, default=5.0, low=2.0, high=50.0)
+    assert k[0] > 30 and k[1] == 2.0
+    assert shrink_from_data(np.array([[3.0], [0.0]]), np.array([[1.0], [0.0]]), default=5.0)[0] == 5.0
