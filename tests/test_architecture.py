@@ -12,7 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("service", "learner", "feedback", "simulations", "bench")
 # modules of the pure core: no I/O adapters, no clock, no settings
-CORE = ("learner/policy.py", "learner/clusters.py", "learner/reward.py", "learner/snapshot.py", "learner/embedding.py")
+CORE = (
+    "learner/policy.py", "learner/clusters.py", "learner/reward.py", "learner/snapshot.py", "learner/embedding.py",
+    "learner/drift.py", "learner/recluster.py", "learner/budget.py",
+)  # fmt: skip
 ADAPTER_LIBS = {"clickhouse_connect", "chdb", "kafka", "httpx", "litestar", "uvicorn", "apscheduler", "service"}
 
 

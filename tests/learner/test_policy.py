@@ -87,18 +87,23 @@ def test_propensities_sum_to_one_and_chosen_is_positive(k, m, seed, cost_weight,
     assert (props[~allowed] == 0).all()
 
 
-@settings(max_examples=40, deadline=None)
-@given(n=st.floats(0, 1000), frac=st.floats(0, 1), reward=st.floats(0, 1))
-def test_posterior_mean_moves_toward_the_reward(n, frac, reward):
-    nn, ss = np.array([[n]]), np.array([[n * frac]])
+@settings(max_examples=60, deadline=None)
+@given(n=st.floats(0, 1000), frac=st.floats(0, 1), reward=st.sampled_from([0.0, 1.0]), k=st.integers(1, 3))
+def test_thumbs_up_never_lowers_and_thumbs_down_never_raises_the_mean(n, frac, reward, k):
+    # Binary rewards only: a fractional reward lying between a cluster's mean and the model's
+    # global mean can move the cluster mean slightly *away* from it, because the same
+    # observation also pulls the global mean (the shrinkage target) the other way.
+    # Hypothesis found that case; it is a property of the hierarchical model, not a bug.
+    nn = np.full((k, 1), n)
+    ss = nn * frac
     a0, b0 = posterior(nn, ss, np.array([0.5]), 2.0, 5.0)
     n2, s2 = update_stats(nn, ss, np.array([0]), np.array([0]), np.array([reward]))
     a1, b1 = posterior(n2, s2, np.array([0.5]), 2.0, 5.0)
     before, after = a0 / (a0 + b0), a1 / (a1 + b1)
-    if reward >= before[0, 0]:
-        assert after[0, 0] >= before[0, 0] - 1e-9
+    if reward == 1.0:
+        assert (after >= before - 1e-12).all()
     else:
-        assert after[0, 0] <= before[0, 0] + 1e-9
+        assert (after <= before + 1e-12).all()
 
 
 def test_thompson_sampling_learns_the_better_arm_seeded():
