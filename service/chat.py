@@ -165,7 +165,7 @@ class ChatService:
         try:
             screen = self.rules.screen(
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
-                costs=view.costs(prompt_tokens), requested=req.model, tenant=tenant.name,
+                costs=lambda: view.costs(prompt_tokens), requested=req.model, tenant=tenant.name,
                 tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
             )  # fmt: skip
         except NoCandidate as exc:

@@ -17,7 +17,7 @@ After embedding, ``escalate`` keeps only models of at least a tier when the clus
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -69,6 +69,7 @@ class Rules:
         self.models = tuple(models)
         self.tiers = np.asarray(tiers, dtype=np.float64)
         self.windows = np.asarray(context_windows, dtype=np.int64)
+        self.smallest_window = int(self.windows.min()) if len(self.windows) else 0
         self.all = np.ones(len(models), dtype=bool)
         self.all.setflags(write=False)
         self.pins = tuple(
@@ -88,12 +89,13 @@ class Rules:
         self.escalation_margin = settings.escalation_margin
         self.escalation_min_tier = settings.escalation_min_tier
 
-    def screen(self, *, text: str, prompt_tokens: int, max_tokens: int | None, costs: np.ndarray,
+    def screen(self, *, text: str, prompt_tokens: int, max_tokens: int | None, costs: Callable[[], np.ndarray],
                requested: str = "", tenant: str = "default", tenant_models: np.ndarray | None = None,
                max_cost_usd: float = 0.0, headers: Mapping[str, str] | None = None) -> Screen:  # fmt: skip
-        """The candidates of one request. costs: (m,) expected USD; tenant_models: (m,) bool or None.
+        """The candidates of one request. costs() -> (m,) expected USD (called only under a cost
+        cap); tenant_models: (m,) bool or None. Raises ``NoCandidate`` when nothing is left.
 
-        Raises ``NoCandidate`` when nothing is left.
+        With no rule in play this is a handful of comparisons: ``allowed`` stays ``self.all``.
         """
         allowed = self.all if tenant_models is None else tenant_models
         klass = ""
@@ -101,18 +103,20 @@ class Rules:
             if pattern.search(text):
                 allowed = allowed & mask
                 klass = klass or name
-        if not allowed.any():
+        if allowed is not self.all and not allowed.any():
             raise NoCandidate("no model may serve this request under the safety rules"
                               + (f" (class '{klass}')" if klass else ""), "content_policy")  # fmt: skip
         need = prompt_tokens + (max_tokens or self.answer_reserve_tokens)
-        fits = allowed & (self.windows >= need)
-        if not fits.any():
-            raise NoCandidate(f"the request (about {need} tokens with the answer) exceeds the context window "
-                              f"of every model it may go to", "context_length_exceeded", "messages")  # fmt: skip
+        fits = allowed
+        if need > self.smallest_window:
+            fits = allowed & (self.windows >= need)
+            if not fits.any():
+                raise NoCandidate(f"the request (about {need} tokens with the answer) exceeds the context "
+                                  f"window of every model it may go to", "context_length_exceeded", "messages")  # fmt: skip
         caps = [c for c in (self.max_cost_usd, max_cost_usd) if c > 0]
         if caps:
             cap = min(caps)
-            cheap = fits & (costs <= cap)
+            cheap = fits & (costs() <= cap)
             if not cheap.any():
                 raise NoCandidate(f"every model it may go to is expected to cost more than the cap of "
                                   f"{cap:g} USD for this request", "cost_cap_exceeded")  # fmt: skip

@@ -19,7 +19,7 @@ def rules(**kw) -> Rules:
 
 
 def screen(r: Rules, text="hello", prompt_tokens=100, max_tokens=None, **kw):
-    return r.screen(text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens, costs=COSTS, **kw)
+    return r.screen(text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens, costs=lambda: COSTS, **kw)
 
 
 def allowed(s) -> list[str]:
