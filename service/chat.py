@@ -1,14 +1,9 @@
-"""The chat-completions request path: parse, screen (rules), route, dispatch with failover, emit.
+"""The chat-completions request path: parse, screen (rules), route, dispatch with failover, answer.
 
-Nothing here waits on Kafka or ClickHouse: events go to the sink's in-memory buffer. Per
-request the path does: decode the body, run the rules, embed the last user message, take one
-Thompson decision from the live snapshot, call the provider (failing over by the posterior),
-encode the answer, publish the events. Everything else (learning, storage) is elsewhere.
-
-A failed attempt is recorded as its own ``DecisionMade`` (policy ``failover``, status ``error``,
-``parent_decision_id`` = the request's decision) with a ``FeedbackGiven`` of kind
-``upstream_error`` and reward 0 on it: negative evidence for the model that failed, while the
-policy's arm and propensity stay on the request's own decision.
+Nothing here waits on Kafka or ClickHouse: events go to the sink's in-memory buffer
+(``service/records.py``). Per request the path does: decode the body, run the rules, embed the
+last user message, take one Thompson decision from the live snapshot, call the provider (failing
+over by the posterior, ``service/failover.py``), encode the answer, record what happened.
 """
 
 from __future__ import annotations
@@ -19,16 +14,17 @@ from typing import AsyncIterator, Mapping
 
 import msgspec
 import numpy as np
-from feedback.events import DecisionMade, FeedbackGiven, uuid7
+from feedback.events import FeedbackGiven, uuid7
 from feedback.ports import DecisionRef, EventSink
-from learner.embedding import Embedder, prompt_hash
+from learner.embedding import Embedder
 from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
 from service.errors import ApiError, validation_error
 from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, RetryPolicy
 from service.metrics import Registry
+from service.records import Recorder, Routed
 from service.rerequest import RerequestTracker
-from service.routing import RouteChoice, Router
+from service.routing import RouteChoice, Router, RouterView
 from service.rules import NoCandidate, Rules
 from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
@@ -76,18 +72,6 @@ class StreamAnswer(msgspec.Struct, frozen=True):
     headers: dict[str, str]
 
 
-class Routed(msgspec.Struct, frozen=True):
-    """What routing decided for one request."""
-
-    choice: RouteChoice
-    embedding: np.ndarray  # (d,) float32, unit norm
-    text: str  # the last user message
-    prompt_tokens: int
-    policy: str  # a policy name, "passthrough" (model asked by name) or "pinned" (a rule)
-    candidates: tuple[str, ...]  # models to try, in order
-    safety_class: str = ""
-
-
 def _cost(model: PoolModel, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * model.price_in_per_mtok + completion_tokens * model.price_out_per_mtok) / 1e6
 
@@ -131,6 +115,7 @@ class ChatService:
         self.rerequests = rerequests
         self.feedback_cap = feedback_cap
         self.metrics = metrics or Registry()
+        self.records = Recorder(sink, decisions, self.metrics, store_prompts)
         self.session_header = session_header
         self.log_requests = log_requests
         self._tenant_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -177,8 +162,9 @@ class ChatService:
             only[screen.pinned] = True
             choice = self.router.decide(embedding, prompt_tokens, 0.0, 0.0, only, 0)
             policy = "passthrough" if screen.rule == "requested" else "pinned"
-            return Routed(choice, embedding, text, prompt_tokens, policy, (self.pool[screen.pinned].name,),
-                          screen.safety_class)  # fmt: skip
+            name = self.pool[screen.pinned].name
+            return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
+                          view.snapshot.clustering, name, screen.safety_class)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
         row = int(self.rng.integers(1 << 30))
         choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
@@ -187,10 +173,11 @@ class ChatService:
             allowed = escalated
             choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
         if tenant.exploration_cap < 1.0:
-            choice = self._cap_exploration(choice, prompt_tokens, cost_weight, weights.latency_weight,
+            choice = self._cap_exploration(view, choice, prompt_tokens, cost_weight, weights.latency_weight,
                                            allowed, tenant.exploration_cap)  # fmt: skip
         names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
-        return Routed(choice, embedding, text, prompt_tokens, policy, names, screen.safety_class)
+        return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
+                      view.snapshot.clustering, names[0], screen.safety_class)
 
     def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
         if not models:
@@ -202,12 +189,11 @@ class ChatService:
             self._tenant_masks[models] = mask
         return mask
 
-    def _cap_exploration(self, choice: RouteChoice, prompt_tokens: int, cost_weight: float, latency_weight: float,
-                         allowed: np.ndarray | None, cap: float) -> RouteChoice:  # fmt: skip
+    def _cap_exploration(self, view: RouterView, choice: RouteChoice, prompt_tokens: int, cost_weight: float,
+                         latency_weight: float, allowed: np.ndarray | None, cap: float) -> RouteChoice:  # fmt: skip
         """Mix the Thompson policy with the greedy one: with probability 1 - cap take the model of
         best posterior mean utility. Exploration (any other model) then takes at most ``cap`` of the
         traffic, and the logged propensity is the mixture's, exact: cap * p_ts + (1 - cap) * [greedy]."""
-        view = self.router.view
         utility = view.mean[choice.cluster] - (cost_weight * view.costs(prompt_tokens) + latency_weight * view.latency_s)
         if allowed is not None:
             utility = np.where(allowed, utility, -np.inf)
@@ -222,54 +208,6 @@ class ChatService:
 
     # -- records ---------------------------------------------------------------------------
 
-    def _decision(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                  **fields) -> DecisionMade:  # fmt: skip
-        view = self.router.view
-        choice = routed.choice
-        keep = self.store_prompts or caller.tenant.store_prompts
-        return DecisionMade(
-            event_id=uuid7(),
-            decision_id=decision_id,
-            ts_ms=int(time.time() * 1000),
-            tenant=caller.tenant.name,
-            user=req.user or "",
-            requested_model=req.model,
-            snapshot_version=view.snapshot.version,
-            clustering=view.snapshot.clustering,
-            cluster=choice.cluster,
-            margin=choice.margin,
-            prompt_hash=prompt_hash(routed.text),
-            stream=req.stream,
-            embedding=emb,
-            prompt_text=routed.text if keep else "",
-            **fields,
-        )
-
-    def _emit(self, decision: DecisionMade) -> None:
-        self.sink.publish(decision)
-        self.decisions.remember(
-            DecisionRef(decision.decision_id, decision.tenant, decision.cluster, decision.model, decision.snapshot_version),
-            decision.user,
-        )  # fmt: skip
-
-    def _emit_attempts(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                       attempts: list[Attempt]) -> None:  # fmt: skip
-        """Each failed attempt: its own decision record and an ``upstream_error`` reward of 0."""
-        for i, a in enumerate(attempts):
-            attempt_id = uuid7()
-            self._emit(self._decision(
-                req, caller, routed, attempt_id, emb, policy="failover", arm=a.model, propensity=1.0, model=a.model,
-                status="error", fallbacks=i, errors=(f"{a.model}: {a.error}",), latency_ms=a.latency_ms,
-                parent_decision_id=decision_id,
-            ))  # fmt: skip
-            self._negative(attempt_id, caller, req, "upstream_error")
-            self.metrics.upstream_errors.inc(a.model)
-
-    def _negative(self, decision_id: str, caller: Caller, req: ChatRequest, kind: str) -> None:
-        self.sink.publish(FeedbackGiven(event_id=uuid7(), decision_id=decision_id, ts_ms=int(time.time() * 1000),
-                                        reward=0.0, kind=kind, tenant=caller.tenant.name, user=req.user or ""))  # fmt: skip
-        self.metrics.feedback.inc(kind)
-
     def _begin(self, req: ChatRequest, caller: Caller, routed: Routed, headers: Mapping[str, str],
                started: float) -> tuple[str, bytes]:  # fmt: skip
         """The decision id and embedding bytes; re-request detection; the overhead metric."""
@@ -278,22 +216,20 @@ class ChatService:
             asker = req.user or headers.get(self.session_header, "")
             previous = self.rerequests.observe(caller.tenant.name, asker, decision_id, routed.embedding)
             if previous is not None:
-                self._negative(previous, caller, req, "re_request")
+                self.records.negative(previous, caller, req, "re_request")
         self.metrics.overhead.observe(time.perf_counter() - started)
         return decision_id, np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes()
 
     def _failed(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
                 exc: AllFailed, started: float, headers: Mapping[str, str]) -> ApiError:  # fmt: skip
         """Record a request no model answered and the error the client gets."""
-        self._emit_attempts(req, caller, routed, decision_id, emb, exc.attempts)
+        self.records.attempts(req, caller, routed, decision_id, emb, exc.attempts)
         errors = tuple(f"{a.model}: {a.error}" for a in exc.attempts)
         if exc.client_error is not None:
             errors += (str(exc.client_error),)
-        self._emit(self._decision(
-            req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
-            propensity=routed.choice.propensity, status="error", fallbacks=max(0, len(exc.attempts) - 1),
-            errors=errors, latency_ms=(time.perf_counter() - started) * 1000.0,
-        ))  # fmt: skip
+        self.records.outcome(req, caller, routed, decision_id, emb, status="error",
+                             fallbacks=max(0, len(exc.attempts) - 1), errors=errors,
+                             latency_ms=(time.perf_counter() - started) * 1000.0)  # fmt: skip
         if self.rerequests is not None:
             self.rerequests.forget(caller.tenant.name, req.user or headers.get(self.session_header, ""), decision_id)
         self.metrics.requests.inc(routed.policy, "", "error")
@@ -348,14 +284,13 @@ class ChatService:
         cost = _cost(model, done.prompt_tokens, done.completion_tokens)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if attempts:
-            self._emit_attempts(req, caller, routed, decision_id, emb, attempts)
+            self.records.attempts(req, caller, routed, decision_id, emb, attempts)
             self.metrics.fallbacks.inc(name)
-        self._emit(self._decision(
-            req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
-            propensity=routed.choice.propensity, model=name, fallbacks=len(attempts),
+        self.records.outcome(
+            req, caller, routed, decision_id, emb, model=name, fallbacks=len(attempts),
             errors=tuple(f"{a.model}: {a.error}" for a in attempts), prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens, cost_usd=cost, latency_ms=latency_ms,
-        ))  # fmt: skip
+        )  # fmt: skip
         self.metrics.requests.inc(routed.policy, name, "ok")
         if self.log_requests:
             log.info("answered", extra={"decision_id": decision_id, "tenant": caller.tenant.name, "model": name,
@@ -394,7 +329,7 @@ class ChatService:
         except AllFailed as exc:
             raise self._failed(req, caller, routed, decision_id, emb, exc, started, headers) from None
         if attempts:
-            self._emit_attempts(req, caller, routed, decision_id, emb, attempts)
+            self.records.attempts(req, caller, routed, decision_id, emb, attempts)
             self.metrics.fallbacks.inc(name)
         model = self.pool[self.by_name[name]]
         view = self.router.view
@@ -439,15 +374,14 @@ class ChatService:
             yield b"data: " + _enc.encode(err) + b"\n\n"
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
-            self._emit(self._decision(
-                req, caller, routed, decision_id, emb, policy=routed.policy, arm=self.pool[routed.choice.arm].name,
-                propensity=routed.choice.propensity, model=model.name, status=status, fallbacks=len(attempts),
+            self.records.outcome(
+                req, caller, routed, decision_id, emb, model=model.name, status=status, fallbacks=len(attempts),
                 errors=tuple(errors), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                 cost_usd=_cost(model, prompt_tokens, completion_tokens),
                 latency_ms=(time.perf_counter() - started) * 1000.0,
-            ))  # fmt: skip
+            )  # fmt: skip
             if status == "error":
-                self._negative(decision_id, caller, req, "upstream_error")
+                self.records.negative(decision_id, caller, req, "upstream_error")
                 log.warning("stream of %s failed mid-way", model.name,
                             extra={"decision_id": decision_id, "tenant": caller.tenant.name})  # fmt: skip
             self.metrics.requests.inc(routed.policy, model.name, status)

@@ -1,0 +1,105 @@
+"""What a request leaves behind: its decision, the records of its failed attempts, implicit feedback.
+
+Every record goes to the event sink's in-memory buffer (no I/O here) and decisions also to the
+recent-decision index the feedback API reads. A failed attempt is its own ``DecisionMade``
+(policy ``failover``, status ``error``, ``parent_decision_id`` = the request's decision) carrying
+an ``upstream_error`` reward of 0, so the failure counts against the model that failed while the
+policy's arm and propensity stay on the request's decision alone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import msgspec
+import numpy as np
+
+from feedback.events import DecisionMade, FeedbackGiven, uuid7
+from feedback.ports import DecisionRef, EventSink
+from learner.embedding import prompt_hash
+from service.decisions import DecisionIndex
+from service.failover import Attempt
+from service.metrics import Registry
+from service.routing import RouteChoice
+from service.schemas import ChatRequest
+from service.tenants import Caller
+
+__all__ = ["Recorder", "Routed"]
+
+
+class Routed(msgspec.Struct, frozen=True):
+    """What routing decided for one request, under which snapshot."""
+
+    choice: RouteChoice
+    embedding: np.ndarray  # (d,) float32, unit norm
+    text: str  # the last user message
+    prompt_tokens: int
+    policy: str  # a policy name, "passthrough" (model asked by name) or "pinned" (a rule)
+    candidates: tuple[str, ...]  # models to try, in order
+    snapshot_version: int
+    clustering: int
+    arm: str  # the model the policy chose (candidates[0])
+    safety_class: str = ""
+
+
+class Recorder:
+    def __init__(self, sink: EventSink, decisions: DecisionIndex, metrics: Registry, store_prompts: bool) -> None:
+        self.sink = sink
+        self.decisions = decisions
+        self.metrics = metrics
+        self.store_prompts = store_prompts
+
+    def decision(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                 **fields) -> DecisionMade:  # fmt: skip
+        """A decision record of this request; ``fields`` are the outcome (model, status, usage...)."""
+        keep = self.store_prompts or caller.tenant.store_prompts
+        return DecisionMade(
+            event_id=uuid7(),
+            decision_id=decision_id,
+            ts_ms=int(time.time() * 1000),
+            tenant=caller.tenant.name,
+            user=req.user or "",
+            requested_model=req.model,
+            snapshot_version=routed.snapshot_version,
+            clustering=routed.clustering,
+            cluster=routed.choice.cluster,
+            margin=routed.choice.margin,
+            prompt_hash=prompt_hash(routed.text),
+            stream=req.stream,
+            embedding=emb,
+            prompt_text=routed.text if keep else "",
+            **fields,
+        )
+
+    def outcome(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                **fields) -> None:  # fmt: skip
+        """Emit the request's own decision: the policy's arm and propensity, and ``fields``."""
+        self.emit(self.decision(req, caller, routed, decision_id, emb, policy=routed.policy, arm=routed.arm,
+                                propensity=routed.choice.propensity, **fields))  # fmt: skip
+
+    def emit(self, decision: DecisionMade) -> None:
+        self.sink.publish(decision)
+        self.decisions.remember(
+            DecisionRef(decision.decision_id, decision.tenant, decision.cluster, decision.model, decision.snapshot_version),
+            decision.user,
+        )  # fmt: skip
+
+    def attempts(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
+                 attempts: Sequence[Attempt]) -> None:  # fmt: skip
+        """Each failed attempt: its own decision record and an ``upstream_error`` reward of 0."""
+        for i, a in enumerate(attempts):
+            attempt_id = uuid7()
+            self.emit(self.decision(
+                req, caller, routed, attempt_id, emb, policy="failover", arm=a.model, propensity=1.0, model=a.model,
+                status="error", fallbacks=i, errors=(f"{a.model}: {a.error}",), latency_ms=a.latency_ms,
+                parent_decision_id=decision_id,
+            ))  # fmt: skip
+            self.negative(attempt_id, caller, req, "upstream_error")
+            self.metrics.upstream_errors.inc(a.model)
+
+    def negative(self, decision_id: str, caller: Caller, req: ChatRequest, kind: str) -> None:
+        """Implicit feedback of reward 0 (``upstream_error``, ``re_request``) on a decision."""
+        self.sink.publish(FeedbackGiven(event_id=uuid7(), decision_id=decision_id, ts_ms=int(time.time() * 1000),
+                                        reward=0.0, kind=kind, tenant=caller.tenant.name, user=req.user or ""))  # fmt: skip
+        self.metrics.feedback.inc(kind)
