@@ -124,6 +124,7 @@ def _decisions_table(ds: list[DecisionMade]) -> Any:
         "latency_ms": pa.array(col("latency_ms"), pa.float64()),
         "stream": pa.array(col("stream"), pa.bool_()),
         "embedding": _embeddings(col("embedding")), "prompt_text": col("prompt_text"),
+        "parent_decision_id": col("parent_decision_id"),  # 030_failover_attempts.sql
     })  # fmt: skip
 
 
