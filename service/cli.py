@@ -57,6 +57,10 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     from service.runtime import Runtime
 
     settings = _settings(args)
+    if settings.server.log_format == "json":  # one JSON object a line from here on (service/logs.py)
+        from service.logs import use_json_logs
+
+        use_json_logs()
     # Background threads (event writer, learner) must not hold the GIL for the default 5 ms
     # while a request waits: switch more often, the request path is short.
     sys.setswitchinterval(0.0005)

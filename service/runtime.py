@@ -271,10 +271,6 @@ class Runtime:
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        if self.settings.server.log_format == "json":
-            from service.logs import use_json_logs
-
-            use_json_logs()
         self._scheduler = BackgroundScheduler(daemon=True)
         if self.learner_enabled:
             self._scheduler.add_job(self.learn_safely, "interval", seconds=self.settings.learner.interval_s,
