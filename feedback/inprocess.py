@@ -76,7 +76,11 @@ class InProcessBus:
         batch: list[Event] = []
         while True:
             if not batch:
-                self._wake.wait(self._interval)
+                # Wait out the interval unless a full batch or a flush is waiting: each insert
+                # is a ClickHouse part, so a busy service must write few large batches, not
+                # a tiny one each time the previous insert returns.
+                if len(self._queue) < self._max_batch:
+                    self._wake.wait(self._interval)
                 self._wake.clear()
                 batch = self._take()
             if not batch:
@@ -93,7 +97,7 @@ class InProcessBus:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.05
-            batch = self._take()
-            if not batch and not self._queue:
-                self._inflight = 0
+            batch = []
+            self._inflight = 0
+            if not self._queue:
                 self._idle.set()

@@ -77,7 +77,7 @@ def build_event_sink(settings: Settings, rows: RowStore) -> EventSink:
     """Where the service's events go: the in-process bus, or Kafka with a spill journal."""
     ev = settings.events
     if ev.backend != "kafka":
-        return InProcessBus(rows)
+        return InProcessBus(rows, flush_interval_s=ev.inprocess_flush_s)
     from feedback.kafka import KafkaEventSink
     from feedback.spill import SpillJournal
 

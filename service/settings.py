@@ -57,6 +57,8 @@ class StorageSettings(_Config):
 
 class EventsSettings(_Config):
     backend: Literal["inprocess", "kafka"] = "inprocess"
+    # in-process bus: how often it writes a batch (each write is a ClickHouse part to merge later)
+    inprocess_flush_s: float = 1.0
     bootstrap_servers: str = "127.0.0.1:9092"
     decisions_topic: str = "turnout.decisions"
     feedback_topic: str = "turnout.feedback"
