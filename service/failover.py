@@ -30,8 +30,9 @@ CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 class CircuitBreaker:
     """closed --(``failure_threshold`` failures in a row)--> open --(``open_s``)--> half-open;
     half-open lets ``probes`` requests through at once: ``close_after`` successes close it, one
-    failure opens it again. ``hold(s)`` keeps it from admitting for ``s`` seconds whatever its
-    state (a provider's ``Retry-After``). Single event loop: no locks."""
+    failure opens it again. ``failure(hold_s)`` keeps it from admitting for ``hold_s`` seconds
+    whatever its state (a provider's ``Retry-After``). ``clock`` is injectable (tests). Single
+    event loop: no locks."""
 
     def __init__(self, failure_threshold: int = 5, open_s: float = 15.0, probes: int = 1, close_after: int = 2,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
@@ -39,7 +40,7 @@ class CircuitBreaker:
         self.open_s = open_s
         self.probes = probes
         self.close_after = close_after
-        self._clock = clock
+        self.clock = clock
         self._state = CLOSED
         self._failures = 0
         self._successes = 0
@@ -50,13 +51,13 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
-        if self._state == OPEN and self._clock() >= self._open_until:
+        if self._state == OPEN and self.clock() >= self._open_until:
             self._state, self._successes, self._in_flight = HALF_OPEN, 0, 0
         return self._state
 
     def retry_in_s(self) -> float:
         """Seconds until it admits a request again (0 if it would now)."""
-        now = self._clock()
+        now = self.clock()
         wait = self._hold_until - now
         if self.state == OPEN:
             wait = max(wait, self._open_until - now)
@@ -64,7 +65,7 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a request go to this provider now? In half-open this takes a probe slot."""
-        if self._hold_until and self._clock() < self._hold_until:
+        if self._hold_until and self.clock() < self._hold_until:
             return False
         state = self.state
         if state == CLOSED:
@@ -84,7 +85,7 @@ class CircuitBreaker:
             self._failures = 0
 
     def failure(self, hold_s: float | None = None) -> None:
-        now = self._clock()
+        now = self.clock()
         if hold_s:
             self._hold_until = max(self._hold_until, now + hold_s)
         if self._state == HALF_OPEN:

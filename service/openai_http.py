@@ -1,8 +1,7 @@
-"""Upstream adapter for any OpenAI-compatible HTTP endpoint (aiohttp, pooled keep-alive connections).
+"""Upstream adapter for any OpenAI-compatible HTTP endpoint, over pooled keep-alive connections.
 
-aiohttp rather than httpx: on the request path, against a local upstream, an httpx AsyncClient
-call cost about 1.4 ms of CPU and an aiohttp call about 0.2 ms (bench/gateway.py, docs/gateway.md);
-the provider call is most of what a gateway spends per request.
+The connections are ``service.http1``'s: a provider call is most of what the gateway spends per
+request, and a general HTTP client costs 4x (aiohttp) to 25x (httpx) more CPU per call here.
 
 Timeouts: ``connect_timeout_s`` to get a connection (also when the pool is full), ``read_timeout_s``
 between two reads, ``ttft_timeout_s`` until the first token of a stream. The API key comes from
@@ -21,6 +20,7 @@ from typing import Any, AsyncIterator, Mapping
 
 import msgspec
 
+from service.http1 import ConnectError, Disconnected, Http1Pool, HttpError, ReadTimeout, Response
 from service.simulated import estimate_tokens
 from service.upstream import Chunk, Completion, UpstreamCall, UpstreamError
 
@@ -116,38 +116,18 @@ class OpenAIUpstream:
                  connect_timeout_s: float = 5.0, ttft_timeout_s: float = 30.0, max_connections: int = 256,
                  env: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.name = name
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
         self.read_timeout_s = read_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.ttft_timeout_s = ttft_timeout_s
-        self.max_connections = max_connections
-        self._headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        headers = {"content-type": "application/json"}
         key = (env if env is not None else os.environ).get(api_key_env, "") if api_key_env else ""
         if key:
-            self._headers["authorization"] = f"Bearer {key}"
-        self._session: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+            headers["authorization"] = f"Bearer {key}"
+        self._pool = Http1Pool(self.base_url, headers, max_connections, connect_timeout_s, read_timeout_s)
 
     def __repr__(self) -> str:  # never the headers: they hold the key
-        return f"OpenAIUpstream({self.name!r}, {self.url!r})"
-
-    def _client(self) -> Any:
-        """The pooled session of the running loop, made on first use (aiohttp binds to a loop)."""
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop:
-            import aiohttp
-
-            if self._session is not None:  # a previous loop ended: drop its pool without awaiting
-                self._session.detach()
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s,
-                                              sock_read=self.read_timeout_s),  # fmt: skip
-                headers=self._headers,
-                skip_auto_headers=("User-Agent",),
-            )
-            self._loop = loop
-        return self._session
+        return f"OpenAIUpstream({self.name!r}, {self.base_url!r})"
 
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
         body: dict[str, Any] = _dict_dec.decode(call.raw)
@@ -171,20 +151,22 @@ class OpenAIUpstream:
         return UpstreamError(f"{self.name}: HTTP {status}{detail}", status=status,
                              retry_after_s=parse_retry_after(headers), retryable=status not in _CLIENT_ERRORS)  # fmt: skip
 
-    def _transport_error(self, exc: BaseException, what: str = "") -> UpstreamError:
-        kind = "timeout" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else type(exc).__name__
-        return UpstreamError(f"{self.name}: {what or kind}")
+    def _transport_error(self, exc: HttpError) -> UpstreamError:
+        kind = {ReadTimeout: "timeout", ConnectError: "connect failed", Disconnected: "disconnected"}[type(exc)]
+        return UpstreamError(f"{self.name}: {kind} ({exc})")
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        import aiohttp
-
+        resp = None
         try:
-            async with self._client().post(self.url, data=self._body(call, False)) as resp:
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise self._fail(resp.status, resp.headers, payload)
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
+            resp = await self._pool.post("/chat/completions", self._body(call, False))
+            payload = await resp.read()
+        except HttpError as exc:
             raise self._transport_error(exc) from None
+        finally:
+            if resp is not None:
+                resp.release()
+        if resp.status != 200:
+            raise self._fail(resp.status, resp.headers, payload)
         try:
             answer = _answer_dec.decode(payload)
             choice = answer.choices[0]
@@ -198,47 +180,34 @@ class OpenAIUpstream:
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         """Chunks of the answer; the first arrives within ``ttft_timeout_s`` or this raises."""
-        import aiohttp
-
         state = _StreamState()
-        resp = None
+        resp: Response | None = None
         try:
-            async with asyncio.timeout(self.ttft_timeout_s):
-                resp = await self._client().post(self.url, data=self._body(call, True))
-                if resp.status != 200:
-                    raise self._fail(resp.status, resp.headers, await resp.read())
-                first = await self._next(resp, state)
-        except UpstreamError:
-            if resp is not None:
-                resp.close()
-            raise
-        except TimeoutError:
-            if resp is not None:
-                resp.close()
-            raise UpstreamError(f"{self.name}: no first token within {self.ttft_timeout_s:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            if resp is not None:
-                resp.close()
-            raise self._transport_error(exc) from None
-        drained = False
-        try:
+            try:
+                async with asyncio.timeout(self.ttft_timeout_s):
+                    resp = await self._pool.post("/chat/completions", self._body(call, True))
+                    if resp.status != 200:
+                        raise self._fail(resp.status, resp.headers, await resp.read())
+                    first = await self._next(resp, state)
+            except TimeoutError:
+                raise UpstreamError(f"{self.name}: no first token within {self.ttft_timeout_s:g} s") from None
             chunk = first
             while chunk is not None:
                 yield chunk
                 chunk = await self._next(resp, state)
-            await resp.content.read()  # to the end, so the connection goes back to the pool
-            drained = True
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
+            await resp.read()  # to the end, so the connection goes back to the pool
+        except HttpError as exc:
             raise self._transport_error(exc) from None
         finally:
-            resp.release() if drained else resp.close()
+            if resp is not None:
+                resp.release()  # closes the connection unless the answer was read to its end
         yield Chunk("", state.finish, state.prompt or _prompt_tokens(call),
                     state.completion or max(1, state.chars // 4))  # fmt: skip
 
-    async def _next(self, resp: Any, state: "_StreamState") -> Chunk | None:
+    async def _next(self, resp: Response, state: "_StreamState") -> Chunk | None:
         """The next chunk with text, or None at the end of the stream."""
         while not state.done:
-            line = await resp.content.readline()
+            line = await resp.readline()
             if not line:
                 if not state.saw_done and not state.finish_seen:
                     raise UpstreamError(f"{self.name}: stream ended early")
@@ -269,9 +238,7 @@ class OpenAIUpstream:
         return None
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._pool.aclose()
 
 
 class _StreamState:

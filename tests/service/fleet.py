@@ -19,7 +19,8 @@ from tests.service.providers import FakeProvider
 
 __all__ = ["Fleet", "Gateway"]
 
-# a is the best by far (the bandit sends it nearly everything), so failing a exercises failover
+# a is the best by far (the bandit sends it nearly everything), so failing a exercises failover.
+# Timeouts are 1 s; a misbehaving provider stalls 5 s (it stops as soon as the gateway hangs up).
 TIERS = {"a": 0.97, "b": 0.4, "c": 0.3}
 
 
@@ -43,6 +44,24 @@ class Gateway:
     def breaker(self, model: str) -> Any:
         return self.runtime.chat.failover.breakers[model]
 
+    def freeze_breakers(self) -> "FakeClock":
+        """Put every breaker on a clock that moves only when told to (open_s without sleeping)."""
+        clock = FakeClock()
+        for b in self.runtime.chat.failover.breakers.values():
+            b.clock = clock
+        return clock
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, s: float) -> None:
+        self.now += s
+
 
 class Fleet:
     def __init__(self) -> None:
@@ -60,14 +79,14 @@ class Fleet:
 
     def reset(self) -> None:
         for p in self.providers.values():
-            p.mode, p.remaining, p.retry_after_s, p.delay_s = "ok", None, 1, 3.0
+            p.mode, p.remaining, p.retry_after_s, p.delay_s = "ok", None, 1, 5.0
             p.requests, p.bodies[:], p.auth[:] = 0, [], []
 
     def settings(self, base: Settings, *, refused: tuple[str, ...] = (), **sections: dict) -> Settings:
         models = [{
             "name": name, "base_url": (f"http://127.0.0.1:{free_port()}" if name in refused else self.urls[name]) + "/v1",
             "upstream_model": f"up-{name}", "tier": tier, "price_in_per_mtok": 1.0, "price_out_per_mtok": 2.0,
-            "timeout_s": 0.4, "connect_timeout_s": 0.4, "ttft_timeout_s": 0.4, "api_key_env": "FLEET_PROVIDER_KEY",
+            "timeout_s": 1.0, "connect_timeout_s": 1.0, "ttft_timeout_s": 1.0, "api_key_env": "FLEET_PROVIDER_KEY",
         } for name, tier in TIERS.items()]  # fmt: skip
         raw = msgspec.to_builtins(base)
         raw["models"] = models

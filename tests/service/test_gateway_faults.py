@@ -81,13 +81,14 @@ def test_one_provider_failing_every_request_costs_clients_nothing(fleet, base, e
 
 def test_breaker_opens_probes_and_closes_when_the_provider_recovers(fleet, base, embedder):
     with fleet.gateway(base, embedder) as gw:
+        clock = gw.freeze_breakers()
         a = fleet.providers["a"]
         a.mode = "500"
         for i in range(6):
             assert _chat(gw.url, i).status_code == 200
         assert gw.breaker("a").state == "open" and a.requests == 3
         a.mode = "ok"  # the provider recovers
-        time.sleep(0.35)  # past open_s: the next request may probe
+        clock.advance(0.31)  # past open_s: the next request may probe
         assert httpx.get(gw.url + "/v1/router/state").json()["circuits"]["a"]["state"] == "half_open"
         served = [_chat(gw.url, i).headers["x-turnout-model"] for i in range(6)]
         assert gw.breaker("a").state == "closed"
@@ -99,11 +100,12 @@ def test_breaker_opens_probes_and_closes_when_the_provider_recovers(fleet, base,
 
 def test_a_failed_probe_opens_the_circuit_again(fleet, base, embedder):
     with fleet.gateway(base, embedder) as gw:
+        clock = gw.freeze_breakers()
         a = fleet.providers["a"]
         a.mode = "500"
         for i in range(4):
             _chat(gw.url, i)
-        time.sleep(0.35)
+        clock.advance(0.31)
         assert _chat(gw.url).status_code == 200  # probe to a fails, b answers
         assert gw.breaker("a").state == "open" and gw.breaker("a").opened == 2
 
@@ -150,7 +152,7 @@ def test_a_request_the_provider_rejects_is_not_failed_over(fleet, base, embedder
 def test_streaming_fails_over_before_the_first_byte_when_the_first_token_is_late(fleet, base, embedder):
     with fleet.gateway(base, embedder) as gw:
         a = fleet.providers["a"]
-        a.mode, a.delay_s = "slow_first", 3.0  # ttft_timeout_s is 0.4
+        a.mode = "slow_first"  # 5 s; ttft_timeout_s is 1
         status, lines = _stream(gw.url)
         assert status == 200 and lines[-1] == "data: [DONE]"
         assert '"model":"b"' in lines[0] or '"model":"c"' in lines[0]
@@ -160,7 +162,7 @@ def test_streaming_fails_over_before_the_first_byte_when_the_first_token_is_late
 def test_a_stream_stalling_after_the_first_byte_ends_with_an_error_chunk_and_done(fleet, base, embedder):
     with fleet.gateway(base, embedder) as gw:
         a = fleet.providers["a"]
-        a.mode, a.delay_s = "stall", 3.0  # read timeout is 0.4
+        a.mode = "stall"  # 5 s; the read timeout is 1
         status, lines = _stream(gw.url, model="a")
         assert status == 200
         assert '"content":"answer"' in "".join(lines)  # the first word got through

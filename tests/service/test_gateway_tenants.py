@@ -14,7 +14,7 @@ from tests.service.fleet import Fleet
 
 KEYS = {"acme": "sk-acme-7f3a9c0e11d24b5e", "globex": "sk-globex-0b8d2e4f6a1c3e5d", "initech": "sk-initech-5c7e9a1b3d"}
 TENANTS = [
-    {"name": "acme", "api_key_sha256": [hash_key(KEYS["acme"])], "rate_limit_rps": 0.5, "rate_limit_burst": 3,
+    {"name": "acme", "api_key_sha256": [hash_key(KEYS["acme"])], "rate_limit_rps": 0.01, "rate_limit_burst": 3,
      "store_prompts": True},
     {"name": "globex", "api_key_sha256": [hash_key(KEYS["globex"])], "models": ["b", "c"]},
     {"name": "initech", "api_key_sha256": [hash_key(KEYS["initech"])], "exploration_cap": 0.0},
