@@ -26,3 +26,25 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_first_command_runs_turnout_up():
     assert "turnout up" in _commands()[0] and "pip install -e" in _commands()[0]
+
+
+def test_readme_config_example_loads(tmp_path):
+    from service.settings import load_settings
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S)
+    assert block, "README has no TOML example under Configuration"
+    path = tmp_path / "turnout.toml"
+    path.write_text(block.group(1))
+    settings = load_settings(path, {})
+    assert [m.name for m in settings.models] == ["gpt-4o", "small"]
+    assert settings.policies[0].name == "thrifty"
+
+
+def test_readme_names_only_real_commands():
+    from service.cli import build_parser
+
+    parser = build_parser()
+    commands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    named = set(re.findall(r"`turnout (\w+)", (ROOT / "README.md").read_text()))
+    assert named and named <= commands, named - commands
