@@ -74,8 +74,16 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.complete and self.parser is not None:
-            self._fail(Disconnected("connection closed before the answer was complete"))
+        if self.complete or self.parser is None:
+            return
+        unframed = "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
+        if self.headers_done and unframed and exc is None:  # a body that ends when the server hangs up
+            self.complete = True
+            if self.timer is not None:
+                self.timer.cancel()
+            self._wake()
+            return
+        self._fail(Disconnected("connection closed before the answer was complete"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")

@@ -160,3 +160,16 @@ def test_cancelled_request_frees_its_connection_and_early_close_is_disconnected(
         assert pool._open == 0 and not pool._idle
 
     run(script, test)
+
+
+def test_a_body_without_framing_ends_when_the_server_hangs_up():
+    script = Script([b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: x\n\n"],
+                    close_after=1)
+
+    async def test(port: int) -> None:
+        pool = Http1Pool(f"http://127.0.0.1:{port}", {})
+        resp = await pool.post("/x", b"{}")
+        assert await resp.read() == b"data: x\n\n"
+        assert pool._open == 0  # not kept: the server closed it
+
+    run(script, test)
