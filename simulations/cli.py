@@ -20,8 +20,8 @@ __all__ = ["DEFAULT_POLICY", "register"]
 
 # ``turnout replay``'s policy: the service's defaults plus the levers that measured well on
 # RouterBench (docs/simulations.md): the cluster count chosen from the data and refreshed as
-# traffic grows, and dominated models eliminated at 90% credibility.
-DEFAULT_POLICY = ReplayConfig(n_clusters=0, recluster_growth=4.0, eliminate=0.9)
+# traffic grows, dominated models eliminated at 80% credibility, posteriors tempered (x2).
+DEFAULT_POLICY = ReplayConfig(n_clusters=0, recluster_growth=4.0, eliminate=0.8, temper=2.0)
 
 _json = msgspec.json.Encoder()
 

@@ -12,6 +12,7 @@ __all__ = ["add_simulate"]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.cli import DEFAULT_POLICY
     from simulations.environment import SCENARIOS, scenario
     from simulations.online import PolicyConfig
     from simulations.progress import Progress
@@ -34,8 +35,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from learner.wordllama import WordLlamaEmbedder
 
         embedder = WordLlamaEmbedder(256)
-    config = PolicyConfig(cost_weight=args.cost_weight, n_clusters=args.n_clusters, prior=args.prior,
-                          discount=args.discount, thompson_samples=args.thompson_samples, seed=args.seed)  # fmt: skip
+    # Turnout as ``turnout replay`` runs it (simulations.cli.DEFAULT_POLICY), with these overrides
+    base = {f: getattr(DEFAULT_POLICY, f) for f in PolicyConfig.__struct_fields__}
+    config = PolicyConfig(**{**base, "cost_weight": args.cost_weight, "n_clusters": args.n_clusters,
+                             "prior": args.prior, "discount": args.discount,
+                             "thompson_samples": args.thompson_samples, "seed": args.seed})  # fmt: skip
     with Progress(args.steps * args.seeds * len(names), f"simulate {sc.name}") as bar:
         report = simulate(sc, embedder, config, steps=args.steps, seeds=args.seeds, policies=names, progress=bar.advance)
     plots: list[str] = []
@@ -72,7 +76,7 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-weight", type=float, default=25.0, help="quality points one US dollar is worth")
     p.add_argument("--policies", help="comma-separated subset (default: all)")
     p.add_argument("--n-clusters", type=int, default=0, help="Turnout's clusters; 0 chooses from the data")
-    p.add_argument("--prior", choices=("flat", "prices"), default="prices")
+    p.add_argument("--prior", choices=("flat", "prices"), default="flat")
     p.add_argument("--discount", type=float, default=1.0, help="evidence discount per fold (drift)")
     p.add_argument("--thompson-samples", type=int, default=256)
     p.add_argument("--embedder", choices=("wordllama", "hashing"), default="wordllama")
