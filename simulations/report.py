@@ -52,6 +52,7 @@ class ReplayReport(msgspec.Struct, frozen=True):
     gap_share: float  # of AIQ: (router - zero) / (oracle - zero)
     gap_share_at_cost: tuple[float, ...]  # per router point, against the hulls at its cost
     two_model: TwoModel | None = None
+    router_last_pass: tuple[Point, ...] = ()  # with several passes: the last pass alone (learned, less exploring)
     n_clusters: tuple[int, ...] = ()
     seconds: float = 0.0
 
@@ -119,6 +120,9 @@ def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], second
         two = TwoModel(outcomes.models[weak], outcomes.models[strong], apgr(share, q, wq, sq),
                        cpt(share, q, wq, sq, 0.5), cpt(share, q, wq, sq, 0.8))  # fmt: skip
     oracle = tuple(Point("oracle", *oracle_point(outcomes, w), w) for w, _ in runs)
+    n = len(outcomes)
+    last = tuple(Point("router, last pass", float(r.costs[-n:].mean()), float(r.rewards[-n:].mean()), w)
+                 for w, r in runs if len(r.rewards) > n)  # fmt: skip
     return ReplayReport(
         prompts=len(outcomes),
         routed=sum(len(r.arms) for _, r in runs),
@@ -136,6 +140,7 @@ def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], second
         gap_share=gap_share(a_router, a_zero, a_orc),
         gap_share_at_cost=at_cost,
         two_model=two,
+        router_last_pass=last,
         n_clusters=tuple(r.n_clusters for _, r in runs),
         seconds=seconds,
     )
@@ -150,6 +155,8 @@ def markdown(report: ReplayReport) -> str:
     lines = ["| policy | cost weight | mean quality | mean cost (mUSD) | gap share at cost |", "|---|---:|---:|---:|---:|"]
     for p, g in zip(report.router, report.gap_share_at_cost):
         lines.append(f"| router | {p.cost_weight:g} | {p.quality:.4f} | {_usd(p.cost_usd)} | {g:+.3f} |")
+    for p in report.router_last_pass:
+        lines.append(f"| router, last pass | {p.cost_weight:g} | {p.quality:.4f} | {_usd(p.cost_usd)} | |")
     for p in report.oracle:
         lines.append(f"| oracle | {p.cost_weight:g} | {p.quality:.4f} | {_usd(p.cost_usd)} | |")
     for p in sorted(report.single, key=lambda p: p.cost_usd):

@@ -3,6 +3,7 @@ candidate's probabilities computed exactly as the router computes them."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import msgspec
@@ -32,7 +33,7 @@ def _snapshot(embedder, texts):
     )  # fmt: skip
 
 
-def test_logged_decisions_and_an_exact_candidate(embedder, chdb_dir, ch_database):
+def test_logged_decisions_and_an_exact_candidate(embedder, chdb_dir, ch_database, capsys):
     rng = np.random.default_rng(0)
     topics = scenario("stationary").topics
     texts = [make_prompt(topics[i % 4], rng) for i in range(80)]
@@ -80,3 +81,13 @@ def test_logged_decisions_and_an_exact_candidate(embedder, chdb_dir, ch_database
     # a candidate without the dear model never chooses it
     without = candidate_target(logs, snap, 0.0, seed=7, n_samples=256, exclude=("dear",))
     assert np.all(without[:, 2] == 0.0) and np.allclose(without.sum(axis=1), 1.0)
+
+    # the command line reads the same rows (same engine path, this test's database)
+    from service.cli import main
+
+    args = ["ope", "--clickhouse-dsn", f"chdb://{chdb_dir}", "--database", ch_database, "--cost-weight", "0",
+            "--seed", "7", "--thompson-samples", "256", "--since", str(now - 60_000), "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 64 and out["ess"] == pytest.approx(64.0)
+    assert main(["ope", "--clickhouse-dsn", f"chdb://{chdb_dir}", "--database", ch_database, "--snapshot", "99"]) == 2
