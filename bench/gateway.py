@@ -270,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_http(l_port, "/health/liveliness", proc=litellm)
                 gateways.append(Target("litellm", l_port, "/v1/chat/completions",
                                        body.replace(b"__MODEL__", b"bench"), auth, litellm, rates=litellm_rates))  # fmt: skip
-            for t in gateways:  # warm up: imports, connection pools, JIT-less caches
+            for t in gateways:  # warm up: imports, connection pools, caches (not reported)
                 t.run(20.0, 3.0, 0.0)
+                t.results.clear()
+                t.cpu_ms.clear()
+                t.helper_cpu_ms.clear()
             saturated: set[str] = set()
             all_rates = sorted({r for t in gateways for r in t.rates})
             for rate in all_rates:
