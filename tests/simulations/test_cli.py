@@ -98,3 +98,18 @@ def test_simulate_json(tmp_path, capsys):
     assert by["turnout"]["regret_oracle"]["mean"] < by["uniform"]["regret_oracle"]["mean"]
     assert len(out["plots"]) == 2 and all(p.endswith(".png") for p in out["plots"])
     assert main(["simulate", "--scenario", "nope"]) == 2
+
+
+def test_progress_bar_draws_to_its_stream_only_when_enabled():
+    import io
+
+    from simulations.progress import Progress
+
+    buf = io.StringIO()
+    with Progress(10, "replay", stream=buf, enabled=True) as bar:
+        bar.advance(10)
+    assert "replay [" in buf.getvalue() and "10/10" in buf.getvalue()
+    quiet = io.StringIO()
+    with Progress(10, "replay", stream=quiet) as bar:  # a StringIO is not a terminal
+        bar.advance(10)
+    assert quiet.getvalue() == ""
