@@ -267,7 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth,
                                turnout, turnout_procs[1:], rates)]  # fmt: skip
             if litellm is not None:
-                _wait_http(l_port, "/health/liveliness", proc=litellm)
+                try:
+                    _wait_http(l_port, "/health/liveliness", proc=litellm)
+                except RuntimeError as exc:  # report what it said, measure Turnout alone
+                    print(f"litellm did not start ({exc}); its log ends with:", file=sys.stderr)
+                    print((tmp / "litellm.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+                    _stop(litellm)
+                    litellm = None
+            if litellm is not None:
                 gateways.append(Target("litellm", l_port, "/v1/chat/completions",
                                        body.replace(b"__MODEL__", b"bench"), auth, litellm, rates=litellm_rates))  # fmt: skip
             for t in gateways:  # warm up: imports, connection pools, caches (not reported)
