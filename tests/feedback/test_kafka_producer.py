@@ -21,7 +21,7 @@ def test_overflow_and_restart_keep_every_event(broker_factory, unique_topics, tm
     evs = events(50)
     for e in evs:
         first.publish(e)  # the sender is stuck trying to connect: the buffer fills, the rest goes to disk
-    assert first.overflowed >= 80
+    assert first.overflowed > 0  # how many the sender drained first depends on scheduling; the journal check below is exact
     first.close()  # the broker never came: everything stays in the journal
     assert first.stats()["lost"] == 0 and first.sent == 0
 
