@@ -127,7 +127,10 @@ class LearningCycle:
         if any(r.clustering != snap.clustering for r in rewards):
             stale = tuple(r for r in self._rows.rewards(snap.watermark_ms, until_ms, snap.clustering)
                           if r.clustering != snap.clustering)  # fmt: skip
-        decisions = tuple(self._rows.decision_stats(snap.watermark_ms, until_ms))
+        # a failed attempt's own record (policy "failover") is not traffic: its zero reward
+        # reaches the posterior through feedback, but it must not count as a decision or pull
+        # the failing model's usage means (0 tokens) down
+        decisions = tuple(s for s in self._rows.decision_stats(snap.watermark_ms, until_ms) if s.policy != "failover")
         return Window(snap.watermark_ms, until_ms, rewards, stale, decisions)
 
     def run(self, reason: str = "scheduled") -> Snapshot:

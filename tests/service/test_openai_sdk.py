@@ -9,10 +9,10 @@ import pytest
 
 
 def test_sync_client_non_streaming(live, runtime):
-    client = openai.OpenAI(base_url=live + "/v1", api_key="unused")
-    raw = client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "Plan a three day itinerary for Lisbon."}]
-    )
+    with openai.OpenAI(base_url=live + "/v1", api_key="unused") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Plan a three day itinerary for Lisbon."}]
+        )
     completion = raw.parse()
     assert completion.model in runtime.prior.models
     assert completion.choices[0].message.content
@@ -22,12 +22,12 @@ def test_sync_client_non_streaming(live, runtime):
 
 
 def test_sync_client_streaming(live):
-    client = openai.OpenAI(base_url=live + "/v1", api_key="unused")
-    stream = client.chat.completions.create(
-        model="auto", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "Write a Python function that merges two sorted arrays."}],
-    )  # fmt: skip
-    chunks = list(stream)
+    with openai.OpenAI(base_url=live + "/v1", api_key="unused") as client:
+        stream = client.chat.completions.create(
+            model="auto", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "Write a Python function that merges two sorted arrays."}],
+        )  # fmt: skip
+        chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "simulated answer" in text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
@@ -49,14 +49,14 @@ def test_async_client(live):
 
 
 def test_sdk_sees_errors_as_typed_exceptions(live):
-    client = openai.OpenAI(base_url=live + "/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.NotFoundError, match="unknown model"):
-        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.UnprocessableEntityError):
-        client.chat.completions.create(model="auto", messages=[])
+    with openai.OpenAI(base_url=live + "/v1", api_key="unused", max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError, match="unknown model"):
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.chat.completions.create(model="auto", messages=[])
 
 
 def test_models_list(live, runtime):
-    client = openai.OpenAI(base_url=live + "/v1", api_key="unused")
-    ids = {m.id for m in client.models.list()}
+    with openai.OpenAI(base_url=live + "/v1", api_key="unused") as client:
+        ids = {m.id for m in client.models.list()}
     assert "auto" in ids and set(runtime.prior.models) <= ids
