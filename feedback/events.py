@@ -31,10 +31,14 @@ ClusterId: TypeAlias = int
 FeedbackKind: TypeAlias = Literal["explicit", "re_request", "upstream_error"]
 
 
-def uuid7(now_ms: int | None = None) -> str:
-    """A UUIDv7 string: 48 bits of Unix milliseconds then random bits, so ids sort by time."""
+def uuid7(now_ms: int | None = None, random_bytes: bytes | None = None) -> str:
+    """A UUIDv7 string: 48 bits of Unix milliseconds then random bits, so ids sort by time.
+
+    ``random_bytes`` (10 bytes) replaces ``os.urandom`` where a run must be reproducible
+    (seeded simulations and tests).
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(os.urandom(10) if random_bytes is None else random_bytes[:10].rjust(10, b"\0"), "big")
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
     value |= ((rand >> 62) & 0xFFF) << 64

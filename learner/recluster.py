@@ -4,9 +4,10 @@ The old centroids are the starting point, so clusters that still fit keep their 
 their evidence). Then splits, mini-batch refinement of all centres, and merges:
 
 - **split**: a group of prompts the centroids explain poorly (a new topic sitting between old
-  clusters) gets a centroid of its own. Seeds are drawn among the worst-explained points
-  (k-means++ weights), refined by a few Lloyd steps; the new cluster is kept when it takes at
-  least ``min_size`` prompts, they gain at least ``split_gain`` cosine similarity over their
+  clusters) gets a centroid of its own. Seeds are drawn with k-means++ weights, every other one
+  among the worst-explained ``tail`` of the points (a topic of a few percent of the traffic is
+  rarely drawn from all of them), and refined by a few Lloyd steps; the new cluster is kept
+  when it takes at least ``min_size`` prompts, they gain at least ``split_gain`` cosine similarity over their
   old nearest centroid, its centre is apart from the others (``split_cos``), and, given a
   reference sample from before the drift, it is where traffic moved: its share of the recent
   prompts is at least ``growth`` times its share of the reference. Geometry alone cannot tell
@@ -42,7 +43,8 @@ class ReclusterParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     split_cos: float = 0.5  # ... and its centre must be at most this similar to any other
     growth: float = 3.0  # ... and its share of traffic must have grown this much since the reference
     merge_cos: float = 0.9
-    seeds: int = 8  # split candidates tried per round
+    seeds: int = 12  # split candidates tried per round (half of them seeded in the tail)
+    tail: float = 0.05  # the worst-explained share of the prompts the tail seeds are drawn from
     split_sample: int = 2048  # candidates are judged on at most this many of the prompts
     batch: int = 256
     iters: int = 60  # mini-batches per refinement
@@ -110,8 +112,14 @@ def _try_split(x: np.ndarray, c: np.ndarray, rng: np.random.Generator, p: Reclus
     w = np.clip(1.0 - top1, 0.0, None) ** 2
     if w.sum() <= 1e-12:
         return None
-    for _ in range(p.seeds):
-        seed = x[rng.choice(len(x), p=w / w.sum())]
+    # every other seed comes from the worst-explained tail: a new topic of a few percent of the
+    # traffic sits there, while D^2 weights over all points favour the bulk of ordinary prompts
+    tail = np.where(top1 <= np.quantile(top1, p.tail), w, 0.0)
+    if tail.sum() <= 1e-12:
+        tail = w
+    for i in range(p.seeds):
+        weights = tail if i % 2 == 0 else w
+        seed = x[rng.choice(len(x), p=weights / weights.sum())]
         cand = _lloyd(x, np.vstack([c, seed[None, :]]), 5)
         members = _labels(x, cand) == len(c)
         if members.sum() < p.min_size:

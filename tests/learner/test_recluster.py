@@ -67,3 +67,24 @@ def test_evidence_is_carried_by_overlap_weighted_by_closeness_and_discounted():
     assert np.allclose(carried[0], 0.5 * 0.5 * evidence[0])  # half of old 0's prompts, same centre
     assert np.allclose(carried[1], 0.5 * evidence[1])
     assert np.allclose(carried[2], 0.0)  # its centre is orthogonal to old 0's: that evidence says nothing
+
+
+def test_a_small_new_topic_is_found_among_many_poorly_explained_templates():
+    """A new topic of 2.4% of the traffic, beside old topics made of templates that sit away from
+    their centres (as real prompts do): the D^2 weights over all points mostly seed on the
+    templates; seeds from the worst-explained tail find the topic (25 of 25 runs, against 13 of
+    25 when every seed is drawn from all points)."""
+    found = 0
+    for s in range(25):
+        rng = np.random.default_rng(s)
+        centres = normalize_rows(rng.normal(size=(5, DIM)))
+        templates = [normalize_rows(c + rng.normal(size=(6, DIM)) / np.sqrt(DIM)) for c in centres[:4]]
+
+        def draw(n: int) -> np.ndarray:
+            return np.concatenate([_groups(rng, t[rng.integers(6, size=n)], [1] * n, noise=0.3) for t in templates])
+
+        reference = draw(150)
+        recent = np.concatenate([draw(1000), _groups(rng, centres[4:], [100], noise=0.3)])
+        result = recluster(recent, centres[:4], rng, P, reference, max_splits=1)
+        found += result.splits == 1 and (result.centroids @ centres[4]).max() > 0.9
+    assert found >= 24, found

@@ -56,6 +56,7 @@ class World:
         self.quality: Callable[[SimModel, str], float] = lambda m, topic: m.quality_on(topic)
         self.cost_weight = cost_weight
         self.rng = np.random.default_rng(seed)
+        self._ids = np.random.default_rng([seed, 7])
         self._cache: dict[str, np.ndarray] = {}
         self.now = 1_000_000
         self.cycles = 0
@@ -76,6 +77,10 @@ class World:
         self.router.swap(first)
         self.cycle = LearningCycle(self.rows, self.snapshots, prior, params, np.random.default_rng(seed + 1),
                                    publish=self.router.swap, learner_log=self.log)  # fmt: skip
+
+    def _id(self) -> str:
+        """A UUIDv7 from the world's generator: which decisions tie-break into a sample is seeded too."""
+        return uuid7(self.now, self._ids.bytes(10))
 
     def add_topic(self, topic: Topic, weight: float) -> None:
         self.topics[topic.name] = topic
@@ -116,14 +121,14 @@ class World:
             _, tokens_out = answer(model, prompts[i])
             cost = float(tokens_in[i] * model.price_in_per_mtok + tokens_out * model.price_out_per_mtok) / 1e6
             q = self.quality(model, topic)
-            did = uuid7(self.now)
+            did = self._id()
             events.append(DecisionMade(
-                event_id=uuid7(self.now), decision_id=did, ts_ms=self.now, snapshot_version=snap.version,
+                event_id=self._id(), decision_id=did, ts_ms=self.now, snapshot_version=snap.version,
                 clustering=snap.clustering, cluster=int(clusters[i]), margin=float(margins[i]), arm=model.name,
                 model=model.name, prompt_tokens=int(tokens_in[i]), completion_tokens=tokens_out, cost_usd=cost,
                 latency_ms=1000.0 * model.latency_s, embedding=embs[i].astype("<f4").tobytes(),
             ))  # fmt: skip
-            events.append(FeedbackGiven(event_id=uuid7(self.now), decision_id=did, ts_ms=self.now,
+            events.append(FeedbackGiven(event_id=self._id(), decision_id=did, ts_ms=self.now,
                                         reward=float(thumbs[i] < q)))  # fmt: skip
             served.append(Served(self.cycles, topic, int(clusters[i]), model.name, q, cost))
         self.rows.insert(events)
