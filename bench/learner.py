@@ -53,7 +53,7 @@ def _history(client, n: int, start_ms: int) -> None:
                      ['frontier', 'coder', 'chat', 'mini'][1 + number % 4] AS m
               FROM numbers({n}))
     """)  # fmt: skip
-    client.command(f"""
+    client.command("""
         INSERT INTO feedback (event_id, decision_id, ts, reward, kind, ingested_ms)
         SELECT concat('f', decision_id), decision_id, ts, (number % 3) > 0, 'explicit', ingested_ms + 1000
         FROM (SELECT decision_id, ts, ingested_ms, rowNumberInAllBlocks() AS number FROM decisions)
