@@ -94,9 +94,13 @@ def main() -> None:
     try:
         import uvloop
 
-        uvloop.run(serve(args.host, args.port))
+        run = uvloop.run
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        run = asyncio.run
+    try:
+        run(serve(args.host, args.port))
+    except KeyboardInterrupt:  # the benchmark stops it with SIGINT: that is the normal end
+        pass
 
 
 if __name__ == "__main__":

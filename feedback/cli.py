@@ -1,10 +1,12 @@
 """``turnout sink``: the Kafka -> ClickHouse sink as its own process.
 
-    turnout sink [--config turnout.toml] [--data-dir DIR]
+    turnout sink [--config turnout.toml] [--data-dir DIR] [--health-port PORT]
 
 Reads ``[events]`` (bootstrap servers, topics, group, batch size and time) and ``[storage]``
 (ClickHouse DSN and database), applies the migrations, and runs until SIGTERM or Ctrl-C, after
 which the batch in hand is either stored and committed or left uncommitted for the next run.
+With a health port (``--health-port`` or ``[probes] sink_port``) it answers ``GET /healthz``
+(the loop is alive) and ``GET /readyz`` (joined the group, not stuck retrying a store).
 
 The settings are loaded by ``service.cli`` (``args.load_settings``), which registers this
 command; this package does not import ``service``.
@@ -54,7 +56,18 @@ def cmd_sink(args: argparse.Namespace) -> int:
     ev = settings.events
     print(f"turnout sink: {ev.bootstrap_servers} [{ev.decisions_topic}, {ev.feedback_topic}] -> "
           f"{settings.storage.dsn()} (group {ev.sink_group}); SIGTERM stops", flush=True)  # fmt: skip
-    sink.run(stop)
+    port = args.health_port if args.health_port is not None else settings.probes.sink_port
+    probe = None
+    if port is not None:
+        from feedback.probe import ProbeServer
+
+        probe = ProbeServer(settings.probes.host, port, {"/healthz": sink.liveness, "/readyz": sink.readiness}).start()
+        print(f"turnout sink: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
+    try:
+        sink.run(stop)
+    finally:
+        if probe is not None:
+            probe.close()
     log.info("sink stopped: %s", sink.stats())
     return 0
 
@@ -63,4 +76,5 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sink", help="consume events from Kafka into ClickHouse")
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--data-dir", help="where the embedded ClickHouse keeps its data (default ./.turnout)")
+    p.add_argument("--health-port", type=int, help="serve GET /healthz and /readyz on this port (0: a free one)")
     p.set_defaults(func=cmd_sink)

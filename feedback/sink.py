@@ -132,6 +132,23 @@ class Sink:
         self.abandoned = 0
         self.restarts = 0
         self.running = threading.Event()  # set once the consumer has joined and polled
+        self._beat = time.monotonic()  # the loop's last sign of life (probes)
+        self._store_failing = False  # the last store attempt failed (until one succeeds)
+        self._last_stored_ms = 0
+
+    def liveness(self, stale_s: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """Alive: the loop came round within ``stale_s`` (default: the hold limit plus a minute,
+        since a batch whose store keeps failing is retried that long before it is re-read)."""
+        limit = stale_s if stale_s is not None else self._hold_max_s + 60.0
+        age = time.monotonic() - self._beat
+        return age <= limit, {"loop_age_s": round(age, 3), "limit_s": limit, **self.stats()}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: joined the group (partitions assigned) and storing (the last store did not fail)."""
+        joined = self._consumer is not None and self.running.is_set()
+        failing = self._store_failing
+        details = {"joined": joined, "store_failing": failing, "last_stored_ms": self._last_stored_ms, **self.stats()}
+        return joined and not failing, details
 
     def stats(self) -> dict[str, Any]:
         return {"batches": self.batches, "events": self.events, "dead_letters": self.dead_lettered,
@@ -144,6 +161,7 @@ class Sink:
         backoff = 0.1
         try:
             while not stop.is_set():
+                self._beat = time.monotonic()
                 if self._consumer is None and not self._connect():
                     stop.wait(backoff)
                     backoff = min(self._retry_max_s, backoff * 2)
@@ -200,6 +218,7 @@ class Sink:
         records: list[Any] = []
         deadline = None
         while len(records) < self._batch_events and not stop.is_set():
+            self._beat = time.monotonic()
             wait_ms = 100 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             polled = self._consumer.poll(timeout_ms=wait_ms, max_records=self._batch_events - len(records))
             for batch in polled.values():
@@ -220,6 +239,7 @@ class Sink:
         started = time.monotonic()
         delay = 0.05
         while True:
+            self._beat = time.monotonic()
             try:
                 if events:
                     rejected = self._insert_isolating(events)
@@ -233,9 +253,12 @@ class Sink:
                     self._publish_dead_letters(letters)
                 self.events += len(events)
                 self.dead_lettered += len(letters)
+                self._last_stored_ms = int(time.time() * 1000)
+                self._store_failing = False
                 return True
             except Exception as exc:
                 self.store_failures += 1
+                self._store_failing = True
                 log.warning("sink could not store a batch of %d events (%d dead letters), retrying in %.2f s: %s",
                             len(events), len(letters), delay, exc)  # fmt: skip
             if stop.wait(delay):

@@ -92,7 +92,8 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    import time
+    import signal
+    import threading
 
     from service.runtime import Runtime
 
@@ -111,12 +112,24 @@ def cmd_learn(args: argparse.Namespace) -> int:
         )
     rt.start()
     print(f"turnout learn: a cycle every {rt.settings.learner.interval_s:g} s; Ctrl-C stops", flush=True)
+    port = args.health_port if args.health_port is not None else settings.probes.learner_port
+    probe = None
+    if port is not None:
+        from feedback.probe import ProbeServer
+
+        checks = {"/healthz": rt.learner_liveness, "/readyz": rt.learner_readiness}
+        probe = ProbeServer(settings.probes.host, port, checks).start()
+        print(f"turnout learn: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the orchestrator's stop: finish the cycle, exit
     try:
-        while True:
-            time.sleep(3600)
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
+        if probe is not None:
+            probe.close()
         rt.stop()
     return 0
 
@@ -157,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(learn)
     learn.add_argument("--once", action="store_true", help="run one cycle and exit")
     learn.add_argument("--interval-s", type=float, help="seconds between cycles")
+    learn.add_argument("--health-port", type=int, help="serve GET /healthz and /readyz on this port (0: a free one)")
     learn.set_defaults(func=cmd_learn)
 
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")

@@ -35,7 +35,7 @@ from service.settings import Settings
 from service.upstream import Upstream
 
 __all__ = [
-    "Runtime", "build_embedder", "build_event_sink", "build_runtime", "learner_params", "open_stores",
+    "Runtime", "build_embedder", "build_event_sink", "learner_params", "open_stores",
     "pool_from_settings",
 ]  # fmt: skip
 
@@ -178,6 +178,12 @@ class Runtime:
                  sim_latency_scale: float | None = None, embedded_sink: bool = False) -> None:  # fmt: skip
         self.settings = settings
         self.client: Any = None
+        self._started: float | None = None
+        self._learn_attempt: float | None = None
+        self._learn_success: float | None = None
+        self._learn_version = 0
+        self._learn_failures = 0
+        self._learn_error = ""
         if rows is None or snapshots is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             migrate(self.client)
@@ -263,15 +269,41 @@ class Runtime:
                 self.router.swap(snap)
 
     def learn_safely(self) -> None:
+        self._learn_attempt = time.monotonic()
         try:
-            self.cycle.run()
-        except Exception:
+            snap = self.cycle.run()
+        except Exception as exc:
+            self._learn_failures += 1
+            self._learn_error = f"{type(exc).__name__}: {exc}"
             log.exception("learning cycle failed; the live snapshot stays")
+            return
+        self._learn_failures, self._learn_error = 0, ""
+        self._learn_success, self._learn_version = time.monotonic(), snap.version
+
+    def _learn_details(self) -> dict[str, Any]:
+        now = time.monotonic()
+        age = lambda t: None if t is None else round(now - t, 3)  # noqa: E731
+        return {"interval_s": self.settings.learner.interval_s, "last_attempt_age_s": age(self._learn_attempt),
+                "last_success_age_s": age(self._learn_success), "snapshot_version": self._learn_version,
+                "consecutive_failures": self._learn_failures, "last_error": self._learn_error}  # fmt: skip
+
+    def learner_liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the scheduler runs and has attempted a cycle within three intervals (plus a minute
+        for a long cycle). A cycle that fails (ClickHouse down) is still alive: restarting fixes nothing."""
+        running = self._scheduler is not None and self._scheduler.running
+        last = self._learn_attempt if self._learn_attempt is not None else self._started
+        fresh = last is not None and time.monotonic() - last <= 3 * self.settings.learner.interval_s + 60.0
+        return running and fresh, {"scheduler_running": running, **self._learn_details()}
+
+    def learner_readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: the last cycle published a snapshot (none attempted yet counts as ready)."""
+        return self._learn_failures == 0, self._learn_details()
 
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self._scheduler = BackgroundScheduler(daemon=True)
+        self._started = time.monotonic()
         if self.learner_enabled:
             self._scheduler.add_job(self.learn_safely, "interval", seconds=self.settings.learner.interval_s,
                                     max_instances=1, coalesce=True, id="learn")  # fmt: skip

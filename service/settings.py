@@ -264,6 +264,17 @@ class FeedbackCapSettings(_Config):
     window_s: float = 3600.0
 
 
+class ProbeSettings(_Config):
+    """Health probes of ``turnout sink`` and ``turnout learn`` (the service has its own /healthz).
+
+    A port of None serves no probe; 0 takes a free port (printed at start).
+    """
+
+    host: str = "127.0.0.1"  # "0.0.0.0" in a container, so the orchestrator can reach it
+    sink_port: int | None = None
+    learner_port: int | None = None
+
+
 class Settings(_Config):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -279,6 +290,7 @@ class Settings(_Config):
     tenants: tuple[TenantSettings, ...] = ()
     rerequest: RerequestSettings = RerequestSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
+    probes: ProbeSettings = ProbeSettings()
 
 
 class ConfigError(ValueError):

@@ -88,7 +88,6 @@ def check_coverage(
     hits = {"ips": 0, "snips": 0, "dr": 0}
     sums = {"ips": 0.0, "snips": 0.0, "dr": 0.0}
     ess = 0.0
-    rows = np.arange(rounds)
     for _ in range(replications):
         idx = rng.choice(len(texts), rounds, p=prob)
         cdf = np.cumsum(mu[idx], axis=1)

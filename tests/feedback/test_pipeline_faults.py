@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from feedback.kafka import KafkaEventSink
 from feedback.spill import SpillJournal
 from tests.feedback.pipeline import events, wait_for
 from tests.feedback.test_sink import committed
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,11 +128,16 @@ def test_sink_killed_mid_batch_then_restarted_loses_and_duplicates_nothing(kafka
         first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL
 
-    second = subprocess.Popen([sys.executable, "-m", "service.cli", "sink"], cwd=ROOT,
+    port = free_port()  # the restarted sink is the real `turnout sink`, with its health probes
+    second = subprocess.Popen([sys.executable, "-m", "service.cli", "sink", "--health-port", str(port)], cwd=ROOT,
                               env=_env(chdb, db, kafka_broker.bootstrap, names))  # fmt: skip
     try:
         wait_for(lambda: sum(o or 0 for o in committed(kafka_broker.bootstrap, names["group"], topics).values()) == 600,
                  timeout_s=120, what="the restarted sink to commit all 600 records")  # fmt: skip
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert ready.status_code == 200 and ready.json()["joined"] and ready.json()["events"] > 0
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=30) == 0
     finally:

@@ -63,13 +63,24 @@ def test_failing_inserts_commit_nothing_then_resume_losing_nothing(kafka_broker,
     _produce(kafka_broker, names, tmp_path, evs)
     rows = FlakyRows(ClickHouseRowStore(ch), failures=4)
     seen_while_failing: list[dict] = []
-    rows.on_fail = lambda: seen_while_failing.append(committed(kafka_broker.bootstrap, names["group"], topics))
+    probes: list[tuple[bool, bool]] = []  # (alive, ready) seen at each failing insert
+
+    def on_fail() -> None:
+        seen_while_failing.append(committed(kafka_broker.bootstrap, names["group"], topics))
+        probes.append((sink.liveness()[0], sink.readiness()[0]))
+
+    rows.on_fail = on_fail
     # hold_max_s: a batch failing for longer than that is abandoned and read again from Kafka
     sink = _sink(kafka_broker, names, rows, ClickHouseDeadLetterStore(ch), batch_events=1000, hold_max_s=0.25)
+    assert sink.liveness()[0] and not sink.readiness()[0]  # alive, not joined yet
     with running(sink):
         wait_for(lambda: _count(ch, "decisions") + _count(ch, "feedback") >= 400, what="400 rows")
         wait_for(lambda: sum(o or 0 for o in committed(kafka_broker.bootstrap, names["group"], topics).values()) == 400,
                  what="offsets of all 400 records committed")  # fmt: skip
+        ready, details = sink.readiness()
+        assert ready and details["joined"] and details["last_stored_ms"] > 0
+    # joined and alive throughout; ready at the first failure, not ready while the failures go on
+    assert probes == [(True, True)] + [(True, False)] * 3
     assert rows.failed == 4 and sink.store_failures == 4
     assert sink.abandoned >= 1  # the failing batch was given back to Kafka and polled again
     assert len(seen_while_failing) == 4
