@@ -250,10 +250,10 @@ class ClickHouseRowStore:
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
         rows = self._query(
             """
-            SELECT c, k, m, count(), sum(toff), sum(lat), p, sum(cost), sum(mg), sum(mg * mg)
+            SELECT c, k, m, count(), sum(toff), sum(lat), p, sum(cost), sum(mg), sum(mg * mg), tn
             FROM (
                 SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m,
-                       any(policy) AS p, any(completion_tokens) AS toff, any(latency_ms) AS lat,
+                       any(policy) AS p, any(tenant) AS tn, any(completion_tokens) AS toff, any(latency_ms) AS lat,
                        any(cost_usd) AS cost, toFloat64(any(margin)) AS mg, min(ingested_ms) AS di
                 FROM decisions
                 WHERE decision_id IN (SELECT decision_id FROM decisions
@@ -261,13 +261,13 @@ class ClickHouseRowStore:
                 GROUP BY decision_id
                 HAVING di >= {lo:Int64} AND m != ''
             )
-            GROUP BY c, k, m, p
+            GROUP BY c, k, m, p, tn
             """,
             {"lo": since_ms, "hi": until_ms},
         )
         return [
             DecisionStats(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4]), float(r[5]), r[6], float(r[7]),
-                          float(r[8]), float(r[9]))
+                          float(r[8]), float(r[9]), r[10])
             for r in rows
         ]  # fmt: skip
 

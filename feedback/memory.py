@@ -88,12 +88,13 @@ class MemoryRowStore:
         return [RewardStats(c, k, m, a, kind, int(v[0]), v[1]) for (c, k, m, a, kind), v in acc.items()]
 
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
-        acc: dict[tuple[int, int, str, str], list[float]] = {}
+        acc: dict[tuple[int, int, str, str, str], list[float]] = {}
         with self._lock:
             for at, did in _between(self._decision_times, since_ms, until_ms):
                 d = self._decisions[did][1]
                 if d.model:
-                    row = acc.setdefault((d.clustering, d.cluster, d.model, d.policy), [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                    key = (d.clustering, d.cluster, d.model, d.policy, d.tenant)
+                    row = acc.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
                     row[0] += 1
                     row[1] += d.completion_tokens
                     row[2] += d.latency_ms
@@ -101,8 +102,8 @@ class MemoryRowStore:
                     row[4] += d.margin
                     row[5] += d.margin * d.margin
         return [
-            DecisionStats(c, k, m, int(v[0]), v[1], v[2], p, v[3], v[4], v[5])
-            for (c, k, m, p), v in acc.items()
+            DecisionStats(c, k, m, int(v[0]), v[1], v[2], p, v[3], v[4], v[5], t)
+            for (c, k, m, p, t), v in acc.items()
         ]
 
     def recent_embeddings(self, limit: int, until_ms: int | None = None) -> list[bytes]:

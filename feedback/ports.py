@@ -63,6 +63,7 @@ class DecisionStats(msgspec.Struct, frozen=True):
     cost_usd: float = 0.0
     margin_sum: float = 0.0
     margin_sq: float = 0.0  # sum of squared margins
+    tenant: str = ""
 
 
 class RewardStats(msgspec.Struct, frozen=True):

@@ -3,7 +3,8 @@
 Routing maximises ``quality - cost_weight * cost``. With a budget B, the weight is the
 Lagrange multiplier of the constraint ``mean cost <= B``: the learner raises it when the
 realised mean cost of a window is above B and lowers it when below (dual ascent, done in log
-space so that it does not care whether costs are cents or micro-dollars):
+space so that it does not care whether costs are cents or micro-dollars). A budget covers the
+requests of a policy, or all the requests of one tenant (key ``tenant:NAME``):
 
     log w  <-  log w + step * (realised / B - 1)
 
@@ -24,15 +25,27 @@ import numpy as np
 
 from learner.snapshot import BudgetState
 
-__all__ = ["BudgetParams", "BudgetTarget", "cap_exploration", "dual_update", "explore_share"]
+__all__ = ["TENANT_PREFIX", "BudgetParams", "BudgetTarget", "budget_covers", "cap_exploration", "dual_update",
+           "explore_share", "tenant_budget_key"]
+
+TENANT_PREFIX = "tenant:"  # a budget keyed "tenant:acme" covers every request of tenant acme
 
 # utility given to a model in the sample rows it may not win: far below any real utility, but
 # finite, so a request that allows only that model (a pass-through) still gets it
 _EXCLUDED = np.float32(-1e3)
 
 
+def tenant_budget_key(tenant: str) -> str:
+    return TENANT_PREFIX + tenant
+
+
+def budget_covers(key: str, policy: str, tenant: str) -> bool:
+    """Whether a budget keyed ``key`` (a policy name, or ``tenant:NAME``) covers a decision."""
+    return tenant == key[len(TENANT_PREFIX) :] if key.startswith(TENANT_PREFIX) else policy == key
+
+
 class BudgetTarget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    policy: str
+    policy: str  # what it covers: a policy name, or "tenant:NAME" for all of a tenant's requests
     target_cost_usd: float  # mean cost per request to aim for
     cost_weight: float  # the configured weight: where the learned one starts
 

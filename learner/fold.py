@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from feedback.ports import DecisionStats, RewardRow, RewardStats
-from learner.budget import BudgetParams, BudgetTarget, dual_update, explore_share, start
+from learner.budget import BudgetParams, BudgetTarget, budget_covers, dual_update, explore_share, start
 from learner.clusters import assign_many, kmeans
 from learner.drift import Alarm, DriftParams, observe
 from learner.recluster import ReclusterParams, carry_evidence, recluster
@@ -172,7 +172,7 @@ def _budgets(snap: Snapshot, stats: Sequence[DecisionStats], params: LearnerPara
     for target in params.budgets:
         state = have.get(target.policy) or start(target, params.budget)
         state = msgspec.structs.replace(state, target_cost_usd=target.target_cost_usd)
-        mine = [st for st in stats if st.policy == target.policy]
+        mine = [st for st in stats if budget_covers(target.policy, st.policy, st.tenant)]
         out.append(dual_update(state, sum(st.decisions for st in mine), sum(st.cost_usd for st in mine), params.budget))
     return tuple(out)
 

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 from feedback.events import FeedbackGiven, uuid7
 from feedback.ports import DecisionRef, EventSink
+from learner.budget import tenant_budget_key
 from learner.embedding import Embedder
 from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
@@ -145,7 +146,9 @@ class ChatService:
         policy = req.model if req.model in self.policies else tenant.policy
         weights = self.policies[policy]
         cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
-        if tenant.cost_weight is None:  # learner budgets (issue 4): the live snapshot's weight for this policy
+        if tenant.budget_usd > 0:  # the tenant's own budget: the weight the learner keeps for it
+            cost_weight = view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
+        elif tenant.cost_weight is None:  # a policy's budget: the live snapshot's weight for this policy
             cost_weight = view.cost_weight(policy, cost_weight)
         try:
             screen = self.rules.screen(

@@ -52,7 +52,8 @@ def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDir
         unknown = set(t.models) - set(pool_models)
         if unknown:
             raise ConfigError(f"config error: tenants[{i}].models names {sorted(unknown)}, not in the pool")
-        tenant = Tenant(name=t.name, policy=t.policy, cost_weight=t.cost_weight, max_cost_usd=t.max_cost_usd,
+        tenant = Tenant(name=t.name, policy=t.policy, cost_weight=t.cost_weight, budget_usd=t.budget_usd,
+                        max_cost_usd=t.max_cost_usd,
                         exploration_cap=t.exploration_cap, models=t.models, rate_limit_rps=t.rate_limit_rps,
                         rate_limit_burst=t.rate_limit_burst, store_prompts=t.store_prompts)  # fmt: skip
         out.append((tenant, t.api_key_sha256))

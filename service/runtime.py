@@ -18,7 +18,7 @@ from feedback.inprocess import InProcessBus
 from feedback.memory import MemoryLearnerLog
 from feedback.ports import EventSink, LearnerLog, RowStore, SnapshotStore
 from learner.clusters import kmeans
-from learner.budget import BudgetParams, BudgetTarget
+from learner.budget import BudgetParams, BudgetTarget, tenant_budget_key
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
 from learner.drift import DriftParams
 from learner.embedding import Embedder, HashingEmbedder
@@ -60,7 +60,11 @@ def learner_params(settings: Settings) -> LearnerParams:
         recluster=ReclusterParams(sample=r.sample, max_clusters=r.max_clusters, min_size=r.min_size,
                                   split_gain=r.split_gain, split_cos=r.split_cos, growth=r.growth,
                                   merge_cos=r.merge_cos, carry=r.carry),
-        budgets=tuple(BudgetTarget(b.policy, b.target_cost_usd, weights[b.policy]) for b in ls.budgets),
+        budgets=tuple(BudgetTarget(b.policy, b.target_cost_usd, weights[b.policy]) for b in ls.budgets) + tuple(
+            BudgetTarget(tenant_budget_key(t.name), t.budget_usd,
+                         weights[t.policy] if t.cost_weight is None else t.cost_weight)
+            for t in settings.tenants if t.budget_usd > 0
+        ),  # fmt: skip
         budget=BudgetParams(step=ls.budget_step),
         explore_min_evidence=ls.explore_min_evidence, explore_share=ls.explore_share,
     )  # fmt: skip

@@ -6,6 +6,7 @@ into tables. A wrong key or value raises ``ConfigError`` naming the key and the 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -239,6 +240,9 @@ class TenantSettings(_Config):
     api_key_sha256: tuple[str, ...] = ()
     policy: str = "auto"  # what model="auto" means for this tenant
     cost_weight: float | None = None  # overrides the policy's cost weight
+    # a target mean cost per request for all of this tenant's requests: the learner steers the
+    # tenant's cost weight (starting from cost_weight, or the policy's) to keep it; 0 = none
+    budget_usd: float = 0.0
     max_cost_usd: float = 0.0  # per request; 0 = no cap beyond [rules]
     exploration_cap: float = 1.0  # the largest share of requests that may explore
     models: tuple[str, ...] = ()  # models the tenant may use; empty = all
@@ -402,6 +406,8 @@ def _check_gateway(s: Settings, source: str) -> None:
             raise bad(f"tenants[{i}].policy", f"'{t.policy}' is not a policy (known: {', '.join(sorted(policies))})")
         if not 0.0 <= t.exploration_cap <= 1.0:
             raise bad(f"tenants[{i}].exploration_cap", "must be in [0, 1]")
+        if t.budget_usd < 0 or not math.isfinite(t.budget_usd):
+            raise bad(f"tenants[{i}].budget_usd", "must be a finite amount >= 0 (0: no budget)")
         if t.rate_limit_rps < 0 or t.rate_limit_burst < 0:
             raise bad(f"tenants[{i}]", "rate limits must be >= 0")
         for h in t.api_key_sha256:

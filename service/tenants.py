@@ -25,6 +25,7 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     name: str = "default"
     policy: str = "auto"  # what model="auto" means for this tenant
     cost_weight: float | None = None  # overrides the policy's
+    budget_usd: float = 0.0  # a target mean cost per request; the learner steers this tenant's weight
     max_cost_usd: float = 0.0  # per request; 0 = no cap
     exploration_cap: float = 1.0
     models: tuple[str, ...] = ()  # empty = every model

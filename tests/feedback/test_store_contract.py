@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -72,6 +73,16 @@ def test_decision_stats(stores):
     stats = {(s.cluster, s.model): s for s in rows.decision_stats(0, rows.now_ms() + 1)}
     assert stats[(0, "a")].decisions == 3 and stats[(1, "a")].decisions == 2
     assert stats[(0, "a")].completion_tokens == 30 and stats[(0, "a")].latency_ms == 60.0
+
+
+def test_decision_stats_are_kept_apart_by_tenant(stores):
+    rows, _ = stores
+    rows.insert([msgspec.structs.replace(_decision(f"d{i}"), tenant="acme" if i < 3 else "globex", cost_usd=0.01 * i)
+                 for i in range(5)])  # fmt: skip
+    stats = {s.tenant: s for s in rows.decision_stats(0, rows.now_ms() + 1)}
+    assert set(stats) == {"acme", "globex"}
+    assert (stats["acme"].decisions, stats["globex"].decisions) == (3, 2)
+    assert stats["acme"].cost_usd == pytest.approx(0.03) and stats["globex"].cost_usd == pytest.approx(0.07)
 
 
 def test_snapshot_store_latest_get_list(stores):

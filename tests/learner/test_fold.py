@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from feedback.ports import DecisionStats, RewardRow, RewardStats
-from learner.budget import BudgetTarget
+from learner.budget import BudgetTarget, tenant_budget_key
 from learner.cycle import LearnerParams, PoolPrior, Window, align, fold, recluster_snapshot
 from learner.embedding import normalize_rows
 from learner.recluster import ReclusterParams
@@ -70,6 +70,18 @@ def test_usage_and_budgets_come_from_the_decisions_of_the_window():
     auto, cheap = new.budgets
     assert auto.policy == "auto" and auto.realised_cost_usd == pytest.approx(0.004) and auto.cost_weight > 10.0
     assert cheap.decisions == 10 and cheap.cost_weight < 5.0  # spent nothing: the weight relaxes
+
+
+def test_a_tenant_budget_counts_that_tenant_across_policies_and_nothing_else():
+    stats = [DecisionStats(1, 0, "a", 10, 0.0, 0.0, "auto", 0.05, 0.0, 0.0, "acme"),
+             DecisionStats(1, 1, "a", 10, 0.0, 0.0, "cheap", 0.01, 0.0, 0.0, "acme"),
+             DecisionStats(1, 0, "a", 30, 0.0, 0.0, "auto", 0.0, 0.0, 0.0, "globex")]  # fmt: skip
+    budgets = (BudgetTarget(tenant_budget_key("acme"), 0.002, 10.0), BudgetTarget("auto", 0.002, 10.0))
+    acme, auto = _fold(_snap(), _window(decisions=stats), budgets=budgets).budgets
+    assert (acme.policy, acme.decisions) == ("tenant:acme", 20)
+    assert acme.realised_cost_usd == pytest.approx(0.003) and acme.cost_weight > 10.0  # over its budget
+    assert (auto.decisions, auto.realised_cost_usd) == (40, pytest.approx(0.00125))  # both tenants, one policy
+    assert auto.cost_weight < 10.0
 
 
 def test_a_reward_alarm_fades_that_model_in_that_cluster_only():

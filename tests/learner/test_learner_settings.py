@@ -67,3 +67,37 @@ def test_a_wrong_budget_names_the_key(tmp_path, budget, needle):
     path.write_text(f"[[learner.budgets]]\n{budget}\n")
     with pytest.raises(ConfigError, match=needle):
         load_settings(path, {})
+
+
+def test_a_tenant_budget_becomes_a_budget_keyed_by_the_tenant(tmp_path):
+    path = tmp_path / "turnout.toml"
+    path.write_text("""
+[[policies]]
+name = "cheap"
+cost_weight = 80.0
+
+[[tenants]]
+name = "acme"
+policy = "cheap"
+budget_usd = 0.001
+
+[[tenants]]
+name = "globex"
+cost_weight = 7.0
+budget_usd = 0.003
+
+[[tenants]]
+name = "initech"
+""")
+    p = learner_params(load_settings(path, {}))
+    # the learned weight starts from the tenant's own weight, else its policy's
+    assert [(b.policy, b.target_cost_usd, b.cost_weight) for b in p.budgets] == [("tenant:acme", 0.001, 80.0),
+                                                                               ("tenant:globex", 0.003, 7.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["-0.001", "nan"])
+def test_a_wrong_tenant_budget_names_the_key(tmp_path, value):
+    path = tmp_path / "turnout.toml"
+    path.write_text(f'[[tenants]]\nname = "acme"\nbudget_usd = {value}\n')
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.budget_usd"):
+        load_settings(path, {})
