@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from learner.budget import BudgetTarget
+from learner.budget import BudgetTarget, tenant_budget_key
 from learner.cycle import LearnerParams
 from simulations.pool import DEFAULT_POOL, DEFAULT_TOPICS, Topic
 from tests.learner.world import World
@@ -100,10 +100,12 @@ def test_no_false_alarms_over_a_long_stable_run(embedder):
     assert world.log.drift_events() == [] and snap.clustering == 1
 
 
-@pytest.mark.parametrize("target", [0.0015, 0.004])
-def test_budget_is_tracked_with_quality_of_at_least_the_best_affordable_model(embedder, target):
-    params = msgspec.structs.replace(PARAMS, budgets=(BudgetTarget("auto", target, 25.0),))
-    world = World(embedder, params, seed=5)
+@pytest.mark.parametrize("target,tenant", [(0.0015, ""), (0.004, ""), (0.0015, "acme")])
+def test_budget_is_tracked_with_quality_of_at_least_the_best_affordable_model(embedder, target, tenant):
+    """A policy's budget, or a tenant's (key tenant:NAME, over that tenant's requests)."""
+    key = tenant_budget_key(tenant) if tenant else "auto"
+    params = msgspec.structs.replace(PARAMS, budgets=(BudgetTarget(key, target, 25.0),))
+    world = World(embedder, params, seed=5, tenant=tenant)
     served = world.run(50, 300)
     after = [s for s in served if s.cycle >= 15]
     cost = float(np.mean([s.cost_usd for s in after]))
@@ -115,4 +117,6 @@ def test_budget_is_tracked_with_quality_of_at_least_the_best_affordable_model(em
     affordable = [m for m in DEFAULT_POOL if np.mean(by_model[m.name]) <= target]
     best = max(np.mean([m.quality_on(t) for t in TOPICS]) for m in affordable)
     assert quality >= best, (quality, best)
-    assert world.router.view.snapshot.budgets[0].cost_weight != 25.0  # the learner moved it
+    (budget,) = world.router.view.snapshot.budgets
+    assert budget.cost_weight != 25.0  # the learner moved it
+    assert (budget.policy, budget.decisions) == (key, 50 * 300)  # every request of the policy, or the tenant

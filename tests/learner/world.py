@@ -15,6 +15,7 @@ import numpy as np
 
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore, MemorySnapshotStore
+from learner.budget import tenant_budget_key
 from learner.clusters import assign_many, kmeans
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior
 from learner.embedding import Embedder
@@ -48,6 +49,7 @@ class World:
         topics: tuple[Topic, ...] = DEFAULT_TOPICS,
         cost_weight: float = 25.0,
         n_samples: int = 512,
+        tenant: str = "",
     ) -> None:
         self.embedder = embedder
         self.pool = pool
@@ -55,6 +57,7 @@ class World:
         self.mix = {t.name: 1.0 for t in topics}
         self.quality: Callable[[SimModel, str], float] = lambda m, topic: m.quality_on(topic)
         self.cost_weight = cost_weight
+        self.tenant = tenant  # every request comes from this tenant; with a budget of its own, if configured
         self.rng = np.random.default_rng(seed)
         self._ids = np.random.default_rng([seed, 7])
         self._cache: dict[str, np.ndarray] = {}
@@ -98,7 +101,8 @@ class World:
         embs: (n, d); tokens_in, rows: (n,). Returns clusters, margins, arms: (n,) each.
         """
         view = self.router.view
-        weight = view.cost_weight("auto", self.cost_weight)  # as ChatService.route
+        key = tenant_budget_key(self.tenant) if self.tenant else "auto"
+        weight = view.cost_weight(key, self.cost_weight)  # as ChatService.route
         clusters, margins = assign_many(embs, view.centroids)
         costs = (tokens_in[:, None] * view.price_in + view.completion_tokens * view.price_out) / 1e6
         utility = view.samples[clusters, rows % view.samples.shape[1]] - (weight * costs).astype(np.float32)
@@ -125,6 +129,7 @@ class World:
             events.append(DecisionMade(
                 event_id=self._id(), decision_id=did, ts_ms=self.now, snapshot_version=snap.version,
                 clustering=snap.clustering, cluster=int(clusters[i]), margin=float(margins[i]), arm=model.name,
+                tenant=self.tenant,
                 model=model.name, prompt_tokens=int(tokens_in[i]), completion_tokens=tokens_out, cost_usd=cost,
                 latency_ms=1000.0 * model.latency_s, embedding=embs[i].astype("<f4").tobytes(),
             ))  # fmt: skip
