@@ -12,7 +12,7 @@ import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from feedback.ports import (
 
 __all__ = [
     "ClickHouseDeadLetterStore", "ClickHouseLearnerLog", "ClickHouseRowStore", "ClickHouseSnapshotStore", "connect",
-    "migrate", "MIGRATIONS_DIR",
+    "MIGRATIONS_DIR", "apply_retention", "migrate",
 ]  # fmt: skip
 
 log = logging.getLogger("turnout.clickhouse")
@@ -82,6 +82,36 @@ def migrate(client: Any, directory: Path = MIGRATIONS_DIR) -> list[str]:
         applied.append(path.name)
         log.info("applied migration %s", path.name)
     return applied
+
+
+_RETENTION_COLUMNS = {"decisions": "ts", "feedback": "ts", "dead_letters": "received_at"}
+
+
+def apply_retention(client: Any, days: Mapping[str, int]) -> dict[str, int]:
+    """Give each table a TTL of ``days`` on its time column (0: none), changing only what differs.
+
+    days: table -> days, for the tables with a time column (decisions, feedback, dead_letters).
+    Returns the tables changed, with their new days. A changed TTL applies to existing rows at
+    the next merge (ClickHouse's ``materialize_ttl_after_modify``).
+    """
+    changed = {}
+    for table, d in days.items():
+        column = _RETENTION_COLUMNS[table]
+        if d < 0:
+            raise ValueError(f"retention for {table} must be >= 0 days, got {d}")
+        ddl = client.query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
+                           "AND name = {t:String}", parameters={"t": table}).result_rows[0][0]  # fmt: skip
+        now = re.search(r" TTL toDateTime\(\w+\) \+ toIntervalDay\((\d+)\)", ddl)
+        current = int(now.group(1)) if now else (-1 if " TTL " in ddl else 0)
+        if current == d:
+            continue
+        if d > 0:
+            client.command(f"ALTER TABLE {table} MODIFY TTL toDateTime({column}) + INTERVAL {int(d)} DAY")
+        else:
+            client.command(f"ALTER TABLE {table} REMOVE TTL")
+        changed[table] = d
+        log.info("retention of %s: %s", table, f"{d} days" if d else "forever")
+    return changed
 
 
 def _ts(ms: int) -> datetime:

@@ -13,7 +13,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.clickhouse import (
+    ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, apply_retention, connect, migrate,
+)  # fmt: skip
 from feedback.inprocess import InProcessBus
 from feedback.memory import MemoryLearnerLog
 from feedback.ports import EventSink, LearnerLog, RowStore, SnapshotStore
@@ -191,6 +193,7 @@ class Runtime:
         if rows is None or snapshots is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             migrate(self.client)
+            apply_retention(self.client, settings.storage.retention())
         self.rows = rows or ClickHouseRowStore(self.client)
         self.snapshots = snapshots or ClickHouseSnapshotStore(self.client)
         self.embedder = embedder or build_embedder(settings)

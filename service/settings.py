@@ -49,6 +49,15 @@ class StorageSettings(_Config):
     data_dir: str = ".turnout"
     clickhouse_dsn: str = ""  # default: chdb:///<data_dir>/clickhouse
     clickhouse_database: str = "turnout"
+    # how long raw rows are kept (a ClickHouse TTL on their time; 0 = forever). The learner reads
+    # only what arrived since its last cycle, so any retention of a day or more is safe for it.
+    retention_days: int = 0  # decisions and feedback
+    dead_letter_retention_days: int = 30
+
+    def retention(self) -> dict[str, int]:
+        """Days to keep per table, for ``feedback.clickhouse.apply_retention``."""
+        d = self.retention_days
+        return {"decisions": d, "feedback": d, "dead_letters": self.dead_letter_retention_days}
 
     def dsn(self) -> str:
         if self.clickhouse_dsn:
@@ -353,6 +362,9 @@ def _check(s: Settings, source: str) -> None:
             raise ConfigError(f"config error in {source}: models[{i}].tier must be in (0, 1)")
         if m.provider == "openai" and not m.base_url:
             raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
+    for key in ("retention_days", "dead_letter_retention_days"):
+        if getattr(s.storage, key) < 0:
+            raise ConfigError(f"config error in {source}: storage.{key} must be >= 0 (0 keeps rows forever)")
     policy_names = {p.name for p in s.policies} | {"auto"}
     if policy_names & set(names):
         raise ConfigError(f"config error in {source}: a policy and a model share a name")
