@@ -27,7 +27,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate  # noqa: E402
+from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect  # noqa: E402
+from feedback.clickhouse_schema import migrate  # noqa: E402
 from feedback.events import DecisionMade, FeedbackGiven, uuid7  # noqa: E402
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior, recluster_snapshot  # noqa: E402
 from learner.embedding import normalize_rows  # noqa: E402

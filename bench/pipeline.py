@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    from feedback.clickhouse import connect, migrate
+    from feedback.clickhouse import connect
+    from feedback.clickhouse_schema import migrate
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

@@ -39,12 +39,12 @@ def build_sink(settings: Any, rows: Any, dead_letters: Any) -> Sink:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, apply_retention, connect, migrate
+    from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect
+    from feedback.clickhouse_schema import prepare
 
     settings = args.load_settings(args)
     client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
-    migrate(client)
-    apply_retention(client, settings.storage.retention())
+    prepare(client, settings.storage.retention())
     sink = build_sink(settings, ClickHouseRowStore(client), ClickHouseDeadLetterStore(client))
     stop = threading.Event()
 

@@ -136,10 +136,10 @@ class Sink:
         self._store_failing = False  # the last store attempt failed (until one succeeds)
         self._last_stored_ms = 0
 
-    def liveness(self, stale_s: float | None = None) -> tuple[bool, dict[str, Any]]:
-        """Alive: the loop came round within ``stale_s`` (default: the hold limit plus a minute,
-        since a batch whose store keeps failing is retried that long before it is re-read)."""
-        limit = stale_s if stale_s is not None else self._hold_max_s + 60.0
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the loop came round within the hold limit plus a minute (a batch whose store
+        keeps failing is retried that long before it is re-read)."""
+        limit = self._hold_max_s + 60.0
         age = time.monotonic() - self._beat
         return age <= limit, {"loop_age_s": round(age, 3), "limit_s": limit, **self.stats()}
 

@@ -21,6 +21,7 @@ from service.dashboard import DashboardSources, dashboard_routes
 from service.errors import ApiError, exception_handlers
 from service.fastpath import chat_endpoint, chat_path_item
 from service.failover import CLOSED, HALF_OPEN, OPEN
+from service.feedback_api import parse_feedback
 from service.openapi import body_operation, openapi_config
 from service.schemas import ChatRequest, FeedbackRequest
 from service.settings import Settings
@@ -114,11 +115,11 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
     @post("/v1/feedback", status_code=202, operation_class=body_operation(FeedbackRequest))
     async def feedback(request: Request) -> Response:
         caller = caller_of(request.headers)
-        body = chat.parse_feedback(await request.body())
+        body = parse_feedback(await request.body())
         ref = chat.decisions.cached(body.decision_id)
         if ref is None:
             ref = await anyio.to_thread.run_sync(chat.decisions.lookup, body.decision_id)
-        return _json(chat.feedback(body, ref, caller), 202)
+        return _json(chat.feedback_desk.accept(body, ref, caller), 202)
 
     @get("/v1/models")
     async def models(request: Request) -> Response:

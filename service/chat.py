@@ -14,13 +14,13 @@ from typing import AsyncIterator, Mapping
 
 import msgspec
 import numpy as np
-from feedback.events import FeedbackGiven, uuid7
-from feedback.ports import DecisionRef, EventSink
+from feedback.events import uuid7
+from feedback.ports import EventSink
 from learner.budget import tenant_budget_key
 from learner.embedding import Embedder
-from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
 from service.errors import ApiError, validation_error
+from service.feedback_api import FeedbackDesk
 from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, RetryPolicy
 from service.metrics import Registry
 from service.records import Recorder, Routed
@@ -29,7 +29,7 @@ from service.routing import RouteChoice, Router, RouterView
 from service.rules import NoCandidate, Rules
 from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
-    FeedbackAccepted, FeedbackRequest, Usage, message_text,
+    Usage, message_text,
 )  # fmt: skip
 from service.simulated import estimate_tokens
 from service.tenants import ANONYMOUS, Caller, FeedbackCap
@@ -40,7 +40,6 @@ __all__ = ["Answer", "ChatService", "PolicyWeights", "PoolModel", "Routed", "Str
 log = logging.getLogger("turnout.chat")
 
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
-_feedback_decoder = msgspec.json.Decoder(FeedbackRequest)
 _enc = msgspec.json.Encoder()
 _NO_HEADERS: Mapping[str, str] = {}
 
@@ -114,8 +113,8 @@ class ChatService:
         )
         self.rules = rules or Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool])
         self.rerequests = rerequests
-        self.feedback_cap = feedback_cap
         self.metrics = metrics or Registry()
+        self.feedback_desk = FeedbackDesk(sink, decisions, self.metrics, feedback_cap)
         self.records = Recorder(sink, decisions, self.metrics, store_prompts)
         self.session_header = session_header
         self.log_requests = log_requests
@@ -392,40 +391,3 @@ class ChatService:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
             yield frame(Delta(), usage=usage, empty=True)
         yield b"data: [DONE]\n\n"
-
-    # -- feedback --------------------------------------------------------------------------
-
-    def parse_feedback(self, raw: bytes) -> FeedbackRequest:
-        try:
-            body = _feedback_decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            raise validation_error(exc, "feedback body") from None
-        if (body.rating is None) == (body.score is None):
-            raise ApiError(422, "give exactly one of 'rating' ('up' or 'down') or 'score' (0..1)",
-                           param="rating", code="invalid_value")  # fmt: skip
-        return body
-
-    def feedback(self, body: FeedbackRequest, ref: DecisionRef | None, caller: Caller = ANONYMOUS) -> FeedbackAccepted:
-        """Accept feedback on a decision of the caller's own tenant (any other id is 'unknown')."""
-        if ref is None or ref.tenant != caller.tenant.name:
-            raise ApiError(404, f"unknown decision_id '{body.decision_id}'", param="decision_id",
-                           code="decision_not_found")  # fmt: skip
-        reward = reward_from_rating(body.rating) if body.rating else reward_from_score(float(body.score or 0.0))
-        user = self.decisions.user(body.decision_id)
-        if user and self.feedback_cap is not None and not self.feedback_cap.admit(ref.tenant, user):
-            self.metrics.feedback.inc("capped")
-            return FeedbackAccepted("", body.decision_id, reward, status="capped")
-        event = FeedbackGiven(
-            event_id=uuid7(),
-            decision_id=body.decision_id,
-            ts_ms=int(time.time() * 1000),
-            reward=reward,
-            kind="explicit",
-            tenant=ref.tenant,
-            user=user,
-            rating=body.rating or "",
-            comment=body.comment or "",
-        )
-        self.sink.publish(event)
-        self.metrics.feedback.inc("explicit")
-        return FeedbackAccepted(event.event_id, body.decision_id, reward)

@@ -135,13 +135,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from feedback.clickhouse import apply_retention, connect, migrate
+    from feedback.clickhouse import connect
+    from feedback.clickhouse_schema import prepare
 
     settings = _settings(args)
     client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
-    applied = migrate(client)
+    applied, retention = prepare(client, settings.storage.retention())
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
-    for table, days in apply_retention(client, settings.storage.retention()).items():
+    for table, days in retention.items():
         print(f"retention of {table}: {f'{days} days' if days else 'forever'}")
     return 0
 

@@ -13,9 +13,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from feedback.clickhouse import (
-    ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, apply_retention, connect, migrate,
-)  # fmt: skip
+from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect
+from feedback.clickhouse_schema import migrate, prepare
 from feedback.inprocess import InProcessBus
 from feedback.memory import MemoryLearnerLog
 from feedback.ports import EventSink, LearnerLog, RowStore, SnapshotStore
@@ -192,8 +191,7 @@ class Runtime:
         self._learn_error = ""
         if rows is None or snapshots is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
-            migrate(self.client)
-            apply_retention(self.client, settings.storage.retention())
+            prepare(self.client, settings.storage.retention())
         self.rows = rows or ClickHouseRowStore(self.client)
         self.snapshots = snapshots or ClickHouseSnapshotStore(self.client)
         self.embedder = embedder or build_embedder(settings)

@@ -114,7 +114,7 @@ def test_build_stage_installs_a_working_turnout(tmp_path):
     probe = subprocess.run(
         [sys.executable, "-P", "-c", "import sys; sys.modules['chdb'] = None; "  # the image has no chDB
          "import service.runtime, service.cli; service.cli.build_parser(); "
-         "import feedback.clickhouse as c, service.dashboard as d; "
+         "import feedback.clickhouse_schema as c, service.dashboard as d; "
          "print(c.__file__); print(c.MIGRATIONS_DIR); print(d.STATIC_DIR)"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.sink import Sink
 
 

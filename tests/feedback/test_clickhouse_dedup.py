@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.clickhouse_dedup import _ranges, stored_ids
 from feedback.events import FeedbackGiven, uuid7
 from tests.feedback.pipeline import events

@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterator
 import msgspec
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.deadletters import MemoryDeadLetterStore
 from feedback.inprocess import InProcessBus
 from feedback.kafka import KafkaEventSink

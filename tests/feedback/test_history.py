@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.clickhouse_history import ClickHouseHistory, uuid7_floor
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.history import MemoryHistory, Prices, TrafficBucket, counterfactual_cost_usd

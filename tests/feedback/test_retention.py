@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, apply_retention, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, connect
+from feedback.clickhouse_schema import apply_retention, migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from service.settings import ConfigError, load_settings
 

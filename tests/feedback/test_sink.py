@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, encode_event
 from feedback.kafka import KafkaEventSink
 from feedback.sink import Sink, check_event, split_batch

@@ -8,7 +8,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryRowStore, MemorySnapshotStore
 

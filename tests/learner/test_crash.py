@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore, MemorySnapshotStore
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior

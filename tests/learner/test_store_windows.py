@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore
 from feedback.ports import DriftEvent, WindowStats

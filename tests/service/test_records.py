@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from feedback.clickhouse import ClickHouseRowStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import FeedbackGiven, uuid7
 from service.decisions import DecisionIndex
 from service.failover import Attempt

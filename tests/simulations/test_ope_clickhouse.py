@@ -10,7 +10,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect, migrate
+from feedback.clickhouse import ClickHouseRowStore, ClickHouseSnapshotStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from learner.clusters import kmeans
 from learner.snapshot import encode_snapshot, initial_snapshot

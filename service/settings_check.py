@@ -1,0 +1,99 @@
+"""Settings checks beyond their types: names unique and known, values in range, across sections.
+
+``service.settings.load_settings`` runs ``check`` on every configuration it builds; each failure
+is a ``ConfigError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+__all__ = ["ConfigError", "check"]
+
+
+class ConfigError(ValueError):
+    """A configuration that must not start the process."""
+
+
+def check(s: Settings, source: str) -> None:
+    """What the types cannot say: names unique and known, values in range; raises ``ConfigError``."""
+    names = [m.name for m in s.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config error in {source}: duplicate model name in [[models]]")
+    for i, m in enumerate(s.models):
+        if not 0.0 < m.tier < 1.0:
+            raise ConfigError(f"config error in {source}: models[{i}].tier must be in (0, 1)")
+        if m.provider == "openai" and not m.base_url:
+            raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
+    for key in ("retention_days", "dead_letter_retention_days"):
+        if getattr(s.storage, key) < 0:
+            raise ConfigError(f"config error in {source}: storage.{key} must be >= 0 (0 keeps rows forever)")
+    policy_names = {p.name for p in s.policies} | {"auto"}
+    if policy_names & set(names):
+        raise ConfigError(f"config error in {source}: a policy and a model share a name")
+    if s.router.thompson_samples < 16:
+        raise ConfigError(f"config error in {source}: router.thompson_samples must be >= 16")
+    if s.router.n_clusters < 1:
+        raise ConfigError(f"config error in {source}: router.n_clusters must be >= 1")
+    if not 0.0 < s.learner.discount <= 1.0:
+        raise ConfigError(f"config error in {source}: learner.discount must be in (0, 1]")
+    for i, b in enumerate(s.learner.budgets):
+        if b.target_cost_usd <= 0:
+            raise ConfigError(f"config error in {source}: learner.budgets[{i}].target_cost_usd must be > 0")
+        if b.policy not in policy_names:
+            raise ConfigError(f"config error in {source}: learner.budgets[{i}].policy {b.policy!r} is not a policy")
+    if not 0.0 < s.learner.explore_share <= 1.0:
+        raise ConfigError(f"config error in {source}: learner.explore_share must be in (0, 1]")
+    _check_gateway(s, source)
+
+
+def _check_gateway(s: Settings, source: str) -> None:
+    """[retry], [breaker], [rules], [[tenants]]: values and regular expressions. Model names in
+    rules are checked against the pool when it is built (the simulated pool is not known here)."""
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config error in {source}: {key} {why}")
+
+    if s.breaker.failure_threshold < 1 or s.breaker.half_open_probes < 1 or s.breaker.close_after < 1:
+        raise bad("[breaker]", "failure_threshold, half_open_probes and close_after must be >= 1")
+    if s.retry.backoff_base_s < 0 or s.retry.backoff_max_s < s.retry.backoff_base_s:
+        raise bad("[retry]", "needs 0 <= backoff_base_s <= backoff_max_s")
+    patterns = [(f"rules.pins[{i}].pattern", p.pattern) for i, p in enumerate(s.rules.pins)]
+    patterns += [(f"rules.safety[{i}].pattern", c.pattern) for i, c in enumerate(s.rules.safety)]
+    for key, pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise bad(key, f"is not a valid regular expression: {exc}") from None
+    for i, pin in enumerate(s.rules.pins):
+        if not (pin.tenant or pin.header or pin.requested_model or pin.pattern):
+            raise bad(f"rules.pins[{i}]", "needs at least one condition (tenant, header, requested_model, pattern)")
+        if bool(pin.header) != bool(pin.header_value):
+            raise bad(f"rules.pins[{i}]", "needs both header and header_value")
+    tenant_names = [t.name for t in s.tenants]
+    if len(set(tenant_names)) != len(tenant_names):
+        raise bad("[[tenants]]", "has a duplicate name")
+    policies = {p.name for p in s.policies} | {"auto"}
+    hashes: list[str] = []
+    for i, t in enumerate(s.tenants):
+        if t.policy not in policies:
+            raise bad(f"tenants[{i}].policy", f"'{t.policy}' is not a policy (known: {', '.join(sorted(policies))})")
+        if not 0.0 <= t.exploration_cap <= 1.0:
+            raise bad(f"tenants[{i}].exploration_cap", "must be in [0, 1]")
+        if t.budget_usd < 0 or not math.isfinite(t.budget_usd):
+            raise bad(f"tenants[{i}].budget_usd", "must be a finite amount >= 0 (0: no budget)")
+        if t.rate_limit_rps < 0 or t.rate_limit_burst < 0:
+            raise bad(f"tenants[{i}]", "rate limits must be >= 0")
+        for h in t.api_key_sha256:
+            if not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise bad(f"tenants[{i}].api_key_sha256", "must hold lowercase SHA-256 hex digests of keys, not keys")
+        hashes += t.api_key_sha256
+    if len(set(hashes)) != len(hashes):
+        raise bad("[[tenants]]", "share an api key")
+    if not 0.0 < s.rerequest.min_cosine <= 1.0:
+        raise bad("rerequest.min_cosine", "must be in (0, 1]")
