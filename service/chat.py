@@ -19,7 +19,8 @@ from feedback.ports import EventSink
 from learner.budget import tenant_budget_key
 from learner.embedding import Embedder
 from service.decisions import DecisionIndex
-from service.errors import ApiError, validation_error
+from service.bodies import decode_body
+from service.errors import ApiError
 from service.feedback_api import FeedbackDesk
 from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, RetryPolicy
 from service.metrics import Registry
@@ -123,10 +124,7 @@ class ChatService:
     # -- routing ---------------------------------------------------------------------------
 
     def parse(self, raw: bytes) -> ChatRequest:
-        try:
-            req = _chat_decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            raise validation_error(exc, "request body") from None
+        req = decode_body(_chat_decoder, raw, "request body")
         if req.model not in self.policies and req.model not in self.by_name and req.model not in self.rules.aliases:
             known = ", ".join(sorted(self.policies) + sorted(self.by_name))
             raise ApiError(404, f"unknown model '{req.model}'; known models and policies: {known}",

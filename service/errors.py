@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 
 from service.schemas import ErrorBody, ErrorDetail
 
-__all__ = ["ApiError", "exception_handlers", "error_response", "validation_error"]
+__all__ = ["ApiError", "exception_handlers", "error_response"]
 
 log = logging.getLogger("turnout.http")
 
@@ -36,15 +36,6 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     body = ErrorBody(ErrorDetail(message=message, type=kind, param=param, code=code))
     return Response(content=_enc.encode(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def validation_error(exc: msgspec.MsgspecError, what: str) -> ApiError:
-    """Map a msgspec decode failure to 400 (not JSON) or 422 (wrong shape, names the field)."""
-    if isinstance(exc, msgspec.ValidationError):
-        msg = str(exc)
-        param = msg.rsplit("at `", 1)[1].rstrip("`") if "at `" in msg else None
-        return ApiError(422, f"invalid {what}: {msg}", param=param, code="invalid_value")
-    return ApiError(400, f"{what} is not valid JSON: {exc}", code="invalid_json")
 
 
 def _api_error(_: Request, exc: ApiError) -> Response:

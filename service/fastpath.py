@@ -16,6 +16,7 @@ from typing import Any, Callable
 import msgspec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, PathItem
 
+from service.bodies import decode_body
 from service.chat import Answer, ChatService, StreamAnswer
 from service.errors import ApiError
 from service.tenants import Caller
@@ -98,8 +99,8 @@ def chat_endpoint(chat: ChatService, caller_of: Callable[[dict[str, str]], Calle
             return
         if b'"stream"' in raw:
             try:
-                wants_stream = _stream_flag.decode(raw).stream
-            except msgspec.MsgspecError:
+                wants_stream = decode_body(_stream_flag, raw, "request body").stream
+            except ApiError:
                 wants_stream = False  # complete() reports the error precisely
             if wants_stream:
                 return await _send_stream(send, receive, await chat.stream(raw, caller, headers, started))

@@ -15,7 +15,8 @@ from feedback.events import FeedbackGiven, uuid7
 from feedback.ports import DecisionRef, EventSink
 from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
-from service.errors import ApiError, validation_error
+from service.bodies import decode_body
+from service.errors import ApiError
 from service.metrics import Registry
 from service.schemas import FeedbackAccepted, FeedbackRequest
 from service.tenants import ANONYMOUS, Caller, FeedbackCap
@@ -27,10 +28,7 @@ _decoder = msgspec.json.Decoder(FeedbackRequest)
 
 def parse_feedback(raw: bytes) -> FeedbackRequest:
     """The request body, or a 422 naming what is wrong with it."""
-    try:
-        body = _decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise validation_error(exc, "feedback body") from None
+    body = decode_body(_decoder, raw, "feedback body")
     if (body.rating is None) == (body.score is None):
         raise ApiError(422, "give exactly one of 'rating' ('up' or 'down') or 'score' (0..1)",
                        param="rating", code="invalid_value")  # fmt: skip
