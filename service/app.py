@@ -147,7 +147,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     @get("/metrics", media_type="text/plain; version=0.0.4")
     async def metrics() -> Response:
-        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4")  # Litestar adds the charset
 
     async def close_upstreams() -> None:
         for upstream in chat.upstreams.values():

@@ -217,7 +217,7 @@ def dashboard_routes(chat: ChatService, sources: DashboardSources | None,
 
     @get("/dashboard")
     async def dashboard() -> Response:
-        return Response(content=page, media_type="text/html; charset=utf-8", headers=no_cache)
+        return Response(content=page, media_type="text/html", headers=no_cache)  # Litestar adds "; charset=utf-8"
 
     @get([f"/dashboard/{name}" for name in _ASSETS])
     async def asset(request: Request) -> Response:

@@ -109,3 +109,15 @@ def test_models_health_and_state(live, runtime):
     assert state["version"] >= 1 and state["models"] == list(runtime.prior.models)
     cell = state["clusters"][0]["models"][runtime.prior.models[0]]
     assert cell["ci90"][0] <= cell["mean"] <= cell["ci90"][1]
+
+
+def test_every_get_route_names_its_charset_at_most_once(live):
+    paths = ["/metrics", "/dashboard", "/healthz", "/v1/models", "/v1/router/state", "/schema/openapi.json",
+             "/dashboard/dashboard.js", "/dashboard/dashboard.css"]  # fmt: skip
+    for path in paths:
+        r = httpx.get(live + path)
+        assert r.status_code == 200, (path, r.status_code)
+        ctype = r.headers["content-type"]
+        assert ctype.count("charset") <= 1, (path, ctype)
+        if ctype.startswith("text/"):
+            assert ctype.endswith("charset=utf-8"), (path, ctype)
