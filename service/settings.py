@@ -307,14 +307,23 @@ class Settings(_Config):
     probes: ProbeSettings = ProbeSettings()
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+Override = tuple[str, tuple[str, ...], str]  # (variable, path of the key, value)
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[Override]:
+    out = []
     for key, value in env.items():
         if not key.startswith("TURNOUT_") or key.startswith("TURNOUT_CLICKHOUSE_"):
             continue
-        path = key[len("TURNOUT_") :].lower().split("__")
-        if len(path) < 2:
-            continue
+        path = tuple(key[len("TURNOUT_") :].lower().split("__"))
+        if len(path) >= 2:
+            out.append((key, path, value))
+    return sorted(out)
+
+
+def _nest(overrides: list[Override]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for _, path, value in overrides:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -329,8 +338,44 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _build(raw: dict[str, Any], overrides: list[Override], source: str) -> Settings:
+    """Validate and check; raises ``msgspec.ValidationError`` or ``ConfigError``."""
+    settings = msgspec.convert(_merge(raw, _nest(overrides)), Settings, strict=False)
+    check(settings, source)
+    return settings
+
+
+def _reason(exc: Exception, source: str) -> str:
+    return str(exc).removeprefix(f"config error in {source}: ")
+
+
+def _blame(exc: Exception, raw: dict[str, Any], overrides: list[Override], source: str) -> ConfigError:
+    """The error, naming what caused it: the file, or the TURNOUT_ variable that breaks it."""
+    if overrides:
+        try:
+            _build(raw, [], source)
+        except (msgspec.ValidationError, ConfigError):
+            pass  # the file (or the defaults) is wrong on its own: say so below
+        else:
+            for override in overrides:
+                try:
+                    _build(raw, [override], source)
+                except (msgspec.ValidationError, ConfigError) as alone:
+                    var, _, value = override
+                    shown = value if len(value) <= 80 else value[:77] + "..."
+                    return ConfigError(f"config error in {var}={shown} (a TURNOUT_ override of {source}): "
+                                       f"{_reason(alone, source)}")  # fmt: skip
+            names = ", ".join(var for var, _, _ in overrides)
+            return ConfigError(f"config error in {source} with the overrides {names}: {_reason(exc, source)}")
+    return ConfigError(f"config error in {source}: {_reason(exc, source)}")
+
+
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (or defaults), apply ``TURNOUT_`` overrides from ``env``, validate."""
+    """Read ``path`` (or defaults), apply ``TURNOUT_`` overrides from ``env``, validate.
+
+    A failure names the file, or the variable when an override is what breaks it
+    (``TURNOUT_ROUTER__COST_WEIGHT=abc``).
+    """
     source = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
@@ -342,9 +387,6 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
     overrides = _env_overrides(env or {})
     try:
-        settings = msgspec.convert(_merge(raw, overrides), Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        where = f"{source} (or a TURNOUT_ override)" if overrides else source
-        raise ConfigError(f"config error in {where}: {exc}") from None
-    check(settings, source)
-    return settings
+        return _build(raw, overrides, source)
+    except (msgspec.ValidationError, ConfigError) as exc:
+        raise _blame(exc, raw, overrides, source) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -46,3 +47,40 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path):
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "$.learner.interval_s" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"TURNOUT_ROUTER__COST_WEIGHT": "abc"}, "TURNOUT_ROUTER__COST_WEIGHT=abc (a TURNOUT_ override of <defaults>): "
+         "Expected `float`, got `str` - at `$.router.cost_weight`"),
+        ({"TURNOUT_ROUTER__COST_WIEGHT": "3"}, "TURNOUT_ROUTER__COST_WIEGHT=3 (a TURNOUT_ override of <defaults>): "
+         "Object contains unknown field `cost_wieght`"),
+        ({"TURNOUT_ROUTER__N_CLUSTERS": "0"}, "TURNOUT_ROUTER__N_CLUSTERS=0 (a TURNOUT_ override of <defaults>): "
+         "router.n_clusters must be >= 1"),
+        ({"TURNOUT_NOSUCH__KEY": "1"}, "TURNOUT_NOSUCH__KEY=1"),
+    ],
+)
+def test_a_bad_override_is_named_with_its_value(env, needle):
+    good = {"TURNOUT_SERVER__PORT": "9000", "TURNOUT_LEARNER__INTERVAL_S": "5"}  # innocent bystanders
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {**good, **env})
+    assert needle in str(err.value)
+    assert "TURNOUT_SERVER__PORT" not in str(err.value)
+
+
+def test_a_bad_file_is_blamed_on_the_file_even_with_overrides(tmp_path):
+    path = tmp_path / "turnout.toml"
+    path.write_text('[server]\nport = "eighty"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, {"TURNOUT_ROUTER__COST_WEIGHT": "3"})
+    assert str(err.value) == f"config error in {path}: Expected `int`, got `str` - at `$.server.port`"
+
+
+def test_cli_names_the_bad_variable_and_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "migrate"], capture_output=True, text=True, timeout=60,
+                          env={**env, "TURNOUT_ROUTER__COST_WEIGHT": "abc"}, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("turnout: config error in TURNOUT_ROUTER__COST_WEIGHT=abc "), lines
