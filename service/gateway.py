@@ -16,7 +16,7 @@ from service.rules import Rules
 from service.settings import ModelSettings, Settings
 from service.tenants import FeedbackCap, Tenant, TenantDirectory
 
-__all__ = ["build_tenants", "chat_parts", "openai_upstream"]
+__all__ = ["build_tenants", "chat_parts", "openai_upstream", "unset_keys"]
 
 
 def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> Any:
@@ -25,6 +25,11 @@ def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> A
     return OpenAIUpstream(m.name, m.base_url, m.api_key_env, read_timeout_s=m.timeout_s,
                           connect_timeout_s=m.connect_timeout_s, ttft_timeout_s=m.ttft_timeout_s,
                           max_connections=m.max_concurrency, env=env)  # fmt: skip
+
+
+def unset_keys(models: tuple[ModelSettings, ...], env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(model, variable) for each model whose ``api_key_env`` names a variable unset or empty in ``env``."""
+    return [(m.name, m.api_key_env) for m in models if m.api_key_env and not env.get(m.api_key_env)]
 
 
 def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> dict[str, Any]:

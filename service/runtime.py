@@ -6,6 +6,7 @@ Every client, thread and scheduler is created here, when asked, never at import 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,10 @@ def pool_from_settings(
         )
         ups: dict[str, Upstream] = {m.name: SimulatedUpstream(m, rng, sim_latency_scale) for m in DEFAULT_POOL}
         return pool, prior, ups, examples or tuple(topic_examples()), True
-    from service.gateway import openai_upstream
+    from service.gateway import openai_upstream, unset_keys
 
+    for name, var in unset_keys(settings.models, os.environ):
+        log.warning("model %s: its api_key_env variable %s is not set; requests to it go without a key", name, var)
     pool = tuple(
         PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier,
                   m.context_window)  # fmt: skip
