@@ -3,10 +3,11 @@
     turnout sink [--config turnout.toml] [--data-dir DIR] [--health-port PORT]
 
 Reads ``[events]`` (bootstrap servers, topics, group, batch size and time) and ``[storage]``
-(ClickHouse DSN and database), applies the migrations, and runs until SIGTERM or Ctrl-C, after
-which the batch in hand is either stored and committed or left uncommitted for the next run.
+(ClickHouse DSN and database), applies the migrations, and runs until SIGTERM or Ctrl-C
+(``feedback/stop.py``), after which the batch in hand is either stored and committed or left
+uncommitted for the next run, and the process exits 0.
 With a health port (``--health-port`` or ``[probes] sink_port``) it answers ``GET /healthz``
-(the loop is alive) and ``GET /readyz`` (joined the group, not stuck retrying a store).
+(the loop is alive) and ``GET /readyz`` (joined the group, not stuck retrying a store, not stopping).
 
 The settings are loaded by ``service.cli`` (``args.load_settings``), which registers this
 command; this package does not import ``service``.
@@ -15,16 +16,11 @@ command; this package does not import ``service``.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import threading
 from typing import Any
 
 from feedback.sink import Sink
 
 __all__ = ["build_sink", "register"]
-
-log = logging.getLogger("turnout.sink")
 
 
 def build_sink(settings: Any, rows: Any, dead_letters: Any) -> Sink:
@@ -41,19 +37,13 @@ def build_sink(settings: Any, rows: Any, dead_letters: Any) -> Sink:
 def cmd_sink(args: argparse.Namespace) -> int:
     from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, connect
     from feedback.clickhouse_schema import prepare
+    from feedback.stop import StopSignal
 
+    stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the batch in hand settled, exit 0
     settings = args.load_settings(args)
     client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
     prepare(client, settings.storage.retention())
     sink = build_sink(settings, ClickHouseRowStore(client), ClickHouseDeadLetterStore(client))
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the batch in hand, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     ev = settings.events
     print(f"turnout sink: {ev.bootstrap_servers} [{ev.decisions_topic}, {ev.feedback_topic}] -> "
           f"{settings.storage.dsn()} (group {ev.sink_group}); SIGTERM stops", flush=True)  # fmt: skip
@@ -62,14 +52,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
     if port is not None:
         from feedback.probe import ProbeServer
 
-        probe = ProbeServer(settings.probes.host, port, {"/healthz": sink.liveness, "/readyz": sink.readiness}).start()
+        checks = {"/healthz": sink.liveness, "/readyz": stop.gate(sink.readiness)}
+        probe = ProbeServer(settings.probes.host, port, checks).start()
         print(f"turnout sink: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
     try:
-        sink.run(stop)
+        sink.run(stop.event)  # on the event: the batch in hand is stored and committed, or left uncommitted
     finally:
         if probe is not None:
             probe.close()
-    log.info("sink stopped: %s", sink.stats())
+    s = sink.stats()
+    print(f"turnout sink: stopped; {s['events']} events stored in {s['batches']} committed batches, "
+          f"{s['dead_letters']} dead letters", flush=True)  # fmt: skip
     return 0
 
 

@@ -58,11 +58,16 @@ class InProcessBus:
             self._idle.wait(0.01)
         return True
 
-    def close(self) -> None:
-        self.flush(timeout_s=30.0)
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Store what was published (waiting up to ``timeout_s`` while the store fails), then stop.
+        Events still not stored then (the store stayed down) are counted in a loud log line."""
+        self.flush(timeout_s=timeout_s)
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=5.0)
+        lost = self.backlog
+        if lost:
+            log.error("event bus closed with %d events not stored: the store failed for %g s", lost, timeout_s)
 
     def _take(self) -> list[Event]:
         batch = []

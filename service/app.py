@@ -1,14 +1,16 @@
 """The Litestar application: ``create_app(settings, deps)`` builds it; nothing at import time.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/feedback``, ``GET /v1/models``,
-``GET /v1/router/state``, ``GET /healthz``, ``GET /metrics`` (Prometheus text) and the OpenAPI
-document at ``/schema/openapi.json``. With API keys configured, the ``/v1`` routes need
-``Authorization: Bearer``; ``/healthz``, ``/metrics`` and ``/schema`` do not.
+``GET /v1/router/state``, ``GET /healthz`` (liveness), ``GET /readyz`` (readiness: 503 once the
+process is stopping), ``GET /metrics`` (Prometheus text) and the OpenAPI document at
+``/schema/openapi.json``. With API keys configured, the ``/v1`` routes need
+``Authorization: Bearer``; ``/healthz``, ``/readyz``, ``/metrics`` and ``/schema`` do not.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Mapping
 
 import anyio
@@ -45,6 +47,7 @@ class Deps:
         self.extra_state = extra_state or (lambda: {})
         self.dashboard: DashboardSources | None = None  # issue 7: what /dashboard reads (service/dashboard.py)
         self.tenants = tenants or TenantDirectory([])
+        self.draining = threading.Event()  # set when the process stops: /readyz answers 503 (service/serving.py)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -137,6 +140,12 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         backlog = getattr(deps.sink, "backlog", 0)
         return _json({"status": "ok", "snapshot_version": view.snapshot.version, "event_backlog": backlog})
 
+    @get("/readyz")
+    async def readyz() -> Response:
+        if deps.draining.is_set():
+            return _json({"status": "draining"}, 503)
+        return _json({"status": "ready", "snapshot_version": chat.router.view.snapshot.version})
+
     @get("/v1/router/state")
     async def state(request: Request) -> Response:
         caller_of(request.headers)
@@ -157,7 +166,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
                 log.warning("closing upstream failed", exc_info=True)
 
     app = Litestar(
-        route_handlers=[chat_completions, feedback, models, healthz, state, metrics,
+        route_handlers=[chat_completions, feedback, models, healthz, readyz, state, metrics,
                         *dashboard_routes(chat, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,

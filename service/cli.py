@@ -4,6 +4,10 @@
     turnout serve     the service only (the learner and sink run elsewhere)
     turnout learn     the learner: one cycle (--once) or on a schedule
     turnout migrate   apply ClickHouse migrations
+
+The long-running commands (and ``turnout sink``) stop alike on SIGTERM or SIGINT
+(``feedback/stop.py``, ``service/serving.py``): readiness off, in-flight work finished, every
+accepted event stored, published or journaled, exit code 0.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -52,10 +57,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
-    import uvicorn
-
+    """``turnout up`` (learner=True) and ``turnout serve``: serve until SIGTERM or SIGINT, then stop
+    in order (docs/pipeline.md, "What a stop guarantees") and exit 0."""
+    from feedback.stop import StopSignal
     from service.runtime import Runtime
+    from service.serving import ListenError, bind, serve
 
+    stop = StopSignal().install()  # before anything slow: a stop during start-up is a clean stop too
     settings = _settings(args)
     if settings.server.log_format == "json":  # one JSON object a line from here on (service/logs.py)
         from service.logs import use_json_logs
@@ -66,71 +74,94 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     sys.setswitchinterval(0.0005)
     if args.demo and not args.learn_interval_s:
         settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
-    rt = Runtime(settings, learner=learner, embedded_sink=learner)  # kafka backend: `up` runs the sink too
-    where = f"http://{settings.server.host}:{settings.server.port}"
+    server = settings.server
+    try:
+        sock = bind(server.host, server.port)
+    except ListenError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rt = Runtime(settings, learner=learner, embedded_sink=learner)  # kafka backend: `up` runs the sink too
+    except BaseException:
+        sock.close()
+        raise
+    where = f"http://{server.host}:{sock.getsockname()[1]}"
     if rt.simulated:
         print(f"turnout: no providers configured, serving the simulated model pool from simulations/ "
               f"({', '.join(rt.prior.models)})", flush=True)  # fmt: skip
-    print(f"turnout: listening on {where}  (ClickHouse: {settings.storage.dsn()}, "
-          f"learning every {settings.learner.interval_s:g} s)" if learner else
-          f"turnout: listening on {where} (service only; snapshots polled from ClickHouse)", flush=True)  # fmt: skip
-    rt.start()
-    demo = None
-    if args.demo:
-        from service.demo import Demo
+    demo: Any = None
 
-        demo = Demo(where, rt.prior.models, rt.pool)
-        demo.start()
+    def listening() -> None:
+        nonlocal demo
+        print(f"turnout: listening on {where}  (ClickHouse: {settings.storage.dsn()}, "
+              f"learning every {settings.learner.interval_s:g} s)" if learner else
+              f"turnout: listening on {where} (service only; snapshots polled from ClickHouse)", flush=True)  # fmt: skip
+        if args.demo:
+            from service.demo import Demo
+
+            demo = Demo(where, rt.prior.models, rt.pool)
+            demo.start()
+
     try:
-        uvicorn.run(rt.app, host=settings.server.host, port=settings.server.port, log_level="warning",
-                    access_log=False)  # fmt: skip
+        rt.start()
+        if not stop.stopping:
+            serve(rt.app, sock, stop=stop.event, draining=rt.draining, delay_s=server.shutdown_delay_s,
+                  grace_s=server.shutdown_grace_s, on_listening=listening)  # fmt: skip
     finally:
-        if demo:
+        if demo is not None:
             demo.stop()
-        rt.stop()
+        sock.close()
+        rt.stop()  # the learner's cycle in hand finishes; events are stored, published or journaled
+    print(f"turnout: stopped; events: {_event_summary(rt)}", flush=True)
     return 0
 
 
-def cmd_learn(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+def _event_summary(rt: Any) -> str:
+    """What became of the accepted events, for the last line a stopped process prints."""
+    stats = getattr(rt.sink, "stats", None)
+    if callable(stats):  # Kafka: sent, and journaled for the next run (lost: refused by a full journal)
+        s = stats()
+        return f"{s['sent']} published to Kafka, {s['spill_events']} journaled in the spill journal, {s['lost']} lost"
+    return f"{getattr(rt.sink, 'backlog', 0)} not stored"
 
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from feedback.stop import StopSignal
     from service.runtime import Runtime
 
     settings = _settings(args)
     # the learner publishes no events: no Kafka producer (nor spill journal) in this process
     settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(settings.events, backend="inprocess"))
-    rt = Runtime(settings, learner=True)
     if args.once:
+        rt = Runtime(settings, learner=True)
         snap = rt.cycle.run(reason="manual")
         print(f"snapshot v{snap.version} published (watermark {snap.watermark_ms})")
         rt.sink.close()
         return 0
+    stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the cycle in hand finishes, exit 0
     if args.interval_s:
-        rt.settings = msgspec.structs.replace(
-            rt.settings, learner=msgspec.structs.replace(rt.settings.learner, interval_s=args.interval_s)
+        settings = msgspec.structs.replace(
+            settings, learner=msgspec.structs.replace(settings.learner, interval_s=args.interval_s)
         )
-    rt.start()
-    print(f"turnout learn: a cycle every {rt.settings.learner.interval_s:g} s; Ctrl-C stops", flush=True)
+    rt = Runtime(settings, learner=True)
     port = args.health_port if args.health_port is not None else settings.probes.learner_port
     probe = None
-    if port is not None:
-        from feedback.probe import ProbeServer
-
-        checks = {"/healthz": rt.learner_liveness, "/readyz": rt.learner_readiness}
-        probe = ProbeServer(settings.probes.host, port, checks).start()
-        print(f"turnout learn: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the orchestrator's stop: finish the cycle, exit
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        rt.start()
+        print(f"turnout learn: a cycle every {rt.settings.learner.interval_s:g} s; SIGTERM or Ctrl-C stops", flush=True)
+        if port is not None:
+            from feedback.probe import ProbeServer
+
+            checks = {"/healthz": rt.learner_liveness, "/readyz": stop.gate(rt.learner_readiness)}
+            probe = ProbeServer(settings.probes.host, port, checks).start()
+            print(f"turnout learn: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
+        stop.event.wait()
     finally:
+        rt.stop()  # waits for the cycle in hand: its snapshot is saved, or it never started
         if probe is not None:
             probe.close()
-        rt.stop()
+    print(f"turnout learn: stopped after {rt.cycles} cycles (last snapshot v{rt.router.view.snapshot.version})",
+          flush=True)  # fmt: skip
     return 0
 
 

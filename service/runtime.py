@@ -92,6 +92,7 @@ def build_event_sink(settings: Settings, rows: RowStore) -> EventSink:
         ev.bootstrap_servers, journal, decisions_topic=ev.decisions_topic, feedback_topic=ev.feedback_topic,
         buffer_events=ev.buffer_events, batch_events=ev.send_batch_events, compression=ev.compression,
         send_timeout_s=ev.send_timeout_s, retry_max_s=ev.retry_max_s,
+        close_timeout_s=ev.send_timeout_s,  # at a stop: this long for the broker, then the journal
     )  # fmt: skip
 
 
@@ -192,6 +193,7 @@ class Runtime:
         self._learn_version = 0
         self._learn_failures = 0
         self._learn_error = ""
+        self.cycles = 0  # learning cycles that published a snapshot
         if rows is None or snapshots is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             prepare(self.client, settings.storage.retention())
@@ -236,6 +238,7 @@ class Runtime:
         deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
         deps.dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
             name: b.state for name, b in self.chat.failover.breakers.items()}, drift=self.learner_log.drift_events)
+        self.draining = deps.draining  # set by the server when the process stops (service/serving.py)
         self.app = create_app(settings, deps)
         self._scheduler: Any = None
 
@@ -287,6 +290,7 @@ class Runtime:
             return
         self._learn_failures, self._learn_error = 0, ""
         self._learn_success, self._learn_version = time.monotonic(), snap.version
+        self.cycles += 1
 
     def _learn_details(self) -> dict[str, Any]:
         now = time.monotonic()

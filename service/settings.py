@@ -44,6 +44,12 @@ class ServerSettings(_Config):
     store_prompts: bool = False
     log_format: Literal["text", "json"] = "json"  # json: one object a line, with the decision id
     log_requests: bool = False  # a log line per answered request (off: the request path stays lean)
+    # a stop (SIGTERM or SIGINT): GET /readyz answers 503 while requests are still served for
+    # shutdown_delay_s (a load balancer takes the replica out), then the listener closes and the
+    # requests in flight get shutdown_grace_s to finish; then the events are flushed (see
+    # docs/pipeline.md, "What a stop guarantees")
+    shutdown_delay_s: float = 0.0
+    shutdown_grace_s: float = 20.0
 
 
 class StorageSettings(_Config):

@@ -30,6 +30,10 @@ def check(s: Settings, source: str) -> None:
             raise ConfigError(f"config error in {source}: models[{i}].tier must be in (0, 1)")
         if m.provider == "openai" and not m.base_url:
             raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
+    for key in ("shutdown_delay_s", "shutdown_grace_s"):
+        value = getattr(s.server, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"config error in {source}: server.{key} must be a finite number of seconds >= 0")
     for key in ("retention_days", "dead_letter_retention_days"):
         if getattr(s.storage, key) < 0:
             raise ConfigError(f"config error in {source}: storage.{key} must be >= 0 (0 keeps rows forever)")

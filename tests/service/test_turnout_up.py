@@ -69,6 +69,7 @@ def test_turnout_up_serves_learns_and_says_it_is_simulated(turnout_up, tmp_path)
     else:
         pytest.fail(f"no learning cycle took the feedback in: {state}")
     assert (tmp_path / "data" / "clickhouse").is_dir()
-    proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    assert "simulated model pool" in out
+    proc.terminate()  # SIGTERM, as Docker and Kubernetes stop it: a clean stop (tests/service/test_stop.py counts)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "simulated model pool" in out and "turnout: stopped; events: 0 not stored" in out
