@@ -156,7 +156,8 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     @get("/metrics", media_type="text/plain; version=0.0.4")
     async def metrics() -> Response:
-        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4")  # Litestar adds the charset
+        # Litestar appends "; charset=utf-8" to text/ types: naming it here sent it twice
+        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def close_upstreams() -> None:
         for upstream in chat.upstreams.values():

@@ -154,7 +154,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
             checks = {"/healthz": rt.learner_liveness, "/readyz": stop.gate(rt.learner_readiness)}
             probe = ProbeServer(settings.probes.host, port, checks).start()
-            print(f"turnout learn: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
+            where = f"http://{settings.probes.host}:{probe.port}"
+            print(f"turnout learn: probes on {where}/healthz and {where}/readyz", flush=True)
         stop.event.wait()
     finally:
         rt.stop()  # waits for the cycle in hand: its snapshot is saved, or it never started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,3 +77,22 @@ def settings_with(config: Path | str | None, env: Mapping[str, str]) -> Settings
         got = getattr(getattr(settings, section), name)
         assert str(got) == value or (isinstance(got, float) and got == float(value)), (key, got, value)
     return settings
+
+
+def stop_needs_s(settings: Settings) -> float:
+    """The longest a service replica may take from SIGTERM to exit: readiness off while still
+    serving, in-flight requests finishing, the producer waiting for the broker at close
+    (service/serving.py, feedback/kafka.py). An orchestrator's grace period must exceed it."""
+    s = settings.server
+    flush = settings.events.send_timeout_s if settings.events.backend == "kafka" else 30.0  # the bus's close
+    return s.shutdown_delay_s + s.shutdown_grace_s + flush
+
+
+def seconds(value: str | int) -> float:
+    """A compose duration ("35s", "1m30s") or a number of seconds."""
+    if isinstance(value, int):
+        return float(value)
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert parts and value, f"not a duration: {value!r}"
+    return 60.0 * int(parts.group(1) or 0) + int(parts.group(2) or 0)
+

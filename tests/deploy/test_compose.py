@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.deploy.checks import CONFIG_PATH, DEPLOY, parse_command, settings_with, turnout_env
+from tests.deploy.checks import CONFIG_PATH, DEPLOY, parse_command, seconds, settings_with, stop_needs_s, turnout_env
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,14 @@ def test_service_health_check_and_ports_hit_the_served_port(compose):
     assert settings.server.host == "0.0.0.0"
     assert any(v == "/var/lib/turnout" for v in svc["volumes"])  # a spill journal per replica
     assert settings.storage.data_dir == "/var/lib/turnout"
+
+
+def test_a_stop_fits_in_each_stop_grace_period(compose):
+    """docker compose stop / down sends SIGTERM, then SIGKILL after stop_grace_period (10 s by
+    default): long enough for the service to drain and flush, the sink and learner to settle."""
+    s = compose["services"]
+    settings = settings_with(DEPLOY / "turnout.toml", turnout_env(s["service"]["environment"]))
+    assert seconds(s["service"]["stop_grace_period"]) >= stop_needs_s(settings) + 5
+    for name in ("sink", "learner"):
+        assert seconds(s[name]["stop_grace_period"]) >= 30
+

@@ -10,7 +10,7 @@ import helm_python as helm  # helm-python-sdk, in the test extra
 import pytest
 import yaml
 
-from tests.deploy.checks import CONFIG_PATH, DEPLOY, parse_command, settings_with, turnout_env
+from tests.deploy.checks import CONFIG_PATH, DEPLOY, ROOT, parse_command, settings_with, stop_needs_s, turnout_env
 
 CHART = DEPLOY / "helm" / "turnout"
 
@@ -108,8 +108,9 @@ def test_service_probes_ports_and_autoscaling(objects, values):
     port = values["service"]["port"]
     assert args.port == port
     assert c["ports"] == [{"name": "http", "containerPort": port}]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}  # 503 once stopping
     assert "replicas" not in dep["spec"]  # the autoscaler owns it
     hpa = objects["HorizontalPodAutoscaler/prod-turnout-service"]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "prod-turnout-service"}
@@ -148,3 +149,21 @@ def test_provider_keys_come_from_secrets_and_config_changes_roll_pods():
         checksum = objs[key]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
         assert re.fullmatch(r"[0-9a-f]{64}", checksum)
         assert checksum != _render()[key]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_a_stop_fits_in_each_pods_grace_period(objects):
+    """SIGTERM to exit (service/serving.py) within terminationGracePeriodSeconds, or Kubernetes
+    kills the pod with SIGKILL while it still holds accepted events."""
+    config = objects["ConfigMap/prod-turnout"]["data"]["turnout.toml"]
+    dep = objects["Deployment/prod-turnout-service"]
+    (c,) = _pod(dep)["containers"]
+    settings = settings_with(config, turnout_env({k: v for k, v in _env(c).items() if v != "<secret>"}))
+    grace = _pod(dep)["terminationGracePeriodSeconds"]
+    assert grace >= stop_needs_s(settings) + 5, (grace, stop_needs_s(settings))
+    assert settings.server.shutdown_delay_s > 0  # readiness is off a while before the listener closes
+    probe = c["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= settings.server.shutdown_delay_s  # seen in time
+    assert '@get("/readyz")' in (ROOT / "service" / "app.py").read_text()
+    for component in ("sink", "learner"):
+        assert _pod(objects[f"Deployment/prod-turnout-{component}"])["terminationGracePeriodSeconds"] >= 30
+

@@ -113,8 +113,8 @@ def test_rolling_restart_while_the_broker_is_away_stores_every_answer_exactly_on
 
             wait_until(journal_empty, 120, "the journal replayed", third)
             said.append(_stop(third))
-        wait_until(lambda: stored("decisions") == len(answers.decisions) and stored("feedback") == len(answers.feedback),
-                   180, "every answer stored")  # fmt: skip
+        everything = (len(answers.decisions), len(answers.feedback))
+        wait_until(lambda: (stored("decisions"), stored("feedback")) == everything, 180, "every answer stored")
     decisions = [r[0] for r in ch.query("SELECT decision_id FROM decisions").result_rows]
     assert sorted(decisions) == sorted(answers.decisions)  # each answered decision exactly once (raw rows)
     feedback = [r[0] for r in ch.query("SELECT event_id FROM feedback").result_rows]

@@ -14,10 +14,10 @@ from service.settings import load_settings
 
 def _models_toml(tmp_path):
     path = tmp_path / "turnout.toml"
+    models = [("a", "TT_KEY_SET"), ("b", "TT_KEY_UNSET"), ("c", "TT_KEY_UNSET"), ("d", ""), ("e", "TT_KEY_EMPTY")]
     path.write_text("\n".join(
-        f'[[models]]\nname = "{name}"\nbase_url = "http://127.0.0.1:9/v1"\n' + (f'api_key_env = "{var}"\n' if var else "")
-        for name, var in [("a", "TT_KEY_SET"), ("b", "TT_KEY_UNSET"), ("c", "TT_KEY_UNSET"), ("d", ""),
-                          ("e", "TT_KEY_EMPTY")]
+        f'[[models]]\nname = "{name}"\nbase_url = "http://127.0.0.1:9/v1"\n' + (f'api_key_env = "{v}"\n' if v else "")
+        for name, v in models
     ))  # fmt: skip
     return path
 

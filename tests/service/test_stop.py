@@ -96,7 +96,8 @@ def test_serve_with_the_broker_down_journals_exactly_what_was_answered(tmp_path)
 
 def test_learn_stopped_between_or_during_cycles_leaves_a_single_line_of_snapshots(tmp_path):
     data = tmp_path / "data"
-    with Turnout(["learn", "--data-dir", str(data), "--interval-s", "0.2", "--health-port", "0"], ENV, tmp_path) as learn:
+    args = ["learn", "--data-dir", str(data), "--interval-s", "0.2", "--health-port", "0"]
+    with Turnout(args, ENV, tmp_path) as learn:
         probe = re.search(r"probes on (http://\S+)/healthz", learn.wait_for_line("probes on http://")).group(1)
 
         def version() -> int:

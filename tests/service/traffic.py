@@ -53,7 +53,8 @@ class Traffic:
                 body = {"model": "auto", "messages": [
                     {"role": "user", "content": f"Client {client_no} asks question {n} about bread."}]}  # fmt: skip
                 try:
-                    decision = self._stream(client, body) if n % self.stream_every == 0 else self._complete(client, body)
+                    ask = self._stream if n % self.stream_every == 0 else self._complete
+                    decision = ask(client, body)
                     if decision is None:
                         continue
                     r = client.post("/v1/feedback", json={"decision_id": decision, "rating": "up"})
