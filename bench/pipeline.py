@@ -82,9 +82,9 @@ class _TimedRows:
     def __init__(self, inner: Any) -> None:
         self.inner, self.seconds = inner, 0.0
 
-    def insert(self, events: Any) -> None:
+    def insert(self, events: Any, streams: Any = None) -> None:
         t0 = time.perf_counter()
-        self.inner.insert(events)
+        self.inner.insert(events, streams)
         self.seconds += time.perf_counter() - t0
 
     def __getattr__(self, name: str) -> Any:
