@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from feedback.clickhouse_dedup import insert_once
+from feedback.clickhouse_dedup import TableRows, insert_once
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
 from feedback.ports import (
@@ -141,12 +141,11 @@ class ClickHouseRowStore:
         of one stream in its order. Without it the call is one stream.
         """
         streams = streams if streams is not None else [""] * len(events)
+        tables = [TableRows(table, key, operator.attrgetter(key), self._writer(table, arrow),
+                            [(e, s) for e, s in zip(events, streams, strict=True) if isinstance(e, kind)])
+                  for kind, table, key, arrow in _EVENT_TABLES]  # fmt: skip
         with self._lock:
-            for kind, table, key, arrow in _EVENT_TABLES:
-                picked = [(e, s) for e, s in zip(events, streams, strict=True) if isinstance(e, kind)]
-                if picked:
-                    insert_once(self._client, table, key, [e for e, _ in picked], operator.attrgetter(key),
-                                [s for _, s in picked], self._writer(table, arrow))  # fmt: skip
+            insert_once(self._client, [t for t in tables if t.items])
 
     def _writer(self, table: str, arrow: Callable[[list[Any], str], Any]) -> Callable[..., None]:
         def write(block: list[Any], insert_id: str, settings: dict[str, Any]) -> None:
@@ -396,9 +395,10 @@ class ClickHouseDeadLetterStore:
                      insert_id] for x in block]  # fmt: skip
             self._client.insert("dead_letters", rows, column_names=[*self._COLUMNS, "insert_id"], settings=settings)
 
+        rows = TableRows("dead_letters", "letter_id", operator.attrgetter("letter_id"), write,
+                         [(x, f"{x.topic}:{x.partition}") for x in letters])  # fmt: skip
         with self._lock:
-            insert_once(self._client, "dead_letters", "letter_id", letters, lambda x: x.letter_id,
-                        [f"{x.topic}:{x.partition}" for x in letters], write)  # fmt: skip
+            insert_once(self._client, [rows] if letters else [])
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         with self._lock:

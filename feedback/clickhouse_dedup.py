@@ -7,7 +7,7 @@ once. ReplacingMergeTree collapses such rows only eventually (at a merge), and t
 by ingestion time, so a copy inserted later would be counted in a later window. Two mechanisms
 together make sure a duplicate never becomes a row:
 
-1. **The id check** (``fresh``): before inserting, look up which ids of the batch are stored and
+1. **The id check**: before inserting, look up which ids of the batch are stored and
    drop those (and repeats inside the batch). This catches every copy that arrives after the
    first was stored, whatever the batch boundaries, offsets or time in between.
 2. **Deduplication tokens** (``insert_once``): what the check cannot see is a racing writer that
@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
-__all__ = ["fresh", "insert_once", "stored_ids"]
+__all__ = ["TableRows", "insert_once", "stored_ids"]
 
 log = logging.getLogger("turnout.clickhouse")
 
@@ -76,71 +76,96 @@ def _ranges(ids_sorted: Sequence[str]) -> list[tuple[str, str]] | None:
     return [(r[0], r[1]) for r in ranges]
 
 
+def _lookup_sql(table: str, column: str, ids: Sequence[str], tag: int) -> tuple[str, dict[str, Any]]:
+    """A SELECT of (tag, key) for the members of ``ids`` in ``table``: key ranges, or ``IN``."""
+    ranges = _ranges(sorted(ids))
+    if ranges is None:
+        return (f"SELECT {tag} AS t, {column} AS k FROM {table} WHERE {column} IN {{ids{tag}:Array(String)}}",
+                {f"ids{tag}": list(ids)})  # fmt: skip
+    where = " OR ".join(f"({column} >= {{lo{tag}_{i}:String}} AND {column} <= {{hi{tag}_{i}:String}})"
+                        for i in range(len(ranges)))  # fmt: skip
+    params = {}
+    for i, (lo, hi) in enumerate(ranges):
+        params[f"lo{tag}_{i}"], params[f"hi{tag}_{i}"] = lo, hi
+    return f"SELECT {tag} AS t, {column} AS k FROM {table} WHERE {where}", params
+
+
+def _union(client: Any, parts: list[tuple[str, dict[str, Any]]], n: int) -> list[set[str]]:
+    """Run the tagged SELECTs as one query; the keys found per tag 0..n-1."""
+    found: list[set[str]] = [set() for _ in range(n)]
+    if parts:
+        params = {k: v for _, p in parts for k, v in p.items()}
+        for tag, key in client.query(" UNION ALL ".join(sql for sql, _ in parts), parameters=params).result_rows:
+            found[int(tag)].add(key)
+    return found
+
+
 def stored_ids(client: Any, table: str, column: str, ids: Sequence[str]) -> set[str]:
     """The members of ``ids`` present in ``table.column`` (which should be its sorting key)."""
     if not ids:
         return set()
-    ranges = _ranges(sorted(ids))
-    if ranges is None:
-        sql = f"SELECT {column} FROM {table} WHERE {column} IN {{ids:Array(String)}}"
-        params: dict[str, Any] = {"ids": list(ids)}
-    else:
-        where = " OR ".join(f"({column} >= {{lo{i}:String}} AND {column} <= {{hi{i}:String}})" for i in range(len(ranges)))
-        sql = f"SELECT {column} FROM {table} WHERE {where}"
-        params = {}
-        for i, (lo, hi) in enumerate(ranges):
-            params[f"lo{i}"], params[f"hi{i}"] = lo, hi
-    wanted = set(ids)
-    return {row[0] for row in client.query(sql, parameters=params).result_rows if row[0] in wanted}
-
-
-def fresh(client: Any, table: str, column: str, items: Sequence[T], key: Callable[[T], str]) -> list[T]:
-    """``items`` without those whose key is stored already or repeats an earlier item's key."""
-    seen: set[str] = set()
-    unique = []
-    for item in items:
-        k = key(item)
-        if k not in seen:
-            seen.add(k)
-            unique.append(item)
-    if not unique:
-        return unique
-    present = stored_ids(client, table, column, list(seen))
-    return [item for item in unique if key(item) not in present] if present else unique
+    return _union(client, [_lookup_sql(table, column, ids, 0)], 1)[0] & set(ids)
 
 
 Write = Callable[[list[T], str, dict[str, Any]], None]
 
 
-def insert_once(client: Any, table: str, column: str, items: Sequence[T], key: Callable[[T], str],
-                streams: Sequence[str], write: Write[T]) -> int:  # fmt: skip
-    """Store each of ``items`` exactly once in ``table``, also against writers racing on the same items.
+class TableRows(NamedTuple):
+    """Items bound for one table, each with the stream it was read from (in the stream's order)."""
 
-    ``column`` is the table's sorting key and ``key(item)`` its value; ``streams[i]`` names the
-    stream ``items[i]`` was read from (a Kafka topic and partition; items of one stream in its
-    order). ``write(block, insert_id, settings)`` inserts one block as one INSERT, with
-    ``insert_id`` in every row and ``settings`` on the query. Returns the rows this call wrote.
+    table: str
+    column: str  # the table's sorting key
+    key: Callable[[Any], str]  # an item's value of ``column``
+    write: Write  # write(block, insert_id, settings): one INSERT with insert_id in every row
+    items: list[tuple[Any, str]]  # (item, stream)
+
+
+def _fresh(client: Any, tables: Sequence[TableRows], pending: list[list[tuple[Any, str]]]) -> list[list[tuple[Any, str]]]:
+    """Per table, the pending items whose key is not stored and does not repeat an earlier one's."""
+    unique: list[list[tuple[Any, str]]] = []
+    for t, items in zip(tables, pending):
+        firsts = {}
+        for p in items:
+            firsts.setdefault(t.key(p[0]), p)
+        unique.append(list(firsts.values()))
+    parts = [_lookup_sql(t.table, t.column, [t.key(p[0]) for p in items], i)
+             for i, (t, items) in enumerate(zip(tables, unique)) if items]  # fmt: skip
+    stored = _union(client, parts, len(tables))
+    return [[p for p in items if t.key(p[0]) not in s] for t, items, s in zip(tables, unique, stored)]
+
+
+def insert_once(client: Any, tables: Sequence[TableRows]) -> int:
+    """Store each item exactly once in its table, also against writers racing on the same items.
+
+    Per round: one query finds what is stored (all tables), one INSERT per (table, stream) writes
+    the rest with its token, one query finds which blocks were ours; the items of blocks a racing
+    writer's block replaced go round again. Returns the rows this call wrote.
     """
-    pending = list(zip(items, streams, strict=True))
+    pending = [list(t.items) for t in tables]
     written = 0
     while True:
-        pending = fresh(client, table, column, pending, key=lambda p: key(p[0]))
-        if not pending:
+        pending = _fresh(client, tables, pending)
+        if not any(pending):
             return written
-        blocks: dict[str, list[T]] = {}
-        for item, stream in pending:
-            blocks.setdefault(stream, []).append(item)
         insert_id = uuid.uuid4().hex
-        for block in blocks.values():
-            write(block, insert_id, {"insert_deduplicate": 1, "insert_deduplication_token": f"{table}:{key(block[0])}"})
-        firsts = {key(block[0]): stream for stream, block in blocks.items()}
-        won = {row[0] for row in client.query(
-            f"SELECT DISTINCT {column} FROM {table} WHERE {column} IN {{ids:Array(String)}} AND insert_id = {{iid:String}}",
-            parameters={"ids": list(firsts), "iid": insert_id}).result_rows}  # fmt: skip
-        lost = [stream for first, stream in firsts.items() if first not in won]
-        written += sum(len(blocks[s]) for s in blocks if s not in lost)
-        if not lost:
+        firsts: list[dict[str, tuple[str, list[Any]]]] = []  # per table: first key -> (stream, block)
+        for t, items in zip(tables, pending):
+            blocks: dict[str, list[Any]] = {}
+            for item, stream in items:
+                blocks.setdefault(stream, []).append(item)
+            for block in blocks.values():
+                t.write(block, insert_id, {"insert_deduplicate": 1,
+                                           "insert_deduplication_token": f"{t.table}:{t.key(block[0])}"})  # fmt: skip
+            firsts.append({t.key(block[0]): (stream, block) for stream, block in blocks.items()})
+        parts = [(f"SELECT {i} AS t, {t.column} AS k FROM {t.table} WHERE {t.column} IN {{ids{i}:Array(String)}} "
+                  f"AND insert_id = {{iid:String}}", {f"ids{i}": list(f), "iid": insert_id})
+                 for i, (t, f) in enumerate(zip(tables, firsts)) if f]  # fmt: skip
+        mine = _union(client, parts, len(tables))
+        pending = []
+        for t, f, won in zip(tables, firsts, mine):
+            written += sum(len(block) for k, (_, block) in f.items() if k in won)
+            pending.append([(item, stream) for k, (stream, block) in f.items() if k not in won for item in block])
+        if not any(pending):
             return written
-        log.info("%s: %d of %d blocks were stored by a racing writer first; checking their events again",
-                 table, len(lost), len(blocks))  # fmt: skip
-        pending = [(item, stream) for stream in lost for item in blocks[stream]]
+        log.info("%d blocks were stored by a racing writer first; checking their items again",
+                 sum(len(f) - len(won) for f, won in zip(firsts, mine)))  # fmt: skip

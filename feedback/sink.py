@@ -209,6 +209,7 @@ class Sink:
                 enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=self._session_timeout_ms,
                 heartbeat_interval_ms=max(100, self._session_timeout_ms // 6),
                 max_poll_interval_ms=self._max_poll_interval_ms, max_poll_records=self._batch_events,
+                max_partition_fetch_bytes=max(1 << 20, self._batch_events * 2048),
                 request_timeout_ms=max(self._session_timeout_ms + 5000, 15_000), metadata_max_age_ms=30_000,
                 bootstrap_timeout_ms=2000, fetch_max_wait_ms=100,
             )  # fmt: skip
