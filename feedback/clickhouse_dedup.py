@@ -134,16 +134,35 @@ def _fresh(client: Any, tables: Sequence[TableRows], pending: list[list[tuple[An
     return [[p for p in items if t.key(p[0]) not in s] for t, items, s in zip(tables, unique, stored)]
 
 
+def _owners(client: Any, tables: Sequence[TableRows], firsts: list[list[str]], insert_id: str) -> list[dict[str, bool]]:
+    """Per table, each stored key of ``firsts`` -> whether a row of it was written by ``insert_id``."""
+    parts = [f"SELECT {i} AS t, {t.column} AS k, insert_id = {{iid:String}} AS mine FROM {t.table} "
+             f"WHERE {t.column} IN {{ids{i}:Array(String)}}" for i, t in enumerate(tables) if firsts[i]]  # fmt: skip
+    owners: list[dict[str, bool]] = [{} for _ in tables]
+    if parts:
+        params: dict[str, Any] = {f"ids{i}": keys for i, keys in enumerate(firsts) if keys}
+        params["iid"] = insert_id
+        for tag, key, mine in client.query(" UNION ALL ".join(parts), parameters=params).result_rows:
+            owners[int(tag)][key] = owners[int(tag)].get(key, False) or bool(mine)
+    return owners
+
+
+_MAX_ROUNDS = 50  # each round stores or drops at least one block's first item; far more than a race needs
+
+
 def insert_once(client: Any, tables: Sequence[TableRows]) -> int:
     """Store each item exactly once in its table, also against writers racing on the same items.
 
     Per round: one query finds what is stored (all tables), one INSERT per (table, stream) writes
     the rest with its token, one query finds which blocks were ours; the items of blocks a racing
-    writer's block replaced go round again. Returns the rows this call wrote.
+    writer's block replaced go round again. A block dropped although its first item is not stored
+    (the rows of that token were deleted since, e.g. by a TTL, and the token is still in the
+    window) is sent again under a token of its own. Returns the rows this call wrote.
     """
     pending = [list(t.items) for t in tables]
+    stale: set[str] = set()  # "table:key" tokens that name rows no longer stored
     written = 0
-    while True:
+    for _ in range(_MAX_ROUNDS):
         pending = _fresh(client, tables, pending)
         if not any(pending):
             return written
@@ -154,18 +173,26 @@ def insert_once(client: Any, tables: Sequence[TableRows]) -> int:
             for item, stream in items:
                 blocks.setdefault(stream, []).append(item)
             for block in blocks.values():
-                t.write(block, insert_id, {"insert_deduplicate": 1,
-                                           "insert_deduplication_token": f"{t.table}:{t.key(block[0])}"})  # fmt: skip
+                token = f"{t.table}:{t.key(block[0])}"
+                if token in stale:
+                    token += f":{insert_id}"
+                t.write(block, insert_id, {"insert_deduplicate": 1, "insert_deduplication_token": token})
             firsts.append({t.key(block[0]): (stream, block) for stream, block in blocks.items()})
-        parts = [(f"SELECT {i} AS t, {t.column} AS k FROM {t.table} WHERE {t.column} IN {{ids{i}:Array(String)}} "
-                  f"AND insert_id = {{iid:String}}", {f"ids{i}": list(f), "iid": insert_id})
-                 for i, (t, f) in enumerate(zip(tables, firsts)) if f]  # fmt: skip
-        mine = _union(client, parts, len(tables))
-        pending = []
-        for t, f, won in zip(tables, firsts, mine):
-            written += sum(len(block) for k, (_, block) in f.items() if k in won)
-            pending.append([(item, stream) for k, (stream, block) in f.items() if k not in won for item in block])
-        if not any(pending):
+        owners = _owners(client, tables, [list(f) for f in firsts], insert_id)
+        pending, lost = [], 0
+        for t, f, owner in zip(tables, firsts, owners):
+            again = []
+            for k, (stream, block) in f.items():
+                if owner.get(k):
+                    written += len(block)
+                    continue
+                if k not in owner:
+                    stale.add(f"{t.table}:{k}")
+                lost += 1
+                again += [(item, stream) for item in block]
+            pending.append(again)
+        if not lost:
             return written
-        log.info("%d blocks were stored by a racing writer first; checking their items again",
-                 sum(len(f) - len(won) for f, won in zip(firsts, mine)))  # fmt: skip
+        log.info("%d blocks were not stored by this insert (a racing writer's block came first, or the token "
+                 "was stale); checking their items again", lost)  # fmt: skip
+    raise RuntimeError(f"insert_once: items still pending after {_MAX_ROUNDS} rounds")

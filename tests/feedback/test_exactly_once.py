@@ -189,3 +189,17 @@ def test_two_sinks_in_one_group_racing_on_redelivered_batches_store_each_event_o
 @pytest.fixture(autouse=True)
 def _quiet_kafka_logs(caplog):
     caplog.set_level("CRITICAL", logger="kafka")
+
+
+def test_an_event_whose_rows_were_deleted_is_stored_again(chdb_dir, ch_database):
+    """Rows deleted while their token is still in the window (a TTL, an operator's DELETE): the
+    re-delivered event's block is dropped as a duplicate, seen as not stored, and sent again."""
+    a = connect(f"chdb://{chdb_dir}", ch_database)  # merges on: a DELETE is a mutation, run by the merger
+    migrate(a)
+    rows = ClickHouseRowStore(a)
+    evs = events(5)
+    rows.insert(evs, ["p"] * len(evs))
+    a.command("ALTER TABLE decisions DELETE WHERE 1 SETTINGS mutations_sync = 1")
+    assert _raw(a, "decisions") == (0, 0)
+    rows.insert(evs, ["p"] * len(evs))
+    assert _raw(a, "decisions") == (5, 5) and _raw(a, "feedback") == (5, 5)
