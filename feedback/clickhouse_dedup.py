@@ -26,7 +26,9 @@ stored itself). If two written blocks overlapped but began at different offsets,
 would have been reached past records the earlier block holds, i.e. through a third written
 block overlapping the earlier one further back; descending, some pair would have to start at the
 same offset, and those share a token. The window covers the last 10,000 blocks per table, far
-more than the inserts of one race; a copy arriving after the window passed is caught by 1.
+more than the inserts of one race; a copy arriving after the window passed is caught by 1. A
+token can outlive its rows (deleted by a TTL or an operator while still in the window): a block
+dropped although its first event is not stored is sent again under a token of its own.
 
 The check reads the table's sorting key. Ids are UUIDv7 (time-ordered), so the ids of a batch
 fall into a few narrow key ranges; a range scan over those is several times cheaper than an
