@@ -216,7 +216,7 @@
   // Every text is fitted to its column (shortened with an ellipsis, the full text in a title).
   function posteriorChart(svg, models, stats) {
     clear(svg);
-    var rowH = 22, l = 120, r = 176, w = 540, h = models.length * rowH + 20;
+    var rowH = 22, l = 120, r = 204, w = 540, h = models.length * rowH + 20;
     svg.setAttribute("viewBox", "0 0 " + w + " " + h);
     var x = function (v) { return l + v * (w - l - r); };
     [0, 0.5, 1].forEach(function (v) {

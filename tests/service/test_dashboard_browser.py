@@ -200,6 +200,8 @@ _MEASURE = r"""
     texts: [...sec.querySelectorAll(".about li .text")].map(e => e.title),
     clipped: [...sec.querySelectorAll(".about li .text")].filter(e => e.scrollWidth > e.clientWidth).length,
   }));
+  out.shortenedStats = [...document.querySelectorAll(".posterior text.stat, .posterior text.model-name")]
+    .filter(t => t.firstChild && t.firstChild.nodeValue.includes("\u2026")).map(t => t.textContent);
   out.status = document.getElementById("status").textContent;
   return out;
 })()
@@ -229,6 +231,11 @@ def test_dashboard_stays_readable_with_300_snapshots_and_12_clusters(settings, e
         snap = runtime.router.view.snapshot
         cents = centroid_array(snap)
         assert len(cents) == 12
+        # a long-lived router: evidence and decisions in the tens of thousands per cluster and model
+        big = msgspec.structs.replace(snap, version=snap.version + 1000,
+                                      n=tuple(tuple(12345.6 + 1000 * k for _ in snap.models) for k in range(12)),
+                                      decisions=tuple(tuple(98765 for _ in snap.models) for _ in range(12)))  # fmt: skip
+        assert runtime.router.swap(big)
         now_ms = int(time.time() * 1000)
         rng = np.random.default_rng(5)
         prompts = [make_prompt(DEFAULT_TOPICS[i % len(DEFAULT_TOPICS)], rng) for i in range(300)] + [_LONG, _UNBROKEN]
@@ -278,6 +285,7 @@ def test_dashboard_stays_readable_with_300_snapshots_and_12_clusters(settings, e
     assert got["labelOverlaps"] == 0
     # every text inside its card (or its chart), clipped only with an ellipsis and a title
     assert got["overflow"] == [], got["overflow"]
+    assert got["shortenedStats"] == []  # numbers and model names are never shortened ("n=85 d=8...")
     # what each cluster is about: its nearest examples and stored prompts
     for about in got["about"]:
         assert any(h.startswith("examples nearest the centre") for h in about["heads"]), about
