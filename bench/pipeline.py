@@ -1,12 +1,15 @@
 """The Kafka event path: sink throughput into ClickHouse, and what the producer adds to a request.
 
     python -m bench.pipeline [--events 100000] [--batches 1000,5000,20000] [--rate 5000] [--seconds 4]
+                             [--steady-rate 500]
 
 1. Sink: ``--events`` realistic events (half decisions with a 256-d embedding, half feedback)
    are produced into a fresh Tansu broker, then consumed by ``feedback.sink.Sink`` into a fresh
    chDB database once per batch size (its own consumer group and database each time). Events/s
    are counted from the consumer's first assignment to the last event stored, with the share of
    that time spent inside the ClickHouse insert (dedup check + insert).
+   With ``--steady-rate R``, also the CPU of producing R events/s for 20 s with the default sink
+   (batch 5,000, 0.5 s) storing them as they come: what a trickle costs (one process, both sides).
 2. Producer: ``KafkaEventSink.publish`` timed one call at a time at ``--rate`` events/s while
    its sender thread ships them, with the broker up, then with the broker down (the sender
    journals to disk meanwhile); ``InProcessBus.publish`` as the baseline.
@@ -82,9 +85,12 @@ class _TimedRows:
     def __init__(self, inner: Any) -> None:
         self.inner, self.seconds = inner, 0.0
 
-    def insert(self, events: Any) -> None:
+    def insert(self, events: Any, streams: Any = None) -> None:
         t0 = time.perf_counter()
-        self.inner.insert(events)
+        if streams is None:  # a sink of an earlier release (measuring before/after)
+            self.inner.insert(events)
+        else:
+            self.inner.insert(events, streams)
         self.seconds += time.perf_counter() - t0
 
     def __getattr__(self, name: str) -> Any:
@@ -129,6 +135,45 @@ def bench_sink(bootstrap: str, client_for: Any, n: int, batch: int, tag: str) ->
     thread.join(30)
     return {"events_per_s": n / elapsed, "cpu_us_per_event": cpu / n * 1e6, "insert_share": rows.seconds / elapsed,
             "batches": sink.batches}  # fmt: skip
+
+
+def bench_steady(bootstrap: str, client_for: Any, events: list[Event], rate: float, seconds: float,
+                 tmp: Path) -> dict[str, float]:  # fmt: skip
+    """Produce ``rate`` events/s for ``seconds`` while the sink stores them; the process's CPU share."""
+    from feedback.clickhouse import ClickHouseRowStore
+    from feedback.deadletters import MemoryDeadLetterStore
+    from feedback.kafka import KafkaEventSink
+    from feedback.sink import Sink
+    from feedback.spill import SpillJournal
+
+    sink = Sink(bootstrap, ClickHouseRowStore(client_for("bench_steady")), MemoryDeadLetterStore(),
+                topics=("steady.decisions", "steady.feedback"), group_id="bench-steady", session_timeout_ms=6000)  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    thread.start()
+    producer = KafkaEventSink(bootstrap, SpillJournal(tmp / "spill-steady", 1 << 30),
+                              decisions_topic="steady.decisions", feedback_topic="steady.feedback")  # fmt: skip
+    sink.running.wait(60)
+    sent = 0
+
+    def produce(for_s: float) -> None:
+        nonlocal sent
+        start, first = time.perf_counter(), sent
+        while (elapsed := time.perf_counter() - start) < for_s:
+            while sent - first < elapsed * rate:
+                producer.publish(events[sent % len(events)])
+                sent += 1
+            time.sleep(0.005)
+
+    produce(3.0)  # warm up: topics, first batches
+    t0, c0, b0 = time.perf_counter(), time.process_time(), sink.batches
+    produce(seconds)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    batches = sink.batches - b0
+    stop.set()
+    thread.join(30)
+    producer.close()
+    return {"cpu_share": cpu / elapsed, "batches_per_s": batches / elapsed}
 
 
 def _pct(samples_ns: list[int]) -> dict[str, float]:
@@ -190,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1000,5000,20000")
     p.add_argument("--rate", type=float, default=5000.0, help="publish rate for the latency run (events/s)")
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--steady-rate", type=float, default=0.0, help="also measure a steady trickle (events/s)")
     args = p.parse_args(argv)
     import logging
 
@@ -219,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sink batch_events={batch:>6}: {r['events_per_s']:>9,.0f} events/s, "
                       f"{r['cpu_us_per_event']:.0f} us CPU/event (= {1e6 / r['cpu_us_per_event']:,.0f} events per "
                       f"CPU-second); ClickHouse insert {r['insert_share']:.0%} of the time, {r['batches']} batches")  # fmt: skip
+            if args.steady_rate > 0:
+                r = bench_steady(bootstrap, client_for, events, args.steady_rate, 20.0, tmp)
+                print(f"steady {args.steady_rate:,.0f} events/s for 20 s, producer and sink in one process: "
+                      f"{r['cpu_share']:.0%} of a core, {r['batches_per_s']:.1f} sink batches/s")  # fmt: skip
         finally:
             broker.kill()
             broker.wait()

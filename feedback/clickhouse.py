@@ -9,16 +9,17 @@ backend) and on a ClickHouse server (``http://host:8123/db``).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from feedback.clickhouse_dedup import fresh
+from feedback.clickhouse_dedup import TableRows, insert_once
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
 from feedback.ports import (
@@ -73,7 +74,7 @@ def _embeddings(blobs: list[bytes]) -> Any:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
 
 
-def _decisions_table(ds: list[DecisionMade]) -> Any:
+def _decisions_table(ds: list[DecisionMade], insert_id: str) -> Any:
     """Decisions as one Arrow table: serialised in C++, so the writer holds the GIL briefly."""
     import pyarrow as pa
 
@@ -99,10 +100,11 @@ def _decisions_table(ds: list[DecisionMade]) -> Any:
         "stream": pa.array(col("stream"), pa.bool_()),
         "embedding": _embeddings(col("embedding")), "prompt_text": col("prompt_text"),
         "parent_decision_id": col("parent_decision_id"),  # 030_failover_attempts.sql
+        "insert_id": pa.array([insert_id] * len(ds), pa.string()),  # 040_exactly_once.sql
     })  # fmt: skip
 
 
-def _feedback_table(fs: list[FeedbackGiven]) -> Any:
+def _feedback_table(fs: list[FeedbackGiven], insert_id: str) -> Any:
     import pyarrow as pa
 
     col = lambda f: [getattr(x, f) for x in fs]  # noqa: E731
@@ -112,7 +114,13 @@ def _feedback_table(fs: list[FeedbackGiven]) -> Any:
         "ts": pa.array(col("ts_ms"), pa.timestamp("ms", tz="UTC")),
         "reward": pa.array(col("reward"), pa.float64()), "kind": col("kind"), "tenant": col("tenant"),
         "user": col("user"), "rating": col("rating"), "comment": col("comment"),
+        "insert_id": pa.array([insert_id] * len(fs), pa.string()),
     })  # fmt: skip
+
+
+# event type -> its table, the table's sorting key (an event field), the Arrow table of a block
+_EVENT_TABLES = ((DecisionMade, "decisions", "decision_id", _decisions_table),
+                 (FeedbackGiven, "feedback", "event_id", _feedback_table))  # fmt: skip
 
 
 class ClickHouseRowStore:
@@ -126,17 +134,24 @@ class ClickHouseRowStore:
         with self._lock:
             return self._client.query(sql, parameters=params or {}).result_rows
 
-    def insert(self, events: Sequence[Event]) -> None:
-        """Insert the events not stored yet (idempotent: see ``feedback.clickhouse_dedup``)."""
-        decisions = [e for e in events if isinstance(e, DecisionMade)]
-        feedback = [e for e in events if isinstance(e, FeedbackGiven)]
+    def insert(self, events: Sequence[Event], streams: Sequence[str] | None = None) -> None:
+        """Store the events not stored yet, each exactly once (see ``feedback.clickhouse_dedup``).
+
+        ``streams[i]`` names where ``events[i]`` was read (the sink: topic and partition); events
+        of one stream in its order. Without it the call is one stream.
+        """
+        streams = streams if streams is not None else [""] * len(events)
+        tables = [TableRows(table, key, operator.attrgetter(key), self._writer(table, arrow),
+                            [(e, s) for e, s in zip(events, streams, strict=True) if isinstance(e, kind)])
+                  for kind, table, key, arrow in _EVENT_TABLES]  # fmt: skip
         with self._lock:
-            decisions = fresh(self._client, "decisions", "decision_id", decisions, key=lambda d: d.decision_id)
-            feedback = fresh(self._client, "feedback", "event_id", feedback, key=lambda f: f.event_id)
-            if decisions:
-                self._client.insert_arrow("decisions", _decisions_table(decisions))
-            if feedback:
-                self._client.insert_arrow("feedback", _feedback_table(feedback))
+            insert_once(self._client, [t for t in tables if t.items])
+
+    def _writer(self, table: str, arrow: Callable[[list[Any], str], Any]) -> Callable[..., None]:
+        def write(block: list[Any], insert_id: str, settings: dict[str, Any]) -> None:
+            self._client.insert_arrow(table, arrow(block, insert_id), settings=settings)
+
+        return write
 
     def now_ms(self) -> int:
         return int(self._query("SELECT toUnixTimestamp64Milli(now64(3))")[0][0])
@@ -373,12 +388,17 @@ class ClickHouseDeadLetterStore:
         self._lock = threading.Lock()
 
     def insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Exactly once per ``letter_id``, one block per partition read (``feedback.clickhouse_dedup``)."""
+
+        def write(block: list[DeadLetter], insert_id: str, settings: dict[str, Any]) -> None:
+            rows = [[x.letter_id, x.topic, x.partition, x.offset, x.key, x.error, x.payload, _ts(x.received_ms),
+                     insert_id] for x in block]  # fmt: skip
+            self._client.insert("dead_letters", rows, column_names=[*self._COLUMNS, "insert_id"], settings=settings)
+
+        rows = TableRows("dead_letters", "letter_id", operator.attrgetter("letter_id"), write,
+                         [(x, f"{x.topic}:{x.partition}") for x in letters])  # fmt: skip
         with self._lock:
-            letters = fresh(self._client, "dead_letters", "letter_id", letters, key=lambda x: x.letter_id)
-            if letters:
-                rows = [[x.letter_id, x.topic, x.partition, x.offset, x.key, x.error, x.payload, _ts(x.received_ms)]
-                        for x in letters]  # fmt: skip
-                self._client.insert("dead_letters", rows, column_names=list(self._COLUMNS))
+            insert_once(self._client, [rows] if letters else [])
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         with self._lock:

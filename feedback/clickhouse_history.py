@@ -9,9 +9,11 @@ the query reads the window's granules, not the table.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Sequence
 
-from feedback.history import FAILOVER_POLICY, Prices, TrafficBucket
+import numpy as np
+
+from feedback.history import FAILOVER_POLICY, Prices, StoredPrompt, TrafficBucket
 
 __all__ = ["ClickHouseHistory", "uuid7_floor"]
 
@@ -62,3 +64,29 @@ class ClickHouseHistory:
                           float(r[8]))
             for r in rows
         ]  # fmt: skip
+
+    def prompts(self, since_ms: int, until_ms: int, limit: int,
+                tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
+        # the newest ids first (the sort key, read in order, small columns), then the wide
+        # embedding column of those only
+        sql = """
+            SELECT toUnixTimestamp64Milli(any(ts)) AS t, any(tenant), any(prompt_text), any(embedding)
+            FROM decisions
+            WHERE decision_id IN (
+                SELECT decision_id FROM decisions
+                WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String} AND prompt_text != ''
+                      AND notEmpty(embedding) AND policy != {failover:String}
+                      AND (NOT {filter:Bool} OR tenant IN {tenants:Array(String)})
+                      AND ts >= fromUnixTimestamp64Milli({lo:Int64}) AND ts < fromUnixTimestamp64Milli({hi:Int64})
+                ORDER BY decision_id DESC LIMIT {n:UInt64})
+            GROUP BY decision_id
+            ORDER BY decision_id DESC
+        """
+        params = {
+            "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1), "failover": FAILOVER_POLICY,
+            "filter": tenants is not None, "tenants": list(tenants or ()), "lo": since_ms, "hi": until_ms,
+            "n": max(0, limit),
+        }  # fmt: skip
+        with self._lock:
+            rows = self._client.query(sql, parameters=params).result_rows
+        return [StoredPrompt(int(r[0]), r[1], r[2], np.asarray(r[3], dtype="<f4").tobytes()) for r in rows]

@@ -3,7 +3,9 @@
 The dashboard asks "what did the router do over the last hour": which model each cluster's
 traffic went to, what it cost against always sending everything to the most expensive model,
 how well prompts fitted their clusters (margins). ``HistoryStore.traffic`` answers from the
-decisions table, one row per (time bucket, clustering, cluster, chosen model). The in-memory
+decisions table, one row per (time bucket, clustering, cluster, chosen model);
+``HistoryStore.prompts`` returns the newest stored prompts (only decisions made where prompt
+storage was on keep their text), which describe what clusters are about. The in-memory
 adapter (here) and the ClickHouse one (``clickhouse_history.py``) are held to one contract
 suite in ``tests/feedback/test_history.py``.
 
@@ -21,7 +23,10 @@ import msgspec
 
 from feedback.events import DecisionMade, Event
 
-__all__ = ["FAILOVER_POLICY", "HistoryStore", "MemoryHistory", "Prices", "TrafficBucket", "bucket_traffic", "counterfactual_cost_usd"]
+__all__ = [
+    "FAILOVER_POLICY", "HistoryStore", "MemoryHistory", "Prices", "StoredPrompt", "TrafficBucket", "bucket_traffic",
+    "counterfactual_cost_usd", "stored_prompts",
+]  # fmt: skip
 
 
 FAILOVER_POLICY = "failover"  # the policy of a failed attempt's own record (see service/chat.py)
@@ -54,6 +59,15 @@ class TrafficBucket(msgspec.Struct, frozen=True):
     margin_sum: float
 
 
+class StoredPrompt(msgspec.Struct, frozen=True):
+    """The prompt of a decision that kept its text, with its embedding."""
+
+    ts_ms: int
+    tenant: str
+    text: str
+    embedding: bytes  # (dim,) float32 little-endian
+
+
 class HistoryStore(Protocol):
     """Decisions aggregated over time, read-only."""
 
@@ -61,6 +75,14 @@ class HistoryStore(Protocol):
         """Decisions with ``since_ms <= ts < until_ms``, bucketed by ``ts // bucket_ms``,
         each decision counted once however often it was delivered. Sorted by
         (bucket_ms, clustering, cluster, model)."""
+        ...
+
+    def prompts(self, since_ms: int, until_ms: int, limit: int,
+                tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
+        """The newest ``limit`` decisions with ``since_ms <= ts < until_ms`` that kept their prompt
+        text and embedding, newest (highest UUIDv7 decision id) first, each once; of ``tenants``
+        only, when given. Records of
+        single failed attempts are left out (their request has its own decision)."""
         ...
 
 
@@ -98,6 +120,15 @@ def bucket_traffic(
     ]
 
 
+def stored_prompts(decisions: Iterable[DecisionMade], since_ms: int, until_ms: int, limit: int,
+                   tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
+    """The pure selection behind ``HistoryStore.prompts`` (decisions already deduplicated)."""
+    kept = [d for d in decisions if since_ms <= d.ts_ms < until_ms and d.prompt_text and d.embedding
+            and d.policy != FAILOVER_POLICY and (tenants is None or d.tenant in tenants)]  # fmt: skip
+    kept.sort(key=lambda d: d.decision_id, reverse=True)
+    return [StoredPrompt(d.ts_ms, d.tenant, d.prompt_text, d.embedding) for d in kept[: max(0, limit)]]
+
+
 class MemoryHistory:
     """In-memory adapter: give it the events the row store gets (``insert``), then query.
 
@@ -118,3 +149,9 @@ class MemoryHistory:
         with self._lock:
             decisions = list(self._decisions.values())
         return bucket_traffic(decisions, since_ms, until_ms, bucket_ms, prices)
+
+    def prompts(self, since_ms: int, until_ms: int, limit: int,
+                tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
+        with self._lock:
+            decisions = list(self._decisions.values())
+        return stored_prompts(decisions, since_ms, until_ms, limit, tenants)

@@ -31,8 +31,8 @@ class MemoryRowStore:
         self._feedback_times: list[tuple[int, str]] = []
         self._feedback_of: dict[str, list[str]] = {}
 
-    def insert(self, events: Sequence[Event]) -> None:
-        with self._lock:
+    def insert(self, events: Sequence[Event], streams: Sequence[str] | None = None) -> None:
+        with self._lock:  # one lock for every writer: streams do not matter here
             now = self._clock()
             for ev in events:
                 if ev.event_id in self._seen:

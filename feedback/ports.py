@@ -142,7 +142,14 @@ class RowStore(Protocol):
     the two first ingestions), so feedback that overtakes its decision is not lost.
     """
 
-    def insert(self, events: Sequence[Event]) -> None: ...
+    def insert(self, events: Sequence[Event], streams: Sequence[str] | None = None) -> None:
+        """Store each event once, however often it is inserted: also by writers racing on it.
+
+        ``streams[i]`` names where ``events[i]`` was read (a Kafka topic and partition), the
+        events of one stream in its order; writers racing on the same stream converge on one
+        copy. ``None``: the call is one stream.
+        """
+        ...
 
     def now_ms(self) -> int: ...
 

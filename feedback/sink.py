@@ -3,11 +3,14 @@
 One loop, one batch at a time::
 
     poll until batch_events records or batch_s seconds  ->  decode + validate each record
-    ->  store the events (row store, idempotent by id) and the dead letters (store + DLQ topic)
+    ->  store the events (row store, exactly once) and the dead letters (store + DLQ topic)
     ->  commit the batch's offsets
 
 Offsets are committed only after the batch is stored, so a crash at any point re-reads an
-uncommitted batch, and the row store's idempotent insert makes the re-read change nothing.
+uncommitted batch, and the row store's idempotent insert makes the re-read change nothing. Each
+event goes to the row store with its stream (topic and partition), in offset order, so that two
+replicas holding the same records during a rebalance converge on one copy of each
+(``feedback.clickhouse_dedup``).
 A store that fails is retried with backoff and nothing is committed; a batch held longer than
 ``hold_max_s`` is abandoned and re-read from Kafka (so a long ClickHouse outage never outlives the
 group's ``max_poll_interval_ms``). A record that is not a valid event (bad bytes, unknown schema
@@ -79,6 +82,10 @@ def dead_letter(record: Any, error: str, now_ms: int) -> DeadLetter:
         partition=record.partition, offset=record.offset, key=record.key or b"", error=error, payload=payload,
         received_ms=now_ms,
     )  # fmt: skip
+
+
+def _stream(record: Any) -> str:
+    return f"{record.topic}:{record.partition}"
 
 
 def split_batch(records: Sequence[Any], now_ms: int) -> tuple[list[tuple[Event, Any]], list[DeadLetter]]:
@@ -202,6 +209,7 @@ class Sink:
                 enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=self._session_timeout_ms,
                 heartbeat_interval_ms=max(100, self._session_timeout_ms // 6),
                 max_poll_interval_ms=self._max_poll_interval_ms, max_poll_records=self._batch_events,
+                max_partition_fetch_bytes=max(1 << 20, self._batch_events * 2048),
                 request_timeout_ms=max(self._session_timeout_ms + 5000, 15_000), metadata_max_age_ms=30_000,
                 bootstrap_timeout_ms=2000, fetch_max_wait_ms=100,
             )  # fmt: skip
@@ -236,18 +244,20 @@ class Sink:
         now_ms = int(time.time() * 1000)
         pairs, letters = split_batch(records, now_ms)
         events = [e for e, _ in pairs]
+        streams = [_stream(r) for _, r in pairs]
         started = time.monotonic()
         delay = 0.05
         while True:
             self._beat = time.monotonic()
             try:
                 if events:
-                    rejected = self._insert_isolating(events)
+                    rejected = self._insert_isolating(events, streams)
                     if rejected:  # values check_event let through and the store cannot take
                         source = {id(e): r for e, r in pairs}
                         letters = letters + [dead_letter(source[id(e)], error, now_ms) for e, error in rejected]
                         gone = {id(e) for e, _ in rejected}
-                        events = [e for e in events if id(e) not in gone]
+                        kept = [i for i, e in enumerate(events) if id(e) not in gone]
+                        events, streams = [events[i] for i in kept], [streams[i] for i in kept]
                 if letters:
                     self._dead.insert_dead_letters(letters)
                     self._publish_dead_letters(letters)
@@ -270,7 +280,7 @@ class Sink:
                 return False
             delay = min(self._retry_max_s, delay * 2)
 
-    def _insert_isolating(self, events: list[Event]) -> list[tuple[Event, str]]:
+    def _insert_isolating(self, events: list[Event], streams: list[str]) -> list[tuple[Event, str]]:
         """Insert; when the store rejects the *data* (not an outage), bisect to the events it rejects.
 
         A conversion error (ValueError, TypeError, OverflowError) would fail the batch forever and
@@ -279,13 +289,14 @@ class Sink:
         when the batch is retried.
         """
         try:
-            self._rows.insert(events)
+            self._rows.insert(events, streams)
             return []
         except _DATA_ERRORS as exc:
             if len(events) == 1:
                 return [(events[0], f"rejected by the row store: {type(exc).__name__}: {exc}")]
         mid = len(events) // 2
-        return self._insert_isolating(events[:mid]) + self._insert_isolating(events[mid:])
+        return (self._insert_isolating(events[:mid], streams[:mid])
+                + self._insert_isolating(events[mid:], streams[mid:]))  # fmt: skip
 
     def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         records = [(self._dlq_topic, x.key, x.payload) for x in letters]

@@ -5,7 +5,7 @@ endpoints and draws SVG charts: ``/v1/router/state`` (the live snapshot: posteri
 credible intervals per cluster) and ``/v1/router/history`` (built here): per time bucket the
 share of traffic per (cluster, model), the cost per request against always sending everything
 to the most expensive model, mean margins, with snapshot versions and drift events to mark on
-them, and circuit breaker states.
+them, circuit breaker states, and what each cluster is about (``service.clusters_about``).
 
 ``dashboard_routes(chat, sources)`` returns the route handlers; ``service.app.create_app``
 adds them. Every source is optional: what is missing shows as "n/a", never as an error.
@@ -24,6 +24,7 @@ from litestar import Request, Response, get
 from feedback.history import HistoryStore, Prices, TrafficBucket
 from feedback.ports import SnapshotInfo, SnapshotStore
 from service.chat import ChatService
+from service.clusters_about import ClusterAbout, ClusterTexts, PromptScope
 from service.errors import ApiError
 
 if TYPE_CHECKING:
@@ -43,29 +44,35 @@ class DashboardSources:
     """What the dashboard reads beside the live snapshot; each may be None (shown as n/a).
 
     ``drift(limit)`` returns recent drift events, newest first; ``breakers()`` maps a model to
-    its circuit breaker state (closed, open, half_open).
+    its circuit breaker state (closed, open, half_open); ``about`` describes the clusters.
     """
 
     def __init__(self, history: HistoryStore | None = None, snapshots: SnapshotStore | None = None,
                  drift: Callable[[int], Sequence[DriftEvent]] | None = None,
                  breakers: Callable[[], dict[str, str]] | None = None,
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:  # fmt: skip
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 about: ClusterTexts | None = None) -> None:  # fmt: skip
         self.history = history
         self.snapshots = snapshots
         self.drift = drift
         self.breakers = breakers
         self.clock_ms = clock_ms
+        self.about = about
 
 
 def clickhouse_sources(client: Any, snapshots: SnapshotStore | None,
                        breakers: Callable[[], dict[str, str]] | None = None,
-                       drift: Callable[[int], Sequence[DriftEvent]] | None = None) -> DashboardSources:
+                       drift: Callable[[int], Sequence[DriftEvent]] | None = None,
+                       examples: Sequence[str] = (), embed: Callable[[list[str]], Any] | None = None,
+                       prompts: PromptScope = PromptScope()) -> DashboardSources:  # fmt: skip
     """The dashboard's sources over a ClickHouse client (None: the rows are elsewhere, e.g. in
-    memory, and no traffic history is shown)."""
+    memory, and no traffic history is shown). Clusters are described by ``examples`` (embedded
+    with ``embed``) and by stored prompts within the scope of ``prompts``."""
     from feedback.clickhouse_history import ClickHouseHistory
 
     history = ClickHouseHistory(client) if client is not None else None
-    return DashboardSources(history=history, snapshots=snapshots, drift=drift, breakers=breakers)
+    return DashboardSources(history=history, snapshots=snapshots, drift=drift, breakers=breakers,
+                            about=ClusterTexts(examples, embed, history, prompts))  # fmt: skip
 
 
 class ClusterTraffic(msgspec.Struct, frozen=True):
@@ -117,6 +124,7 @@ class RouterHistory(msgspec.Struct, frozen=True):
     snapshots: list[SnapshotMark]
     drift: list[DriftMark] | None  # None: no drift log wired
     breakers: dict[str, str] | None  # None: no breaker registry wired
+    about: list[ClusterAbout] | None = None  # per cluster of the live snapshot; None: not wired
 
 
 def _traffic(cluster: int, rows: Sequence[TrafficBucket], index: dict[int, int], models: list[str]) -> ClusterTraffic:
@@ -145,6 +153,7 @@ def router_history(
     snapshots: Sequence[SnapshotInfo] = (),
     drift: Sequence[DriftEvent] | None = None,
     breakers: dict[str, str] | None = None,
+    about: list[ClusterAbout] | None = None,
 ) -> RouterHistory:
     """Shape traffic buckets (``since_ms`` a multiple of ``bucket_ms``) into per-bucket series."""
     buckets = list(range(since_ms, until_ms, bucket_ms))
@@ -178,7 +187,7 @@ def router_history(
         drift=None if drift is None else sorted(
             (DriftMark(e.at_ms, e.kind, list(e.clusters), e.model, e.old_value, e.new_value, e.action, e.version)
              for e in drift if since_ms <= e.at_ms < until_ms), key=lambda e: e.at_ms),
-        breakers=breakers,
+        breakers=breakers, about=about,
     )  # fmt: skip
 
 
@@ -234,7 +243,7 @@ def dashboard_routes(chat: ChatService, sources: DashboardSources | None,
             rows, models=view.models, clustering=view.snapshot.clustering, since_ms=since, until_ms=until,
             bucket_ms=width, snapshots=sources.snapshots.list(500) if sources.snapshots else (),
             drift=sources.drift(500) if sources.drift else None,
-            breakers=breakers,
+            breakers=breakers, about=sources.about.about(view.snapshot, since, until) if sources.about else None,
         )  # fmt: skip
 
     # many open dashboards cost one query per window and second, not one per page and poll

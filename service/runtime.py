@@ -29,6 +29,7 @@ from learner.reward import RewardWeights
 from learner.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot, initial_snapshot
 from service.app import Deps, create_app
 from service.chat import ChatService, PolicyWeights, PoolModel
+from service.clusters_about import prompt_scope
 from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.gateway import build_tenants, chat_parts
@@ -237,7 +238,8 @@ class Runtime:
         self.learner_enabled = learner
         deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
         deps.dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
-            name: b.state for name, b in self.chat.failover.breakers.items()}, drift=self.learner_log.drift_events)
+            name: b.state for name, b in self.chat.failover.breakers.items()}, drift=self.learner_log.drift_events,
+            examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
         self.draining = deps.draining  # set by the server when the process stops (service/serving.py)
         self.app = create_app(settings, deps)
         self._scheduler: Any = None

@@ -14,7 +14,7 @@ PACKAGES = ("service", "learner", "feedback", "simulations", "bench")
 # modules of the pure core: no I/O adapters, no clock, no settings
 CORE = (
     "learner/policy.py", "learner/clusters.py", "learner/reward.py", "learner/snapshot.py", "learner/embedding.py",
-    "learner/drift.py", "learner/recluster.py", "learner/budget.py",
+    "learner/drift.py", "learner/recluster.py", "learner/budget.py", "learner/describe.py",
 )  # fmt: skip
 ADAPTER_LIBS = {"clickhouse_connect", "chdb", "kafka", "httpx", "litestar", "uvicorn", "apscheduler", "service"}
 

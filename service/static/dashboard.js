@@ -25,9 +25,10 @@
     return colors[model];
   }
 
-  function svgEl(tag, attrs, parent) {
+  function svgEl(tag, attrs, parent, text) {
     var node = document.createElementNS(NS, tag);
     for (var k in attrs) node.setAttribute(k, attrs[k]);
+    if (text !== undefined) node.textContent = text;
     if (parent) parent.appendChild(node);
     return node;
   }
@@ -55,9 +56,35 @@
     return pad(d.getHours()) + ":" + pad(d.getMinutes()) + (seconds ? ":" + pad(d.getSeconds()) : "");
   }
 
-  function box(svg) {
+  function box(svg, top) {
     var vb = svg.viewBox.baseVal;
-    return { w: vb.width, h: vb.height, l: 46, r: 10, t: 14, b: 22 };
+    return { w: vb.width, h: vb.height, l: 46, r: 10, t: top || 14, b: 22 };
+  }
+
+  // 1234 -> "1234", 12345 -> "12k", 6789012 -> "6.8M": counts that fit a narrow column.
+  function compact(n) {
+    n = Math.round(n);
+    if (Math.abs(n) < 10000) return String(n);
+    if (Math.abs(n) < 1e6) return (n / 1000).toFixed(n < 1e5 ? 1 : 0).replace(/\.0$/, "") + "k";
+    return (n / 1e6).toFixed(1).replace(/\.0$/, "") + "M";
+  }
+
+  // Shorten an SVG text to maxWidth (user units) with an ellipsis; a title (hover) says ``title``,
+  // or the full text when it was shortened.
+  function fitText(node, maxWidth, title) {
+    var full = node.textContent;
+    if (node.getComputedTextLength() > maxWidth) {
+      var lo = 0, hi = full.length;
+      while (lo < hi) {
+        var mid = Math.ceil((lo + hi) / 2);
+        node.textContent = full.slice(0, mid) + "\u2026";
+        if (node.getComputedTextLength() <= maxWidth) lo = mid; else hi = mid - 1;
+      }
+      node.textContent = full.slice(0, lo) + "\u2026";
+      title = title || full;
+    }
+    if (title) svgEl("title", {}, node, title);
+    return node;
   }
 
   // A time axis shared by the line and share charts: bucket centres between since and until.
@@ -79,23 +106,67 @@
     svgEl("text", { x: b.w / 2, y: b.h / 2, "text-anchor": "middle", "class": "empty-note" }, svg).textContent = text;
   }
 
-  // series: [{values: [number|null per bucket], color, cls}]; marks: [{at, color, cls, label}]
-  function lineChart(svg, hist, series, marks, fmt) {
+  // Marks of one kind (snapshots, drift events) along the time axis, readable however many there
+  // are: one tick per BIN units of width (its title says what it holds), drawn in a band above the
+  // plot (or as a thin line through it, for the rare drift events), and a label on a few only:
+  // the newest, then going left, one at least LABEL_GAP units from the last labelled and clear of
+  // every label placed before (``placed``: [left, right] of each, shared by the kinds).
+  var BIN = 4, LABEL_GAP = 56;
+  function drawMarks(svg, b, x, marks, kind, placed) {
+    if (!marks.length) return;
+    var bins = [], byKey = {};
+    marks.slice().sort(function (m, n) { return m.at - n.at; }).forEach(function (m) {
+      var px = Math.min(b.w - b.r, Math.max(b.l, x(m.at))), key = Math.floor(px / BIN);
+      if (!(key in byKey)) { byKey[key] = { px: (key + 0.5) * BIN, marks: [] }; bins.push(byKey[key]); }
+      byKey[key].marks.push(m);
+    });
+    var bandTop = b.t - 10, bandH = 6;
+    bins.forEach(function (bin) {
+      var g = svgEl("g", { "class": kind.cls }, svg), first = bin.marks[0], last = bin.marks[bin.marks.length - 1];
+      if (kind.through) {
+        svgEl("line", { x1: bin.px, x2: bin.px, y1: bandTop, y2: b.h - b.b, stroke: kind.color, "stroke-width": 1,
+                        "stroke-dasharray": "2,3", "stroke-opacity": 0.8 }, g);
+      } else {
+        svgEl("rect", { x: (bin.px - 1).toFixed(1), y: bandTop, width: 2, height: bandH, fill: kind.color }, g);
+      }
+      svgEl("title", {}, g).textContent = bin.marks.length === 1 ? first.title
+        : bin.marks.length + " " + kind.plural + ": " + first.title + " ... " + last.title;
+    });
+    var lastX = Infinity;
+    for (var i = bins.length - 1; i >= 0; i--) {
+      var bin = bins[i];
+      if (lastX - bin.px < LABEL_GAP) continue;
+      var label = bin.marks[bin.marks.length - 1].label;
+      var anchor = bin.px > b.w - b.r - 20 ? "end" : bin.px < b.l + 20 ? "start" : "middle";
+      var text = svgEl("text", { x: bin.px.toFixed(1), y: bandTop - 3, "text-anchor": anchor,
+                                 "class": kind.cls + "-label" }, svg, label);
+      var box = text.getBBox(), span = [box.x - 3, box.x + box.width + 3];
+      if (placed.some(function (p) { return span[0] < p[1] && p[0] < span[1]; })) {
+        svg.removeChild(text);
+        continue;
+      }
+      placed.push(span);
+      lastX = bin.px;
+    }
+  }
+
+  // series: [{values: [number|null per bucket], color, cls}]; markKinds: [{marks: [{at, label, title}],
+  // cls, plural, color, through}] drawn under the series
+  function lineChart(svg, hist, series, markKinds, fmt) {
     clear(svg);
-    var b = box(svg), x = timeScale(hist, b);
+    var b = box(svg, markKinds && markKinds.length ? 32 : 14);
     var max = 0;
     series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v > max) max = v; }); });
     var y = function (v) { return b.h - b.b - (max > 0 ? v / max : 0) * (b.h - b.t - b.b); };
-    svgEl("text", { x: b.l - 4, y: b.t + 4, "text-anchor": "end" }, svg).textContent = fmt(max);
-    svgEl("text", { x: b.l - 4, y: b.h - b.b, "text-anchor": "end" }, svg).textContent = fmt(0);
+    // the value axis' labels set the left margin: the widest fits, whatever the unit
+    var labels = [svgEl("text", { y: b.t + 4, "text-anchor": "end" }, svg, fmt(max)),
+                  svgEl("text", { y: b.h - b.b, "text-anchor": "end" }, svg, fmt(0))];
+    b.l = Math.max(b.l, 8 + Math.max.apply(null, labels.map(function (t) { return t.getComputedTextLength(); })));
+    labels.forEach(function (t) { t.setAttribute("x", b.l - 4); });
+    var x = timeScale(hist, b);
     timeAxis(svg, hist, b, x);
-    (marks || []).forEach(function (m) {
-      var g = svgEl("g", { "class": m.cls }, svg);
-      svgEl("line", { x1: x(m.at), x2: x(m.at), y1: b.t, y2: b.h - b.b, stroke: m.color,
-                      "stroke-dasharray": "3,3" }, g);
-      svgEl("text", { x: x(m.at) + 2, y: b.t - 3 }, g).textContent = m.label;
-      svgEl("title", {}, g).textContent = m.title || m.label;
-    });
+    var placed = [];
+    (markKinds || []).forEach(function (kind) { drawMarks(svg, b, x, kind.marks, kind, placed); });
     var drawn = 0;
     series.forEach(function (s) {
       var d = "", pen = "M";
@@ -107,7 +178,7 @@
         drawn++;
         svgEl("circle", { cx: px.toFixed(1), cy: y(v).toFixed(1), r: 1.8, fill: s.color }, svg);
       });
-      if (d) svgEl("path", { d: d, fill: "none", stroke: s.color, "stroke-width": 1.8, "class": s.cls }, svg);
+      if (d) svgEl("path", { d: d, fill: "none", stroke: s.color, "stroke-width": 2, "class": s.cls }, svg);
     });
     if (!drawn) noData(svg, b, "no traffic in this window");
   }
@@ -142,9 +213,10 @@
   }
 
   // Posterior mean (dot) and 90% credible interval (bar) per model, with evidence and decisions.
+  // Every text is fitted to its column (shortened with an ellipsis, the full text in a title).
   function posteriorChart(svg, models, stats) {
     clear(svg);
-    var rowH = 22, l = 110, r = 150, w = 540, h = models.length * rowH + 20;
+    var rowH = 22, l = 120, r = 204, w = 540, h = models.length * rowH + 20;
     svg.setAttribute("viewBox", "0 0 " + w + " " + h);
     var x = function (v) { return l + v * (w - l - r); };
     [0, 0.5, 1].forEach(function (v) {
@@ -154,14 +226,16 @@
     models.forEach(function (model, i) {
       var s = stats[model], cy = 12 + i * rowH;
       var g = svgEl("g", { "class": "posterior", "data-model": model }, svg);
-      svgEl("text", { x: l - 8, y: cy + 4, "text-anchor": "end", style: "fill:#1d2330;font-size:11px" }, g)
-        .textContent = model;
+      fitText(svgEl("text", { x: l - 8, y: cy + 4, "text-anchor": "end", "class": "model-name" }, g, model), l - 12);
       svgEl("rect", { x: x(s.ci90[0]), y: cy - 4, width: Math.max(1, x(s.ci90[1]) - x(s.ci90[0])), height: 8,
                       rx: 3, fill: colorOf(model), "fill-opacity": 0.35, "class": "ci" }, g);
       svgEl("circle", { cx: x(s.mean), cy: cy, r: 4, fill: colorOf(model), "class": "mean" }, g);
-      svgEl("text", { x: w - r + 8, y: cy + 4 }, g).textContent =
-        s.mean.toFixed(2) + " [" + s.ci90[0].toFixed(2) + ", " + s.ci90[1].toFixed(2) + "]  n=" +
-        Math.round(s.evidence) + "  d=" + s.decisions;
+      var stat = svgEl("text", { x: w - r + 8, y: cy + 4, "class": "stat" }, g,
+                       s.mean.toFixed(2) + " [" + s.ci90[0].toFixed(2) + ", " + s.ci90[1].toFixed(2) + "]");
+      fitText(stat, 96);
+      var counts = svgEl("text", { x: w - 4, y: cy + 4, "text-anchor": "end", "class": "stat" }, g,
+                         "n=" + compact(s.evidence) + " d=" + compact(s.decisions));
+      fitText(counts, r - 8 - 96 - 6, "evidence n " + s.evidence.toFixed(1) + ", decisions d " + s.decisions);
     });
   }
 
@@ -213,17 +287,48 @@
     });
   }
 
+  // What a cluster is about: the texts nearest its centroid, one line each (shortened with an
+  // ellipsis; the full text, its similarity and whether it falls in this cluster in a title).
+  function renderTexts(parent, what, list, assigned, total) {
+    htmlEl("div", { "class": "about-head" }, parent, what + " nearest the centre (" + assigned + " of " + total +
+      " fall in this cluster)");
+    var ul = htmlEl("ul", { "class": "texts" }, parent);
+    if (!list.length) htmlEl("li", { "class": "none" }, ul, "none");
+    list.forEach(function (n) {
+      var li = htmlEl("li", { "class": n.assigned ? "here" : "elsewhere" }, ul);
+      htmlEl("span", { "class": "text", title: n.text + "\n(similarity " + n.similarity.toFixed(3) +
+        (n.assigned ? ")" : ", nearer another cluster)") }, li, n.text);
+      htmlEl("span", { "class": "sim" }, li, n.similarity.toFixed(2));
+    });
+  }
+
+  function renderAbout(sec, about) {
+    var box = htmlEl("div", { "class": "about" }, sec);
+    if (!about) { htmlEl("div", { "class": "about-head" }, box, "no description"); return; }
+    if (about.examples.length) {
+      renderTexts(box, "examples", about.examples, about.examples_assigned, about.examples_total);
+    }
+    else htmlEl("div", { "class": "about-head" }, box, "no cluster examples configured");
+    if (about.prompts === null) {
+      htmlEl("div", { "class": "about-head" }, box, "stored prompts: prompt storage is off");
+    } else {
+      renderTexts(box, "stored prompts", about.prompts, about.prompts_assigned, about.prompts_total);
+    }
+  }
+
   function renderClusters(state, hist) {
     var root = document.getElementById("clusters");
     clear(root);
-    var byId = {};
+    var byId = {}, about = {};
     if (hist.clustering === state.clustering) hist.clusters.forEach(function (c) { byId[c.cluster] = c; });
+    (hist.about || []).forEach(function (a) { about[a.cluster] = a; });
     state.clusters.forEach(function (c) {
       var sec = htmlEl("section", { "class": "cluster", id: "cluster-" + c.id }, root);
       var traffic = byId[c.id];
       var recent = traffic ? traffic.decisions.reduce(function (a, v) { return a + v; }, 0) : 0;
       var h = htmlEl("h3", {}, sec, "Cluster " + c.id + " ");
       htmlEl("span", { "class": "sub" }, h, c.decisions + " decisions in the snapshot, " + recent + " in the window");
+      if (hist.about) renderAbout(sec, about[c.id]);
       posteriorChart(svgEl("svg", { "class": "chart posterior-chart", viewBox: "0 0 540 100" }, sec), state.models,
                      c.models);
       shareChart(svgEl("svg", { "class": "chart share-chart", viewBox: "0 0 540 120" }, sec), hist, traffic);
@@ -240,17 +345,19 @@
       { values: hist.cost.counterfactual_per_request_usd, color: "#dc2626", cls: "counterfactual" },
       { values: hist.cost.cost_per_request_usd, color: "#2563eb", cls: "actual" }
     ], [], usd);
-    var marks = hist.snapshots.map(function (s) {
-      return { at: s.at_ms, color: "#9ca3af", cls: "snapshot-mark", label: "v" + s.version,
-               title: "snapshot v" + s.version + " (" + s.reason + ")" };
+    var snapshots = hist.snapshots.map(function (s) {
+      return { at: s.at_ms, label: "v" + s.version, title: "v" + s.version + " " + hhmm(s.at_ms, true) + " (" + s.reason + ")" };
     });
-    (hist.drift || []).forEach(function (e) {
-      marks.push({ at: e.at_ms, color: "#ea580c", cls: "drift-mark", label: "drift",
-                   title: e.kind + " drift in " + e.clusters.join(",") + ": " + e.action });
+    var drift = (hist.drift || []).map(function (e) {
+      return { at: e.at_ms, label: "drift", title: hhmm(e.at_ms, true) + " " + e.kind + " drift in cluster " +
+               e.clusters.join(", ") + ": " + e.action };
     });
     lineChart(document.getElementById("margin-chart"), hist, [
       { values: hist.overall.margin, color: "#0f766e", cls: "margin" }
-    ], marks, function (v) { return v.toFixed(2); });
+    ], [
+      { marks: snapshots, cls: "snapshot-mark", plural: "snapshots", color: "#9ca3af" },
+      { marks: drift, cls: "drift-mark", plural: "drift events", color: "#ea580c", through: true }
+    ], function (v) { return v.toFixed(2); });
     renderBreakers(hist.breakers);
     renderDriftList(hist.drift);
     shareChart(document.getElementById("share-overall"), hist, hist.overall);

@@ -66,13 +66,13 @@ class FlakyRows:
         self.failed = 0
         self.on_fail: Callable[[], Any] = lambda: None
 
-    def insert(self, events_: Any) -> None:
+    def insert(self, events_: Any, streams: Any = None) -> None:
         self.calls += 1
         if self.failed < self.failures:
             self.failed += 1
             self.on_fail()
             raise ConnectionError("injected: ClickHouse is unreachable")
-        self.inner.insert(events_)
+        self.inner.insert(events_, streams)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

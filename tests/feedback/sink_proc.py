@@ -28,12 +28,13 @@ class HangingRows:
     def __init__(self, inner: ClickHouseRowStore, hang_on: int, marker: Path) -> None:
         self.inner, self.hang_on, self.marker, self.calls = inner, hang_on, marker, 0
 
-    def insert(self, events: Any) -> None:
+    def insert(self, events: Any, streams: Any = None) -> None:
         self.calls += 1
         if self.calls < self.hang_on:
-            self.inner.insert(events)
+            self.inner.insert(events, streams)
             return
-        self.inner.insert(list(events)[: len(events) // 2])
+        half = len(events) // 2
+        self.inner.insert(list(events)[:half], None if streams is None else list(streams)[:half])
         self.marker.write_text(json.dumps({"batch": len(events)}))
         while True:
             time.sleep(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+import numpy as np
 import pytest
 
 from feedback.clickhouse import ClickHouseRowStore, connect
@@ -80,3 +82,27 @@ def test_traffic_reads_only_the_window(store):
 def test_uuid7_floor_orders_like_the_ids_of_that_millisecond():
     for ms in (0, T0, T0 + 1):
         assert uuid7_floor(ms) <= uuid7(ms) < uuid7_floor(ms + 1)
+
+
+def test_prompts_are_the_newest_stored_ones_of_the_window_and_tenants(store):
+    insert, history = store
+
+    def with_prompt(ts_ms: int, text: str, tenant: str = "acme", **kw) -> DecisionMade:
+        d = _d(ts_ms, **kw)
+        emb = np.asarray([ts_ms % 7, 1.0], dtype="<f4").tobytes()
+        return msgspec.structs.replace(d, prompt_text=text, tenant=tenant, embedding=emb)
+
+    kept = [with_prompt(T0 + i * 1000, f"prompt {i}") for i in range(5)]
+    other = with_prompt(T0 + 5_500, "globex's", tenant="globex")
+    insert([*kept, other, _d(T0 + 6_000),  # no text kept
+            with_prompt(T0 + 6_500, "a failed attempt", policy="failover"),
+            with_prompt(T0 - 1, "before the window"), with_prompt(T0 + 60_000, "after it")])  # fmt: skip
+    insert(kept[:2])  # redelivered: once
+    got = history.prompts(T0, T0 + 60_000, 4)
+    assert [p.text for p in got] == ["globex's", "prompt 4", "prompt 3", "prompt 2"]
+    assert got[1].tenant == "acme" and got[1].ts_ms == T0 + 4000
+    assert np.frombuffer(got[1].embedding, dtype="<f4").tolist() == [(T0 + 4000) % 7, 1.0]
+    assert [p.text for p in history.prompts(T0, T0 + 60_000, 10, tenants=["acme"])] == [
+        f"prompt {i}" for i in (4, 3, 2, 1, 0)]  # fmt: skip
+    assert history.prompts(T0, T0 + 60_000, 10, tenants=[]) == []
+    assert history.prompts(T0, T0 + 60_000, 0) == []

@@ -112,10 +112,10 @@ class RejectingRows:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def insert(self, events: Any) -> None:
+    def insert(self, events: Any, streams: Any = None) -> None:
         if any(e.tenant == "reject-me" for e in events):
             raise ValueError("value out of range for column tenant")
-        self.inner.insert(events)
+        self.inner.insert(events, streams)
 
 
 REJECTED = encode_event(FeedbackGiven(event_id="e5", decision_id="d5", ts_ms=1, reward=0.5, tenant="reject-me"))

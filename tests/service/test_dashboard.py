@@ -92,6 +92,14 @@ def test_history_endpoint_over_http(live, runtime):
     assert '<script src="/dashboard/dashboard.js">' in page.text and "http" not in page.text.split("<body")[1]
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert missing.status_code == 404
+    # what the clusters are about: the simulated topics' examples (prompt storage is off)
+    snap = runtime.router.view.snapshot
+    assert [a["cluster"] for a in h["about"]] == list(range(len(snap.centroids) // (4 * snap.dim)))
+    assert all(a["prompts"] is None and 1 <= len(a["examples"]) <= 3 for a in h["about"])
+    from simulations.pool import topic_examples
+
+    distinct = len(set(topic_examples()))
+    assert sum(a["examples_assigned"] for a in h["about"]) == h["about"][0]["examples_total"] == distinct
 
 
 def test_history_needs_a_key_when_keys_are_configured(settings, embedder):
@@ -112,3 +120,49 @@ def test_history_needs_a_key_when_keys_are_configured(settings, embedder):
     assert anonymous.status_code == 401
     assert keyed.status_code == 200 and keyed.json()["decisions"] == 0
     assert page.status_code == 200  # the page is static; it asks for the key when the data says 401
+
+
+def _snapshot(centroids: np.ndarray):
+    from learner.snapshot import initial_snapshot
+
+    return initial_snapshot(models=("a", "b"), centroids=centroids, prior_mean=(0.5, 0.5), completion_tokens=(1.0, 1.0),
+                            latency_s=(1.0, 1.0), prior_strength=1.0, shrink_strength=1.0, created_at_ms=0)  # fmt: skip
+
+
+def test_cluster_texts_examples_and_prompts_within_the_configured_scope():
+    from feedback.events import DecisionMade, uuid7
+    from feedback.history import MemoryHistory
+    from learner.embedding import HashingEmbedder
+    from service.clusters_about import ClusterTexts, PromptScope
+
+    emb = HashingEmbedder(64)
+    examples = ["bake bread with yeast", "bake a cake with flour", "book a flight to rome", "book a hotel in rome"]
+    vectors = emb.embed(examples)
+    snap = _snapshot(np.stack([vectors[:2].mean(0), vectors[2:].mean(0)]))
+    history = MemoryHistory()
+    t = 1_750_000_000_000
+    stored = [("acme", "bake bread with yeast tonight"), ("globex", "book a flight to rome please"),
+              ("acme", "x" * 400)]  # fmt: skip
+    history.insert([DecisionMade(event_id=uuid7(t + i), decision_id=uuid7(t + i), ts_ms=t + i, tenant=tenant,
+                                 prompt_text=text, embedding=emb.embed([text])[0].tobytes())
+                    for i, (tenant, text) in enumerate(stored)])  # fmt: skip
+
+    off = ClusterTexts(examples, emb.embed, history, PromptScope()).about(snap, t, t + 10)
+    assert [a.prompts for a in off] == [None, None]  # storage off: no prompt is read
+    assert [[n.text for n in a.examples] for a in off] == [  # its own two first, then the nearest other
+        ["bake bread with yeast", "bake a cake with flour", "book a hotel in rome"],
+        ["book a flight to rome", "book a hotel in rome", "bake a cake with flour"],
+    ]
+    assert [a.examples_assigned for a in off] == [2, 2] and {a.examples_total for a in off} == {4}
+    assert off[0].examples[0].assigned and not off[0].examples[2].assigned
+
+    acme = ClusterTexts(examples, emb.embed, history, PromptScope(tenants=("acme",)), clip=50).about(snap, t, t + 10)
+    seen = {n.text for a in acme for n in (a.prompts or [])}
+    assert "bake bread with yeast tonight" in seen and "book a flight to rome please" not in seen  # globex: not opted in
+    assert "x" * 49 + "\u2026" in seen  # clipped to 50 characters
+    assert acme[0].prompts_total == 2
+
+    everyone = ClusterTexts(examples, emb.embed, history, PromptScope(everyone=True)).about(snap, t, t + 10)
+    assert "book a flight to rome please" in {n.text for n in everyone[1].prompts or []}
+    none = ClusterTexts((), None).about(snap, t, t + 10)
+    assert [(a.examples, a.examples_total, a.prompts) for a in none] == [([], 0, None), ([], 0, None)]
