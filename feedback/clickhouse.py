@@ -22,7 +22,7 @@ import numpy as np
 from feedback.clickhouse_dedup import TableRows, insert_once
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
-from feedback.ports import (
+from learner.ports import (
     DecisionRef, DecisionStats, DriftEvent, RewardRow, RewardStats, SnapshotInfo, WindowStats,
 )  # fmt: skip
 

@@ -13,7 +13,7 @@ import threading
 import time
 
 from feedback.events import Event
-from feedback.ports import RowStore
+from learner.ports import RowStore
 
 __all__ = ["InProcessBus"]
 

@@ -8,7 +8,7 @@ import time
 from typing import Callable, Sequence
 
 from feedback.events import DecisionMade, Event, FeedbackGiven
-from feedback.ports import DecisionRef, DecisionStats, DriftEvent, RewardRow, RewardStats, SnapshotInfo, WindowStats
+from learner.ports import DecisionRef, DecisionStats, DriftEvent, RewardRow, RewardStats, SnapshotInfo, WindowStats
 
 __all__ = ["MemoryLearnerLog", "MemoryRowStore", "MemorySnapshotStore"]
 

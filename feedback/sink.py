@@ -35,7 +35,7 @@ import msgspec
 from feedback.deadletters import DeadLetter, DeadLetterStore, letter_id
 from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
 from feedback.kafka import Producer, build_client, ensure_topics
-from feedback.ports import RowStore
+from learner.ports import RowStore
 
 __all__ = ["Sink", "check_event", "dead_letter", "split_batch"]
 

@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from feedback.ports import DriftEvent, LearnerLog, RewardRow, RowStore, SnapshotStore, WindowStats
 from learner.drift import Alarm
 from learner.fold import LearnerParams, PoolPrior, Window, align, cold_start_clusters, fold, recluster_snapshot
+from learner.ports import DriftEvent, LearnerLog, RewardRow, RowStore, SnapshotStore, WindowStats
 from learner.snapshot import Snapshot, centroid_array, decode_snapshot, encode_snapshot, validate, validate_pool
 
 __all__ = [

@@ -15,10 +15,10 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
-from feedback.ports import DecisionStats, RewardRow, RewardStats
 from learner.budget import BudgetParams, BudgetTarget, budget_covers, dual_update, explore_share, start
 from learner.clusters import assign_many, kmeans
 from learner.drift import Alarm, DriftParams, observe
+from learner.ports import DecisionStats, RewardRow, RewardStats
 from learner.recluster import ReclusterParams, carry_evidence, recluster
 from learner.reward import RewardWeights
 from learner.snapshot import ClusterDrift, Snapshot, centroid_array, validate

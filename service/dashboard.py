@@ -22,13 +22,13 @@ import msgspec
 from litestar import Request, Response, get
 
 from feedback.history import HistoryStore, Prices, TrafficBucket
-from feedback.ports import SnapshotInfo, SnapshotStore
+from learner.ports import SnapshotInfo, SnapshotStore
 from service.chat import ChatService
 from service.clusters_about import ClusterAbout, ClusterTexts, PromptScope
 from service.errors import ApiError
 
 if TYPE_CHECKING:
-    from feedback.ports import DriftEvent  # what the learner log returns
+    from learner.ports import DriftEvent  # what the learner log returns
 
 __all__ = ["DashboardSources", "RouterHistory", "clickhouse_sources", "dashboard_routes", "router_history"]
 

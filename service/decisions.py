@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from feedback.ports import DecisionRef, RowStore
+from learner.ports import DecisionRef, RowStore
 
 __all__ = ["DecisionIndex"]
 

@@ -12,7 +12,8 @@ import time
 import msgspec
 
 from feedback.events import FeedbackGiven, uuid7
-from feedback.ports import DecisionRef, EventSink
+from feedback.ports import EventSink
+from learner.ports import DecisionRef
 from learner.reward import reward_from_rating, reward_from_score
 from service.decisions import DecisionIndex
 from service.bodies import decode_body

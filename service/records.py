@@ -16,8 +16,9 @@ import msgspec
 import numpy as np
 
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
-from feedback.ports import DecisionRef, EventSink
+from feedback.ports import EventSink
 from learner.embedding import prompt_hash
+from learner.ports import DecisionRef
 from service.decisions import DecisionIndex
 from service.failover import Attempt
 from service.metrics import Registry

@@ -18,12 +18,13 @@ from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickH
 from feedback.clickhouse_schema import migrate, prepare
 from feedback.inprocess import InProcessBus
 from feedback.memory import MemoryLearnerLog
-from feedback.ports import EventSink, LearnerLog, RowStore, SnapshotStore
+from feedback.ports import EventSink
 from learner.clusters import kmeans
 from learner.budget import BudgetParams, BudgetTarget, tenant_budget_key
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
 from learner.drift import DriftParams
 from learner.embedding import Embedder, HashingEmbedder
+from learner.ports import LearnerLog, RowStore, SnapshotStore
 from learner.recluster import ReclusterParams
 from learner.reward import RewardWeights
 from learner.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot, initial_snapshot

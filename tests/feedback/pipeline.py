@@ -8,8 +8,8 @@ import time
 from typing import Any, Callable, Iterator
 
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
-from feedback.ports import RowStore
 from feedback.sink import Sink
+from learner.ports import RowStore
 
 __all__ = ["FlakyRows", "decision", "events", "feedback", "running", "wait_for"]
 

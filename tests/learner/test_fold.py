@@ -6,10 +6,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from feedback.ports import DecisionStats, RewardRow, RewardStats
 from learner.budget import BudgetTarget, tenant_budget_key
 from learner.cycle import LearnerParams, PoolPrior, Window, align, fold, recluster_snapshot
 from learner.embedding import normalize_rows
+from learner.ports import DecisionStats, RewardRow, RewardStats
 from learner.recluster import ReclusterParams
 from learner.reward import RewardWeights
 from learner.snapshot import ClusterDrift, initial_snapshot, rollback_snapshot, validate

@@ -15,7 +15,7 @@ from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, connec
 from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore
-from feedback.ports import DriftEvent, WindowStats
+from learner.ports import DriftEvent, WindowStats
 
 
 @pytest.fixture(params=["memory", "clickhouse"])

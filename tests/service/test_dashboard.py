@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from feedback.history import TrafficBucket
-from feedback.ports import DriftEvent, SnapshotInfo
+from learner.ports import DriftEvent, SnapshotInfo
 from service.dashboard import _window, router_history
 from service.errors import ApiError
 from tests.service.learning import drive

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from feedback.events import DecisionMade, uuid7
-from feedback.ports import DriftEvent
+from learner.ports import DriftEvent
 from tests.service.learning import drive
 
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
