@@ -10,14 +10,22 @@ a model: one long prompt makes it look expensive everywhere.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-__all__ = ["completion_cost", "estimate_costs", "price_per_token", "prompt_tokens"]
+__all__ = ["completion_cost", "estimate_costs", "estimate_tokens", "price_per_token", "request_tokens"]
 
 
-def prompt_tokens(text: str) -> int:
-    """Tokens of a prompt, estimated from its text (about four characters a token)."""
+def estimate_tokens(text: str) -> int:
+    """Tokens of a text, estimated from its length (about four characters a token)."""
     return max(1, (len(text) + 3) // 4)
+
+
+def request_tokens(texts: Sequence[str]) -> int:
+    """Prompt tokens of a chat request, one text per message: each message's estimate plus
+    four tokens of chat framing (role and separators). What the service routes and prices by."""
+    return sum(estimate_tokens(t) + 4 for t in texts)
 
 
 def price_per_token(tokens: np.ndarray, costs: np.ndarray, quantile: float = 0.05) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from feedback.events import uuid7
 from feedback.ports import EventSink
 from learner.budget import tenant_budget_key
+from learner.costs import request_tokens
 from learner.embedding import Embedder
 from service.decisions import DecisionIndex
 from service.bodies import decode_body
@@ -32,7 +33,6 @@ from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
     Usage, message_text,
 )  # fmt: skip
-from service.simulated import estimate_tokens
 from service.tenants import ANONYMOUS, Caller, FeedbackCap
 from service.upstream import Chunk, Completion, Upstream, UpstreamCall, UpstreamError
 
@@ -138,7 +138,7 @@ class ChatService:
         """Rules, then embedding, then one Thompson decision among the models the rules allow."""
         tenant = caller.tenant
         text = next(message_text(m) for m in reversed(req.messages) if m.role == "user")
-        prompt_tokens = sum(estimate_tokens(message_text(m)) + 4 for m in req.messages)
+        prompt_tokens = request_tokens([message_text(m) for m in req.messages])
         view = self.router.view
         policy = req.model if req.model in self.policies else tenant.policy
         weights = self.policies[policy]

@@ -20,8 +20,8 @@ from typing import Any, AsyncIterator, Mapping
 
 import msgspec
 
+from learner.costs import estimate_tokens
 from service.http1 import ConnectError, Disconnected, Http1Pool, HttpError, ReadTimeout, Response
-from service.simulated import estimate_tokens
 from service.upstream import Chunk, Completion, UpstreamCall, UpstreamError
 
 __all__ = ["OpenAIUpstream", "parse_retry_after"]

@@ -1,4 +1,7 @@
-"""Upstream adapter for the simulated model pool in ``simulations/``: no keys, no network."""
+"""Upstream adapter for the simulated model pool in ``simulations/``: no keys, no network.
+
+Wired only by the composition root (``service/runtime.py``); nothing on the request path imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,11 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from learner.costs import estimate_tokens
 from service.upstream import Chunk, Completion, UpstreamCall, UpstreamError
 from simulations.pool import SimModel, answer
 
-__all__ = ["SimulatedUpstream", "estimate_tokens"]
-
-
-def estimate_tokens(text: str) -> int:
-    """Token count estimated from text (about four characters a token)."""
-    return max(1, (len(text) + 3) // 4)
+__all__ = ["SimulatedUpstream"]
 
 
 class SimulatedUpstream:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from learner.costs import prompt_tokens
+from learner.costs import estimate_tokens
 from learner.reward import IMPLICIT_REWARD
 from simulations.pool import DEFAULT_POOL, DEFAULT_TOPICS, SimModel, Topic, answer, make_prompt
 
@@ -145,7 +145,7 @@ def stream(sc: Scenario, steps: int, rng: np.random.Generator) -> Stream:
         text = make_prompt(by_name[name], rng)
         prompts.append(text)
         topics[t] = topic_names.index(name)
-        tokens[t] = prompt_tokens(text)
+        tokens[t] = estimate_tokens(text)
         for model in phase.pool:
             j = col[model.name]
             _, out_tokens = answer(model, text)

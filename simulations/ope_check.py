@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from learner.costs import prompt_tokens
+from learner.costs import estimate_tokens
 from learner.embedding import Embedder
 from simulations.environment import Scenario, feedback, stream
 from simulations.online import OnlineRouter, PolicyConfig
@@ -62,7 +62,7 @@ def check_coverage(
         frozen.weight = weight
         out = np.zeros((len(texts), len(frozen.models)))
         for i, text in enumerate(texts):
-            _, out[i], _ = frozen.decide(e[i], float(prompt_tokens(text)), np.ones(len(frozen.models), bool), 0)
+            _, out[i], _ = frozen.decide(e[i], float(estimate_tokens(text)), np.ones(len(frozen.models), bool), 0)
         return out
 
     # the prompt universe of the last phase, with its probabilities: the truth is exact

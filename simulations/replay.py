@@ -22,7 +22,7 @@ import numpy as np
 
 from learner.cluster_count import choose_k
 from learner.clusters import assign_many, kmeans
-from learner.costs import price_per_token, prompt_tokens
+from learner.costs import estimate_tokens, price_per_token
 from learner.policy import update_stats
 from simulations.online import Evidence, OnlineRouter, PolicyConfig, resid_stats
 from simulations.outcomes import Outcomes
@@ -59,7 +59,7 @@ class ReplayRun(msgspec.Struct, frozen=True):
 
 
 def _tokens(outcomes: Outcomes) -> np.ndarray:
-    return np.array([prompt_tokens(p) for p in outcomes.prompts], dtype=np.float64)
+    return np.array([estimate_tokens(p) for p in outcomes.prompts], dtype=np.float64)
 
 
 def fit_warm_start(

@@ -1,6 +1,7 @@
 """Dependencies point inward (STYLE.md), read from the code's own imports.
 
-service may import learner, feedback, simulations; learner may import feedback.events only, and owns the
+service may import learner, feedback, simulations (only its composition root may import
+simulations: the request path does not); learner may import feedback.events only, and owns the
 ports it reads through (learner/ports.py), which the adapters in feedback implement and import;
 nothing imports service; the pure core imports no adapter.
 """
@@ -66,3 +67,38 @@ def test_core_has_no_clock_or_global_rng():
         for needle in ("time.time(", "np.random.seed(", "np.random.rand(", "random.random(", "datetime.now("):
             assert needle not in src, f"{rel} uses {needle}"
 
+
+# the request path: what serves a chat completion, and everything it imports in this repository
+REQUEST_PATH = (
+    "service/chat.py", "service/openai_http.py", "service/routing.py", "service/app.py", "service/failover.py",
+    "service/rules.py", "service/records.py",
+)  # fmt: skip
+# the composition root: builds the processes and may wire simulations/ (the simulated pool, the demo)
+COMPOSITION_ROOT = {"service.runtime", "service.cli", "service.demo", "service.simulated"}
+
+
+def _module_path(name: str) -> Path | None:
+    path = ROOT / (name.replace(".", "/") + ".py")
+    return path if path.is_file() else None
+
+
+def test_request_path_imports_nothing_from_simulations():
+    """Walks the imports of the request path transitively (lazy imports inside functions too),
+    through service, learner and feedback. Reaching the composition root counts as a failure:
+    service/simulated.py is how the request path used to reach simulations/pool.py."""
+    seen: set[str] = set()
+    todo = [rel.removesuffix(".py").replace("/", ".") for rel in REQUEST_PATH]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_path(name)
+        assert path is not None, f"{name} not found"
+        for m in _imports(path):
+            top = m.split(".")[0]
+            assert top != "simulations", f"{name} (on the request path) imports {m}"
+            assert m not in COMPOSITION_ROOT, f"{name} (on the request path) imports the composition root {m}"
+            if top in ("service", "learner", "feedback") and _module_path(m) is not None:
+                todo.append(m)
+    assert {"service.chat", "service.schemas", "learner.policy"} <= seen  # the walk did walk

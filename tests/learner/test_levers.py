@@ -7,15 +7,21 @@ import numpy as np
 import pytest
 
 from learner.cluster_count import choose_k, silhouette
-from learner.costs import completion_cost, estimate_costs, price_per_token, prompt_tokens
+from learner.costs import completion_cost, estimate_costs, estimate_tokens, price_per_token, request_tokens
 from learner.dominance import dominated
 from learner.priors import temper, tier_from_prices
 
 
-def test_prompt_tokens_four_characters_a_token():
-    assert prompt_tokens("") == 1
-    assert prompt_tokens("abcd") == 1
-    assert prompt_tokens("abcde") == 2
+def test_estimate_tokens_four_characters_a_token():
+    assert estimate_tokens("") == 1
+    assert estimate_tokens("abcd") == 1
+    assert estimate_tokens("abcde") == 2
+
+
+def test_request_tokens_add_four_per_message():
+    assert request_tokens([]) == 0
+    assert request_tokens(["abcd"]) == 5
+    assert request_tokens(["abcde", ""]) == (2 + 4) + (1 + 4)
 
 
 def test_price_per_token_is_read_off_bills_with_short_answers():

@@ -17,11 +17,11 @@ from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore, MemorySnapshotStore
 from learner.budget import tenant_budget_key
 from learner.clusters import assign_many, kmeans
+from learner.costs import request_tokens
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior
 from learner.embedding import Embedder
 from learner.snapshot import encode_snapshot, initial_snapshot
 from service.routing import Pricing, Router
-from service.simulated import estimate_tokens
 from simulations.pool import DEFAULT_POOL, DEFAULT_TOPICS, SimModel, Topic, answer, make_prompt
 
 
@@ -115,7 +115,7 @@ class World:
         picked = self.rng.choice(len(names), size=n, p=p / p.sum())
         prompts = [make_prompt(self.topics[names[i]], self.rng) for i in picked]
         embs = self._embed(prompts)
-        tokens_in = np.array([estimate_tokens(q) + 4 for q in prompts])
+        tokens_in = np.array([request_tokens([q]) for q in prompts])
         clusters, margins, arms = self.route(embs, tokens_in, self.rng.integers(1 << 30, size=n))
         snap = self.router.view.snapshot
         thumbs = self.rng.random(n)
