@@ -1,139 +1,212 @@
-"""Replay speed: 10,000 prompts with the 11-model RouterBench pool, embedding included.
-With ``--tables``: the RouterBench tables of docs/simulations.md.
+"""The router as it ships, replayed on real outcomes: learning quality tables, no-peeking check, speed.
 
-    python -m bench.replay [--prompts 10000] [--files ../shared/data/routerbench/*.jsonl]
-    python -m bench.replay --tables [--seeds 5] [--workers 2]
+    python -m bench.replay --tables [--seeds 1,2,3] [--workers 2] [--data DIR]
+    python -m bench.replay --peek [--data DIR]
+    python -m bench.replay --speed [--prompts 10000] [--data DIR]
 
-The six RouterBench files (3,164 prompts) are tiled to ``--prompts`` rows; every copy's text
-gets a distinct suffix so that all of them are embedded (one batch call, as ``turnout replay``
-does). Then one replay with the default policy (``turnout replay``'s defaults, 1,024 posterior
-draws per decision, learning after every prompt). Target on a 2-core machine: under 60 s in all.
+``--tables``: issue 10's protocol. One shuffled pass from nothing per seed, bandit feedback,
+cost weights u x (0, 0.1, 0.3, 1, 3, 10) with u the break-even weight between the best and the
+cheapest model; the figure is the share of the AIQ gap between the best single-model mix and
+the per-prompt oracle (with models priced alike: cost weight 0 and the share of the quality gap
+between the best single model and the oracle). Every file alone, their mean, each test file
+warm-started from its own train file, and the plain baseline (online Beta Thompson sampling per
+cluster over 16 k-means clusters of the same embeddings) on the same shuffles. Turnout runs with
+the service's default settings (``service.runtime.deployment`` of the default settings,
+``--config`` for another), ``--learn-every`` prompts per learning cycle.
+
+``--peek``: on every file, every unchosen model's score and cost (and every ``task``) is
+replaced; the decisions must not change. ``--speed``: prompts per second of the replay.
+
+``--data``: a directory holding ``routerbench/`` and ``multilingual7/`` outcome files (default:
+``data/`` of this repository, else ``../shared/data`` next to it).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
-from simulations.outcomes import concat, load_outcomes
+from simulations.outcomes import Outcomes, concat, load_outcomes
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiled(paths: list[str], n: int):
+def _data_dir(arg: str | None) -> Path:
+    for cand in ([Path(arg)] if arg else [ROOT / "data", ROOT.parent / "shared" / "data"]):
+        if (cand / "routerbench").is_dir():
+            return cand
+    raise SystemExit(f"bench.replay: no routerbench/ outcome files under {arg or ROOT / 'data'}; pass --data DIR")
+
+
+_CACHE: dict = {}
+
+
+def _deployment(config: str | None):
+    from service.runtime import deployment
+    from service.settings import load_settings
+
+    return deployment(load_settings(Path(config) if config else None, os.environ))
+
+
+def _embed(files: tuple[str, ...]) -> tuple[Outcomes, np.ndarray]:
+    if files not in _CACHE:
+        from learner.wordllama import WordLlamaEmbedder
+        from simulations.experiment import embed_outcomes
+
+        emb = _CACHE.setdefault("embedder", WordLlamaEmbedder(256))
+        out = load_outcomes(list(files))
+        _CACHE[files] = (out, embed_outcomes(out, emb))
+    return _CACHE[files]
+
+
+def _cell(job: tuple) -> tuple[str, str, int, float]:
+    """(set label, policy, seed, gap share) for one file (or warm-started file) and seed."""
+    label, files, warm_files, seed, policy, learn_every, config = job
+    from simulations.baselines import plain_baseline
+    from simulations.experiment import run_replays
+    from simulations.replay import ReplayConfig
+    from simulations.report import evaluate, sweep_weights
+
+    outcomes, emb = _embed(tuple(files))
+    weights = sweep_weights(outcomes)
+    if policy == "plain":
+        runs = [(float(w), plain_baseline(outcomes, emb, seed, float(w))) for w in weights]
+        return label, policy, seed, evaluate(outcomes, runs).gap_share
+    warm = _embed(tuple(warm_files)) if warm_files else None
+    cfg = ReplayConfig(seed=seed, learn_every=learn_every)
+    report, _ = run_replays(outcomes, emb, _deployment(config), cfg, weights, warm, show_progress=False)
+    return label, policy, seed, report.gap_share
+
+
+def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config: str | None, only: str = "") -> str:
+    from multiprocessing import Pool
+
+    rb = {Path(p).stem: p for p in sorted(glob.glob(str(data / "routerbench" / "*.jsonl")))}
+    ml = {Path(p).stem: p for p in sorted(glob.glob(str(data / "multilingual7" / "*.jsonl")))}
+    sets = [(f"routerbench/{k}", [v], None) for k, v in rb.items()]
+    sets += [(f"routerbench/{k}, warm from {k.replace('_test', '_train')}", [v], [rb[k.replace("_test", "_train")]])
+             for k, v in rb.items() if k.endswith("_test") and k.replace("_test", "_train") in rb]  # fmt: skip
+    sets += [(f"multilingual7/{k}", [v], None) for k, v in ml.items()]
+    sets = [s for s in sets if only in s[0]]
+    jobs = [(label, files, warm, seed, policy, learn_every, config)
+            for label, files, warm in sets for seed in seeds for policy in ("turnout", "plain")]  # fmt: skip
+    jobs.sort(key=lambda j: -sum(os.path.getsize(f) for f in j[1] + (j[2] or [])))  # longest first
+    with Pool(workers) as pool:
+        got = pool.map(_cell, jobs, chunksize=1)
+    share = {(lab, pol): np.mean([g for lab2, pol2, _, g in got if (lab2, pol2) == (lab, pol)])
+             for lab, pol, _, _ in got}  # fmt: skip
+    rows = ["| outcome file (seeds " + ",".join(map(str, seeds)) + ") | Turnout | plain baseline | Turnout - plain |",
+            "|---|---:|---:|---:|"]  # fmt: skip
+    for label, _, _ in sets:
+        t, p = share[(label, "turnout")], share[(label, "plain")]
+        rows.append(f"| {label} | {t:+.3f} | {p:+.3f} | {t - p:+.3f} |")
+    for name, keys in (("routerbench, six files (mean)", [f"routerbench/{k}" for k in rb]),
+                       ("routerbench, test files warm from train (mean)",
+                        [s[0] for s in sets if "warm from" in s[0]]),
+                       ("multilingual7, three files (mean)", [f"multilingual7/{k}" for k in ml])):  # fmt: skip
+        keys = [k for k in keys if (k, "turnout") in share]
+        if keys:
+            t = np.mean([share[(k, "turnout")] for k in keys])
+            p = np.mean([share[(k, "plain")] for k in keys])
+            rows.append(f"| **{name}** | **{t:+.3f}** | {p:+.3f} | {t - p:+.3f} |")
+    return "\n".join(rows)
+
+
+def _perturb(outcomes: Outcomes, chosen: np.ndarray, rng: np.random.Generator) -> Outcomes:
+    """Every unchosen (prompt, model) score and cost replaced, every task label replaced."""
+    keep = np.zeros(outcomes.scores.shape, dtype=bool)
+    keep[np.arange(len(chosen)), chosen] = True
+    flip = outcomes.available & ~keep
+    scores = np.where(flip, 1.0 - np.nan_to_num(outcomes.scores), outcomes.scores)
+    costs = np.where(flip, np.nan_to_num(outcomes.costs) * 3.0 + rng.random(flip.shape) * 1e-3, outcomes.costs)
+    tasks = tuple(f"other-{i}" for i in range(len(outcomes)))
+    return msgspec.structs.replace(outcomes, scores=scores, costs=costs, tasks=tasks)
+
+
+def peek(data: Path, config: str | None) -> str:
+    """Decisions on each file, then on the file with everything unchosen changed: identical?"""
+    from simulations.replay import ReplayConfig, replay
+    from simulations.report import sweep_weights
+
+    lines = ["| outcome file | cost weight | prompts | decisions changed |", "|---|---:|---:|---:|"]
+    dep = _deployment(config)
+    for path in sorted(glob.glob(str(data / "*" / "*.jsonl"))):
+        outcomes, emb = _embed((path,))
+        w = float(sweep_weights(outcomes)[min(3, len(sweep_weights(outcomes)) - 1)])
+        cfg = ReplayConfig(seed=1, cost_weight=w)
+        run = replay(outcomes, emb, dep, cfg)
+        chosen = np.zeros(len(outcomes), dtype=np.int64)
+        chosen[run.rows] = run.arms
+        other = replay(_perturb(outcomes, chosen, np.random.default_rng(0)), emb, dep, cfg)
+        changed = int((other.arms != run.arms).sum())
+        lines.append(f"| {Path(path).parent.name}/{Path(path).stem} | {w:.4g} | {len(outcomes)} | {changed} |")
+    return "\n".join(lines)
+
+
+def tiled(paths: list[str], n: int) -> Outcomes:
     """``n`` rows: the files' rows repeated, each copy's prompts made distinct."""
     base = load_outcomes(paths)
     parts, k = [], 0
     while sum(len(p) for p in parts) < n:
-        idx = np.arange(min(len(base), n - sum(len(p) for p in parts)))
-        part = base.take(idx)
+        part = base.take(np.arange(min(len(base), n - sum(len(p) for p in parts))))
         if k:
-            import msgspec
-
-            part = msgspec.structs.replace(
-                part, ids=tuple(f"{i}#{k}" for i in part.ids), prompts=tuple(f"{p}\n(copy {k})" for p in part.prompts)
-            )
+            part = msgspec.structs.replace(part, ids=tuple(f"{i}#{k}" for i in part.ids),
+                                           prompts=tuple(f"{p}\n(copy {k})" for p in part.prompts))  # fmt: skip
         parts.append(part)
         k += 1
     return concat(parts)
 
 
-def _share(job: tuple) -> tuple[str, int, float, float, float, float]:
-    """One table cell for one seed: (label, seed, gap share, AIQ router, zero, oracle)."""
-    label, files, warm_files, seed, overrides = job
-    import msgspec
-
+def speed(data: Path, prompts: int, learn_every: int, config: str | None) -> str:
     from learner.wordllama import WordLlamaEmbedder
-    from simulations.cli import DEFAULT_POLICY
-    from simulations.experiment import embed_outcomes, run_replays, warm_start
-    from simulations.report import sweep_weights
+    from simulations.experiment import embed_outcomes, run_replays
+    from simulations.replay import ReplayConfig
 
-    embedder = _EMBEDDER.setdefault("e", WordLlamaEmbedder(256))
-    outcomes = load_outcomes(files)
-    key = tuple(files)
-    if key not in _EMB:
-        _EMB[key] = embed_outcomes(outcomes, embedder)
-    config = msgspec.structs.replace(DEFAULT_POLICY, seed=seed, thompson_samples=256, **overrides)
-    warm = warm_start(load_outcomes(warm_files), embedder, config) if warm_files else None
-    report, _ = run_replays(outcomes, _EMB[key], config, sweep_weights(outcomes), warm, show_progress=False)
-    return label, seed, report.gap_share, report.aiq_router, report.aiq_zero, report.aiq_oracle
-
-
-_EMBEDDER: dict = {}
-_EMB: dict = {}
-
-
-def tables(seeds: int, workers: int, overrides: dict) -> str:
-    """Gap share captured (mean and 95% interval over seeds) for each file, all six, and the test
-    files with and without a warm start fitted on the train files; plus the full-feedback bound."""
-    from multiprocessing import Pool
-
-    from scipy import stats
-
-    names = ["arc_challenge", "mbpp", "winogrande"]
-    f = {f"{n}_{s}": str(DATA / f"{n}_{s}.jsonl") for n in names for s in ("train", "test")}
-    tests, trains = [f[f"{n}_test"] for n in names], [f[f"{n}_train"] for n in names]
-    sets = [(k, [v], None) for k, v in f.items()] + [("all six", list(f.values()), None), ("three test files", tests, None)]
-    sets += [(f"{n}_test, warm from {n}_train", [f[f"{n}_test"]], [f[f"{n}_train"]]) for n in names]
-    sets += [("three test files, warm from the three train files", tests, trains)]
-    jobs = [(label, files, warm, seed, overrides) for label, files, warm in sets for seed in range(seeds)]
-    jobs += [(label + " (full feedback)", files, None, 0, {**overrides, "feedback": "full"})
-             for label, files, warm in sets if warm is None and label in ("all six", "three test files")]  # fmt: skip
-    with Pool(workers) as pool:
-        results = pool.map(_share, jobs, chunksize=1)
-    rows = ["| replayed | AIQ single models | AIQ oracle | AIQ router | gap captured (95% CI over seeds) |",
-            "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for label in dict.fromkeys(r[0] for r in results):
-        got = [r for r in results if r[0] == label]
-        share = np.array([r[2] for r in got])
-        half = stats.t.ppf(0.975, len(share) - 1) * share.std(ddof=1) / np.sqrt(len(share)) if len(share) > 1 else 0.0
-        ci = f" ± {half:.3f}" if len(share) > 1 else " (1 seed)"
-        rows.append(f"| {label} | {got[0][4]:.4f} | {got[0][5]:.4f} | {np.mean([r[3] for r in got]):.4f} | "
-                    f"{share.mean():+.3f}{ci} |")  # fmt: skip
-    return "\n".join(rows)
+    t0 = time.perf_counter()
+    outcomes = tiled(sorted(glob.glob(str(data / "routerbench" / "*.jsonl"))), prompts)
+    t1 = time.perf_counter()
+    embeddings = embed_outcomes(outcomes, WordLlamaEmbedder(256))
+    t2 = time.perf_counter()
+    _, runs = run_replays(outcomes, embeddings, _deployment(config), ReplayConfig(learn_every=learn_every),
+                          show_progress=False)  # fmt: skip
+    t3 = time.perf_counter()
+    r = runs[0][1]
+    return (f"replay of {len(outcomes)} prompts, {len(outcomes.models)} models, a learning cycle every {learn_every}: "
+            f"load {t1 - t0:.1f} s, embed {t2 - t1:.1f} s, route + learn {t3 - t2:.1f} s "
+            f"({1e6 * (t3 - t2) / len(outcomes):.0f} us per prompt); quality {r.mean_quality:.4f}, "
+            f"cost {r.mean_cost * 1000:.4f} mUSD, clusters {r.n_clusters}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=10_000)
-    parser.add_argument("--files", nargs="+", default=sorted(glob.glob(str(DATA / "*.jsonl"))))
-    parser.add_argument("--thompson-samples", type=int, default=1024)
-    parser.add_argument("--tables", action="store_true", help="the RouterBench tables instead of the speed figure")
-    parser.add_argument("--seeds", type=int, default=5)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tables", action="store_true")
+    what.add_argument("--peek", action="store_true")
+    what.add_argument("--speed", action="store_true")
+    parser.add_argument("--data", help="directory with routerbench/ and multilingual7/ outcome files")
+    parser.add_argument("--config", help="a deployment's TOML configuration (default: the shipped defaults)")
+    parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--policy", default="{}", help='JSON overrides of the replay policy, e.g. {"eliminate": 0}')
+    parser.add_argument("--learn-every", type=int, default=10)
+    parser.add_argument("--prompts", type=int, default=10_000)
+    parser.add_argument("--only", default="", help="only the outcome sets whose label contains this")
     args = parser.parse_args(argv)
+    import logging
+
+    logging.disable(logging.INFO)
+    data = _data_dir(args.data)
     if args.tables:
-        import json
-
-        print(tables(args.seeds, args.workers, json.loads(args.policy)))
-        return 0
-
-    from learner.wordllama import WordLlamaEmbedder
-    from simulations.cli import DEFAULT_POLICY
-    from simulations.experiment import embed_outcomes, run_replays
-
-    import msgspec
-
-    t0 = time.perf_counter()
-    outcomes = tiled(args.files, args.prompts)
-    t1 = time.perf_counter()
-    embedder = WordLlamaEmbedder(256)
-    embeddings = embed_outcomes(outcomes, embedder)
-    t2 = time.perf_counter()
-    config = msgspec.structs.replace(DEFAULT_POLICY, thompson_samples=args.thompson_samples)
-    report, runs = run_replays(outcomes, embeddings, config, show_progress=False)
-    t3 = time.perf_counter()
-    cpu = time.process_time()
-    print(f"replay of {len(outcomes)} prompts, {len(outcomes.models)} models: load {t1 - t0:.1f} s, "
-          f"embed {t2 - t1:.1f} s, route + learn {t3 - t2:.1f} s; total {t3 - t0:.1f} s "
-          f"(process CPU {cpu:.1f} s; {1e6 * (t3 - t2) / len(outcomes):.0f} us per prompt routed)")  # fmt: skip
-    r = runs[0][1]
-    print(f"router: quality {r.mean_quality:.4f}, cost {r.mean_cost * 1000:.4f} mUSD, clusters {r.n_clusters}")
+        print(tables(data, [int(s) for s in args.seeds.split(",")], args.workers, args.learn_every, args.config, args.only))
+    elif args.peek:
+        print(peek(data, args.config))
+    else:
+        print(speed(data, args.prompts, args.learn_every, args.config))
     return 0
 
 

@@ -25,14 +25,13 @@ import numpy as np
 
 from learner.snapshot import BudgetState
 
-__all__ = ["TENANT_PREFIX", "BudgetParams", "BudgetTarget", "budget_covers", "cap_exploration", "dual_update",
+__all__ = ["TENANT_PREFIX", "BudgetParams", "BudgetTarget", "budget_covers", "dual_update",
            "explore_share", "tenant_budget_key"]
 
 TENANT_PREFIX = "tenant:"  # a budget keyed "tenant:acme" covers every request of tenant acme
 
 # utility given to a model in the sample rows it may not win: far below any real utility, but
 # finite, so a request that allows only that model (a pass-through) still gets it
-_EXCLUDED = np.float32(-1e3)
 
 
 def tenant_budget_key(tenant: str) -> str:
@@ -86,18 +85,3 @@ def explore_share(evidence: np.ndarray, min_evidence: float, share: float) -> tu
     return tuple(share if x < min_evidence else 1.0 for x in e)
 
 
-def cap_exploration(samples: np.ndarray, share: tuple[float, ...]) -> np.ndarray:
-    """Apply an exploration budget to a sample matrix: samples (k, S, m) -> (k, S, m).
-
-    Model j keeps its draws in the first ``share[j] * S`` rows and is excluded from the others.
-    The policy is still "pick a uniform row, take its best model", so the share of rows a
-    model wins stays its exact propensity.
-    """
-    if not share or all(s >= 1.0 for s in share):
-        return samples
-    out = samples.copy()
-    n = samples.shape[1]
-    for j, s in enumerate(share):
-        if s < 1.0:
-            out[:, int(math.ceil(s * n)) :, j] = _EXCLUDED
-    return out

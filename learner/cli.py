@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.policy import posterior
+from learner.routing import snapshot_posterior
 from learner.snapshot import SnapshotError, decode_snapshot, encode_snapshot, rollback_snapshot
 
 __all__ = ["register"]
@@ -49,8 +49,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     except (LookupError, SnapshotError) as exc:
         print(f"turnout snapshot show: {exc}")
         return 1
-    alpha, beta = posterior(np.array(snap.n), np.array(snap.reward_sum), np.array(snap.prior_mean),
-                            snap.prior_strength, snap.shrink_strength)  # fmt: skip
+    alpha, beta = snapshot_posterior(snap)
     mean = alpha / (alpha + beta)
     print(f"snapshot v{snap.version} (parent v{snap.parent}), {snap.reason}, created {_when(snap.created_at_ms)}")
     print(f"watermark {_when(snap.watermark_ms)}; clustering {snap.clustering}: {len(snap.n)} clusters of dim {snap.dim}")

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from learner.drift import Alarm
-from learner.fold import LearnerParams, PoolPrior, Window, align, cold_start_clusters, fold, recluster_snapshot
+from learner.fold import LearnerParams, PoolPrior, Window, align, fold, rebuild_clusters, recluster_snapshot
 from learner.ports import DriftEvent, LearnerLog, RewardRow, RowStore, SnapshotStore, WindowStats
 from learner.snapshot import Snapshot, centroid_array, decode_snapshot, encode_snapshot, validate, validate_pool
 
@@ -29,7 +29,7 @@ __all__ = [
     "PoolPrior",
     "Window",
     "align",
-    "cold_start_clusters",
+    "rebuild_clusters",
     "fold",
     "recluster_snapshot",
 ]  # the pure parts are re-exported: callers need one import
@@ -109,6 +109,7 @@ class LearningCycle:
         self._before = before
         self._log = learner_log or _NoLog()
         self._lock = threading.Lock()
+        self.idle_runs = 0  # cycles that found nothing new and published nothing
 
     def current(self) -> Snapshot | None:
         blob = self._snapshots.latest()
@@ -133,8 +134,21 @@ class LearningCycle:
         decisions = tuple(s for s in self._rows.decision_stats(snap.watermark_ms, until_ms) if s.policy != "failover")
         return Window(snap.watermark_ms, until_ms, rewards, stale, decisions)
 
+    def due_rebuild(self, snap: Snapshot) -> bool:
+        """Is it time to cluster the traffic (again)? At ``cold_start_min`` decisions, then each
+        time the traffic grew by ``recluster_growth``, until ``recluster_until``."""
+        p = self._params
+        if p.n_clusters <= 1:
+            return False
+        if snap.clustered_at == 0:  # never clustered from traffic: one catch-all or example centroids
+            return snap.seen >= p.cold_start_min or (
+                len(snap.n) == 1 and len(self._rows.recent_embeddings(p.cold_start_min)) >= p.cold_start_min
+            )
+        return p.recluster_growth > 1 and snap.clustered_at * p.recluster_growth <= min(snap.seen, p.recluster_until)
+
     def run(self, reason: str = "scheduled") -> Snapshot:
-        """One cycle. Raises if there is no snapshot to continue from."""
+        """One cycle: the new snapshot, or the live one when nothing arrived (no new version).
+        Raises if there is no snapshot to continue from."""
         with self._lock:
             self._before()
             snap = self.current()
@@ -143,12 +157,19 @@ class LearningCycle:
             p = self._params
             now = self._rows.now_ms()
             until = max(now - p.grace_ms, snap.watermark_ms)
-            if len(centroid_array(snap)) == 1 and p.n_clusters > 1:
-                embs = self._rows.recent_embeddings(4096)
-                if len(embs) >= p.cold_start_min:
-                    snap = cold_start_clusters(snap, _stack(embs), p.n_clusters, self._rng)
+            start = snap
+            if self.due_rebuild(snap):
+                embs = self._rows.recent_embeddings(p.recluster.sample, until_ms=until)
+                if len(embs) >= max(p.n_clusters, 2):
+                    done = self._rows.rewards(0, snap.watermark_ms, -1) if snap.watermark_ms else []
+                    # sorted: the clustering depends on which prompts were seen, not on their arrival order
+                    snap = rebuild_clusters(snap, _stack(sorted(embs)), done, p.n_clusters, self._rng, p.rewards)
                     reason = "recluster"
             window = self.read(snap, until)
+            if snap is start and not window.rewards and not window.decisions and not window.stale:
+                self.idle_runs += 1
+                log.info("learning cycle: nothing new since v%d, no new snapshot", snap.version)
+                return snap
             new, alarms = fold(snap, window, now_ms=now, params=p, reason=reason)
             margin = [a for a in alarms if a.model < 0]
             if margin and len(centroid_array(new)) > 1:

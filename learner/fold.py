@@ -28,7 +28,7 @@ __all__ = [
     "PoolPrior",
     "Window",
     "align",
-    "cold_start_clusters",
+    "rebuild_clusters",
     "fold",
     "recluster_snapshot",
 ]
@@ -49,7 +49,9 @@ class LearnerParams(msgspec.Struct, frozen=True):
     n_clusters: int = 4
     grace_ms: int = 2000
     discount: float = 1.0  # evidence kept per cycle, on top of the half-lives
-    cold_start_min: int = 64
+    cold_start_min: int = 64  # decisions before the first clustering from traffic
+    recluster_growth: float = 2.0  # cluster the traffic again each time it grows by this factor (0: never)
+    recluster_until: int = 4096  # ... until this many decisions were routed
     usage_pseudo_count: float = 20.0
     half_life_ms: float = 0.0  # evidence halves every this much ingestion time (0: never)
     half_life_rewards: float = 0.0  # ... and every this much new evidence in its cluster (0: never)
@@ -108,30 +110,79 @@ def align(snap: Snapshot, pool: PoolPrior) -> Snapshot:
     )
 
 
+def usage_table(snap: Snapshot, name: str) -> np.ndarray:
+    """``calls``, ``bill_sum`` or ``completion_sum`` of a snapshot as a (k, m) array (zeros if empty)."""
+    rows = getattr(snap, name)
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((len(snap.n), len(snap.models)))
+
+
 def _rows(a: np.ndarray, cast: type = float) -> tuple:
     return tuple(tuple(cast(x) for x in row) for row in a)
 
 
-def cold_start_clusters(
-    snap: Snapshot, embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator
-) -> Snapshot:
-    """Replace a single catch-all cluster by k-means clusters of the first requests' embeddings.
+def rebuild_clusters(
+    snap: Snapshot, embeddings: np.ndarray, rewards: Sequence[RewardRow], n_clusters: int,
+    rng: np.random.Generator, weights: RewardWeights,
+) -> Snapshot:  # fmt: skip
+    """Replace the clustering by k-means of the traffic's embeddings, as evidence grows.
 
-    embeddings: (n, dim) float32. Evidence of the old cluster is spread over the new ones in
-    proportion to how many of the embeddings each received, so global totals are kept.
+    embeddings: (n, dim) float32, recent prompts; rewards: every reward folded so far (the
+    window before the watermark), each with its decision's embedding, so the evidence is
+    refolded exactly onto the new clusters. A reward without an embedding is spread over the
+    new clusters as its old cluster's prompts are; usage tables and decision counts follow
+    the same overlap, so global totals are kept.
     """
-    cents = kmeans(embeddings, n_clusters, rng)
-    labels, _ = assign_many(embeddings, cents)
-    share = np.bincount(labels, minlength=len(cents)) / len(labels)
+    old = centroid_array(snap)
+    cents = np.ascontiguousarray(kmeans(embeddings, n_clusters, rng), dtype=np.float32)
+    old_lab, _ = assign_many(embeddings, old)
+    new_lab, _ = assign_many(embeddings, cents)
+    overlap = np.zeros((len(old), len(cents)))
+    np.add.at(overlap, (old_lab, new_lab), 1.0)
+    rows = overlap.sum(axis=1, keepdims=True)
+    share = np.divide(overlap, rows, out=np.full_like(overlap, 1.0 / len(cents)), where=rows > 0)
+    models = {m: i for i, m in enumerate(snap.models)}
+    k, m = len(cents), len(snap.models)
+    n, s = np.zeros((k, m)), np.zeros((k, m))
+    placed = [(r, _target(models, r)) for r in rewards]
+    placed = [(r, j) for r, j in placed if j is not None]
+    embedded = [(r, j) for r, j in placed if r.embedding]
+    if embedded:
+        clusters, _ = assign_many(np.stack([np.frombuffer(r.embedding, dtype="<f4") for r, _ in embedded]), cents)
+        for (r, j), c in zip(embedded, clusters):
+            w = weights.of(r.kind)
+            n[c, j] += w
+            s[c, j] += w * min(max(r.reward, 0.0), 1.0)
+    lost = 0
+    for r, j in placed:
+        if r.embedding:
+            continue
+        if r.clustering != snap.clustering or not 0 <= r.cluster < len(old):
+            lost += 1
+            continue
+        w = weights.of(r.kind)
+        n[:, j] += w * share[r.cluster]
+        s[:, j] += w * min(max(r.reward, 0.0), 1.0) * share[r.cluster]
+    if lost:
+        log.warning("re-clustering: %d rewards of an older clustering without embeddings were left out", lost)
+    carry = lambda a: share.T @ np.asarray(a, dtype=np.float64)  # noqa: E731
     return msgspec.structs.replace(
         snap,
-        centroids=np.ascontiguousarray(cents, dtype="<f4").tobytes(),
-        n=_rows(np.outer(share, snap.n[0])),
-        reward_sum=_rows(np.outer(share, snap.reward_sum[0])),
-        decisions=tuple((0,) * len(snap.models) for _ in share),
+        centroids=cents.astype("<f4").tobytes(),
+        n=_rows(n),
+        reward_sum=_rows(np.minimum(s, n)),
+        decisions=_rows(np.rint(carry(snap.decisions)), int),
+        calls=_rows(carry(usage_table(snap, "calls"))),
+        bill_sum=_rows(carry(usage_table(snap, "bill_sum"))),
+        completion_sum=_rows(carry(usage_table(snap, "completion_sum"))),
         clustering=snap.clustering + 1,
+        clustered_at=max(snap.seen, 1),
         drift=(),
     )
+
+
+def _target(models: dict[str, int], r: RewardRow | RewardStats) -> int | None:
+    # an upstream error is the fault of the model the policy chose; the rest, of who answered
+    return models.get(r.arm if r.kind == "upstream_error" and r.arm else r.model)
 
 
 def _evidence(snap: Snapshot, window: Window, weights: RewardWeights) -> tuple[np.ndarray, np.ndarray]:
@@ -141,18 +192,14 @@ def _evidence(snap: Snapshot, window: Window, weights: RewardWeights) -> tuple[n
     k, m = len(cents), len(snap.models)
     n, s = np.zeros((k, m)), np.zeros((k, m))
 
-    def target(model: str, arm: str, kind: str) -> int | None:
-        # an upstream error is the fault of the model the policy chose; the rest, of who answered
-        return models.get(arm if kind == "upstream_error" and arm else model)
-
     for r in window.rewards:
-        j = target(r.model, r.arm, r.kind)
+        j = _target(models, r)
         if r.clustering != snap.clustering or j is None or not 0 <= r.cluster < k:
             continue  # stale rows arrive one by one in window.stale
         w = weights.of(r.kind)
         n[r.cluster, j] += w * r.count
         s[r.cluster, j] += w * r.reward_sum
-    stale = [(r, target(r.model, r.arm, r.kind)) for r in window.stale if r.clustering != snap.clustering]
+    stale = [(r, _target(models, r)) for r in window.stale if r.clustering != snap.clustering]
     placed = [(r, j) for r, j in stale if j is not None and r.embedding]
     if len(placed) < len(stale):
         log.warning("%d rewards from an old clustering without embeddings were skipped", len(stale) - len(placed))
@@ -192,6 +239,7 @@ def fold(
     n_new, s_new = _evidence(snap, window, params.rewards)
 
     decisions = np.array(snap.decisions, dtype=np.int64)
+    calls, bills, completion = (usage_table(snap, name) for name in ("calls", "bill_sum", "completion_sum"))
     routed, margin_sum = np.zeros(k), np.zeros(k)
     tok_sum, lat_sum, cnt = np.zeros(m), np.zeros(m), np.zeros(m)
     for st in window.decisions:
@@ -202,6 +250,9 @@ def fold(
             decisions[st.cluster, j] += st.decisions
             routed[st.cluster] += st.decisions
             margin_sum[st.cluster] += st.margin_sum
+            calls[st.cluster, j] += st.decisions
+            bills[st.cluster, j] += st.cost_usd
+            completion[st.cluster, j] += st.completion_tokens
         tok_sum[j] += st.completion_tokens
         lat_sum[j] += st.latency_ms / 1000.0
         cnt[j] += st.decisions
@@ -239,6 +290,10 @@ def fold(
         completion_tokens=tuple(float(x) for x in tokens),
         latency_s=tuple(float(x) for x in latency),
         watermark_ms=window.until_ms,
+        calls=_rows(calls),
+        bill_sum=_rows(bills),
+        completion_sum=_rows(completion),
+        seen=snap.seen + int(cnt.sum()),
         budgets=_budgets(snap, window.decisions, params),
         drift=drift,
         explore_share=share,
@@ -263,6 +318,9 @@ def recluster_snapshot(
         n=_rows(n),
         reward_sum=_rows(np.minimum(carry(snap.reward_sum), n)),
         decisions=_rows(np.rint(carry(snap.decisions) / params.carry), int),
+        calls=_rows(carry(usage_table(snap, "calls")) / params.carry),
+        bill_sum=_rows(carry(usage_table(snap, "bill_sum")) / params.carry),
+        completion_sum=_rows(carry(usage_table(snap, "completion_sum")) / params.carry),
         clustering=snap.clustering + 1,
         drift=tuple(ClusterDrift() for _ in range(len(result.centroids))),
     )

@@ -78,6 +78,12 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budgets: tuple[BudgetState, ...] = ()  # learned cost weights of policies with a budget
     drift: tuple[ClusterDrift, ...] = ()  # (k,) or empty: detector memory per cluster
     explore_share: tuple[float, ...] = ()  # (m,) or empty: share of sample rows a model may win
+    # usage per (cluster, model), for the cost estimate (learner.routing); empty: none yet
+    calls: tuple[tuple[float, ...], ...] = ()  # (k, m) calls that were billed
+    bill_sum: tuple[tuple[float, ...], ...] = ()  # (k, m) USD billed
+    completion_sum: tuple[tuple[float, ...], ...] = ()  # (k, m) completion tokens
+    seen: int = 0  # decisions routed since the first snapshot
+    clustered_at: int = 0  # ``seen`` when the current clustering was built from traffic
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -135,14 +141,23 @@ def validate(snap: Snapshot) -> None:
             raise SnapshotError(f"{name}: expected {m} finite non-negative values")
     if not all(0.0 < p < 1.0 for p in snap.prior_mean):
         raise SnapshotError("prior_mean: values must be in (0, 1)")
-    if snap.prior_strength <= 0 or snap.shrink_strength <= 0:
-        raise SnapshotError("prior_strength/shrink_strength: must be positive")
+    if snap.prior_strength <= 0 or not np.isfinite(snap.shrink_strength):
+        raise SnapshotError("prior_strength: must be positive; shrink_strength: finite (<= 0: from the data)")
     if snap.version < 0 or snap.parent < 0 or snap.parent > snap.version:
         raise SnapshotError("version/parent: parent must not be newer than version")
     _validate_learning(snap, k, m)
 
 
 def _validate_learning(snap: Snapshot, k: int, m: int) -> None:
+    for name in ("calls", "bill_sum", "completion_sum"):
+        rows = getattr(snap, name)
+        if not rows:
+            continue
+        v = np.array(rows, dtype=np.float64)
+        if v.shape != (k, m) or not np.isfinite(v).all() or (v < 0).any():
+            raise SnapshotError(f"{name}: expected ({k}, {m}) finite non-negative values")
+    if snap.seen < 0 or snap.clustered_at < 0:
+        raise SnapshotError("seen/clustered_at: must not be negative")
     if len({b.policy for b in snap.budgets}) != len(snap.budgets):
         raise SnapshotError("budgets: duplicate policy")
     for b in snap.budgets:

@@ -27,7 +27,9 @@ from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, Retry
 from service.metrics import Registry
 from service.records import Recorder, Routed
 from service.rerequest import RerequestTracker
-from service.routing import RouteChoice, Router, RouterView
+from learner.clusters import assign
+from learner.routing import RouteChoice, View, decide
+from service.routing import Router
 from service.rules import NoCandidate, Rules
 from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
@@ -139,7 +141,7 @@ class ChatService:
         tenant = caller.tenant
         text = next(message_text(m) for m in reversed(req.messages) if m.role == "user")
         prompt_tokens = request_tokens([message_text(m) for m in req.messages])
-        view = self.router.view
+        view = self.router.view  # read once: a swap meanwhile cannot mix two snapshots
         policy = req.model if req.model in self.policies else tenant.policy
         weights = self.policies[policy]
         cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
@@ -147,37 +149,40 @@ class ChatService:
             cost_weight = view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
         elif tenant.cost_weight is None:  # a policy's budget: the live snapshot's weight for this policy
             cost_weight = view.cost_weight(policy, cost_weight)
+        embedding = self.embedder.embed([text])[0]
+        cluster, margin = assign(embedding, view.centroids)
+        costs = view.costs(cluster, prompt_tokens)
         try:
             screen = self.rules.screen(
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
-                costs=lambda: view.costs(prompt_tokens), requested=req.model, tenant=tenant.name,
+                costs=lambda: costs, requested=req.model, tenant=tenant.name,
                 tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
             )  # fmt: skip
         except NoCandidate as exc:
             self.metrics.rejected.inc(exc.code)
             raise ApiError(400, str(exc), param=exc.param, code=exc.code) from None
-        embedding = self.embedder.embed([text])[0]
+        placed = (cluster, margin)
         if screen.pinned >= 0:  # logged with propensity 1
             only = np.zeros(len(self.pool), dtype=bool)
             only[screen.pinned] = True
-            choice = self.router.decide(embedding, prompt_tokens, 0.0, 0.0, only, 0)
+            choice = decide(view, embedding, prompt_tokens, 0.0, 0.0, only, 0, placed)
             policy = "passthrough" if screen.rule == "requested" else "pinned"
             name = self.pool[screen.pinned].name
             return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
-                          view.snapshot.clustering, name, screen.safety_class)  # fmt: skip
+                          view.snapshot.clustering, name, screen.safety_class, costs)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
         row = int(self.rng.integers(1 << 30))
-        choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
+        choice = decide(view, embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         escalated = self.rules.escalate(screen.allowed, choice.margin)
         if escalated is not screen.allowed:  # unsure of the cluster: decide again among strong models
             allowed = escalated
-            choice = self.router.decide(embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row)
+            choice = decide(view, embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         if tenant.exploration_cap < 1.0:
-            choice = self._cap_exploration(view, choice, prompt_tokens, cost_weight, weights.latency_weight,
+            choice = self._cap_exploration(view, choice, costs, cost_weight, weights.latency_weight,
                                            allowed, tenant.exploration_cap)  # fmt: skip
         names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
-                      view.snapshot.clustering, names[0], screen.safety_class)
+                      view.snapshot.clustering, names[0], screen.safety_class, costs)
 
     def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
         if not models:
@@ -189,12 +194,12 @@ class ChatService:
             self._tenant_masks[models] = mask
         return mask
 
-    def _cap_exploration(self, view: RouterView, choice: RouteChoice, prompt_tokens: int, cost_weight: float,
+    def _cap_exploration(self, view: View, choice: RouteChoice, costs: np.ndarray, cost_weight: float,
                          latency_weight: float, allowed: np.ndarray | None, cap: float) -> RouteChoice:  # fmt: skip
         """Mix the Thompson policy with the greedy one: with probability 1 - cap take the model of
         best posterior mean utility. Exploration (any other model) then takes at most ``cap`` of the
         traffic, and the logged propensity is the mixture's, exact: cap * p_ts + (1 - cap) * [greedy]."""
-        utility = view.mean[choice.cluster] - (cost_weight * view.costs(prompt_tokens) + latency_weight * view.latency_s)
+        utility = view.mean[choice.cluster] - (cost_weight * costs + latency_weight * view.latency_s)
         if allowed is not None:
             utility = np.where(allowed, utility, -np.inf)
         greedy = int(np.argmax(utility))
@@ -204,7 +209,7 @@ class ChatService:
         order = tuple(int(j) for j in np.argsort(-utility) if j != arm and np.isfinite(utility[j]))
         return msgspec.structs.replace(choice, arm=arm, propensity=float(props[arm]),
                                        propensities=tuple(float(p) for p in props), fallback_order=order,
-                                       expected_cost_usd=float(view.costs(prompt_tokens)[arm]))  # fmt: skip
+                                       expected_cost_usd=float(costs[arm]))  # fmt: skip
 
     # -- records ---------------------------------------------------------------------------
 
@@ -332,8 +337,7 @@ class ChatService:
             self.records.attempts(req, caller, routed, decision_id, emb, attempts)
             self.metrics.fallbacks.inc(name)
         model = self.pool[self.by_name[name]]
-        view = self.router.view
-        estimate = float(view.costs(routed.prompt_tokens)[view.index[name]])
+        estimate = float(routed.costs[self.by_name[name]])
         body = self._sse(req, caller, routed, decision_id, emb, model, attempts, first, agen, started)
         return StreamAnswer(body, self._headers(decision_id, name, routed.choice.cluster, estimate, len(attempts)))
 

@@ -179,6 +179,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deployment(args: argparse.Namespace):  # -> simulations.replay.Deployment
+    from service.runtime import deployment
+
+    return deployment(_settings(args))
+
+
 def _open_stores(args: argparse.Namespace):  # -> (RowStore, SnapshotStore, LearnerLog)
     from service.runtime import open_stores
 
@@ -190,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     parser.set_defaults(load_settings=_settings)  # for commands registered by other packages (turnout sink)
+    parser.set_defaults(load_deployment=_deployment)  # for turnout replay / simulate: the product's own settings
     parser.set_defaults(open_stores=_open_stores)  # for learner.cli (turnout snapshot), which may not import service
 
     up = sub.add_parser("up", help="service, event bus, ClickHouse and learner in one process")

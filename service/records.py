@@ -42,6 +42,7 @@ class Routed(msgspec.Struct, frozen=True):
     clustering: int
     arm: str  # the model the policy chose (candidates[0])
     safety_class: str = ""
+    costs: np.ndarray | None = None  # (m,) expected USD of each model under the routed snapshot
 
 
 class Recorder:

@@ -34,13 +34,14 @@ from service.clusters_about import prompt_scope
 from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.gateway import build_tenants, chat_parts
-from service.routing import Pricing, Router
+from learner.routing import Prices, RoutingParams
+from service.routing import Router
 from service.settings import Settings
 from service.upstream import Upstream
 
 __all__ = [
     "Runtime", "build_embedder", "build_event_sink", "learner_params", "open_stores",
-    "pool_from_settings",
+    "deployment", "pool_from_settings", "prices_of", "routing_params",
 ]  # fmt: skip
 
 log = logging.getLogger("turnout")
@@ -53,7 +54,8 @@ def learner_params(settings: Settings) -> LearnerParams:
     d, r = ls.drift, ls.recluster
     return LearnerParams(
         n_clusters=settings.router.n_clusters, grace_ms=int(ls.grace_s * 1000), discount=ls.discount,
-        cold_start_min=ls.cold_start_min, half_life_ms=ls.half_life_s * 1000.0,
+        cold_start_min=ls.cold_start_min, recluster_growth=ls.recluster_growth,
+        recluster_until=ls.recluster_until, half_life_ms=ls.half_life_s * 1000.0,
         half_life_rewards=ls.half_life_feedback,
         rewards=RewardWeights(ls.feedback_weights.explicit, ls.feedback_weights.re_request,
                               ls.feedback_weights.upstream_error),
@@ -72,6 +74,40 @@ def learner_params(settings: Settings) -> LearnerParams:
         budget=BudgetParams(step=ls.budget_step),
         explore_min_evidence=ls.explore_min_evidence, explore_share=ls.explore_share,
     )  # fmt: skip
+
+
+def routing_params(settings: Settings) -> RoutingParams:
+    """How decisions are drawn, from ``[router]``: the same in the service and the replay."""
+    r = settings.router
+    return RoutingParams(n_samples=r.thompson_samples, seed=r.seed, satisfice=r.satisfice)
+
+
+def deployment(settings: Settings):  # -> simulations.replay.Deployment
+    """What the offline runs (``turnout replay``, ``simulate``) take from a deployment's settings:
+    the same learner and router levers with the same defaults, the price sheet and tiers."""
+    from simulations.replay import ConfiguredModel, Deployment
+
+    r = settings.router
+    models = tuple(
+        ConfiguredModel(m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier, m.expected_completion_tokens,
+                        m.expected_latency_s)  # fmt: skip
+        for m in settings.models
+    )
+    pool = pool_from_settings(settings)[0]
+    shown = {"router": msgspec.to_builtins(msgspec.structs.replace(r, cluster_examples=())),
+             "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=()))}  # fmt: skip
+    return Deployment(
+        learner=learner_params(settings), routing=routing_params(settings), prior_strength=r.prior_strength,
+        shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
+        models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim, settings=shown,
+        pool_prices=prices_of(pool),
+    )  # fmt: skip
+
+
+def prices_of(pool) -> Prices:
+    """The price sheet of the pool, in its order."""
+    return Prices(tuple(m.name for m in pool), tuple(m.price_in_per_mtok for m in pool),
+                  tuple(m.price_out_per_mtok for m in pool))  # fmt: skip
 
 
 def open_stores(settings: Settings) -> tuple[RowStore, SnapshotStore, LearnerLog]:
@@ -219,8 +255,7 @@ class Runtime:
 
             dead = ClickHouseDeadLetterStore(self.client) if self.client is not None else MemoryDeadLetterStore()
             self.pipeline = build_sink(settings, self.rows, dead)
-        pricing = Pricing(prior.models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
-        self.router = Router(pricing, settings.router.thompson_samples, settings.router.seed)
+        self.router = Router(prices_of(pool), routing_params(settings))
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
         policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})

@@ -128,7 +128,8 @@ class RouterSettings(_Config):
     n_clusters: int = 4
     cluster_examples: tuple[str, ...] = ()
     prior_strength: float = 2.0
-    shrink_strength: float = 5.0
+    shrink_strength: float = 0.0  # how hard a cluster leans on the pool's posterior; <= 0: from the data
+    satisfice: float = 0.03  # quality difference not worth exploring for (0: plain Thompson sampling)
     cost_weight: float = 25.0  # quality points one US dollar is worth, for policy "auto"
     latency_weight: float = 0.0  # quality points one second is worth
     thompson_samples: int = 1024
@@ -183,7 +184,9 @@ class LearnerSettings(_Config):
     interval_s: float = 30.0
     grace_s: float = 2.0
     discount: float = 1.0
-    cold_start_min: int = 64
+    cold_start_min: int = 64  # decisions before the traffic is first clustered
+    recluster_growth: float = 2.0  # cluster the traffic again each time it grows by this factor (0: never)
+    recluster_until: int = 4096  # ... until this many decisions were routed
     snapshot_poll_s: float = 5.0
     half_life_s: float = 7 * 24 * 3600.0  # evidence halves every week of traffic; 0 = never
     half_life_feedback: float = 0.0  # ... and every this much new feedback in its cluster; 0 = never

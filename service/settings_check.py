@@ -44,6 +44,14 @@ def check(s: Settings, source: str) -> None:
         raise ConfigError(f"config error in {source}: router.thompson_samples must be >= 16")
     if s.router.n_clusters < 1:
         raise ConfigError(f"config error in {source}: router.n_clusters must be >= 1")
+    if not (math.isfinite(s.router.satisfice) and s.router.satisfice >= 0):
+        raise ConfigError(f"config error in {source}: router.satisfice must be a finite number >= 0")
+    if not (math.isfinite(s.router.shrink_strength) and s.router.prior_strength > 0):
+        raise ConfigError(f"config error in {source}: router.prior_strength must be > 0, shrink_strength finite")
+    if s.learner.cold_start_min < 1 or s.learner.recluster_until < 0:
+        raise ConfigError(f"config error in {source}: learner.cold_start_min must be >= 1, recluster_until >= 0")
+    if not (s.learner.recluster_growth == 0 or s.learner.recluster_growth > 1):
+        raise ConfigError(f"config error in {source}: learner.recluster_growth must be 0 (never) or > 1")
     if not 0.0 < s.learner.discount <= 1.0:
         raise ConfigError(f"config error in {source}: learner.discount must be in (0, 1]")
     for i, b in enumerate(s.learner.budgets):

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from learner.policy import credible_interval
-from service.routing import RouterView
+from learner.routing import credible_interval
+from learner.routing import View as RouterView
 
 __all__ = ["router_state"]
 

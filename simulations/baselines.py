@@ -1,10 +1,11 @@
-"""The policies ``turnout simulate`` compares with Turnout's, behind one small interface.
+"""The policies ``turnout simulate`` and the replay benchmarks compare with Turnout's, behind one interface.
 
-Turnout itself (and plain Thompson sampling, which is Turnout with one cluster) run through
-``simulations.online.OnlineRouter``, the core's policy. The others are the usual yardsticks:
-a linear contextual Thompson sampler (per-model Bayesian linear regression on a projection of
-the embedding; same cost handling as Turnout), river's LinUCB, epsilon-greedy and UCB (learning
-the utility ``reward - cost_weight * cost`` directly), fixed choices and the oracle.
+Turnout itself (and plain Thompson sampling, which is Turnout with one cluster) run as an
+offline deployment (``simulations.replay.OfflineDeployment``): the service's decision and the
+learner's own cycles. The others are the usual yardsticks: a plain per-cluster Beta Thompson
+sampler over fixed k-means clusters, a linear contextual Thompson sampler (per-model Bayesian
+linear regression on a projection of the embedding), river's LinUCB, epsilon-greedy and UCB
+(learning the utility ``reward - cost_weight * cost`` directly), fixed choices and the oracle.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from typing import Protocol
 
 import numpy as np
 
-from learner.costs import completion_cost, estimate_costs
-from simulations.online import OnlineRouter
+from learner.clusters import assign, kmeans
+from learner.costs import request_tokens
+from learner.routing import Prices
+from simulations.outcomes import Outcomes
+from simulations.replay import Deployment, OfflineDeployment, ReplayRun
 
-__all__ = ["Fixed", "LinearThompson", "Oracle", "Policy", "RiverPolicy", "Turnout", "Uniform", "project"]
+__all__ = [
+    "Fixed", "LinearThompson", "Oracle", "PlainThompson", "Policy", "RiverPolicy", "Turnout", "Uniform", "project",
+    "plain_baseline", "replay_policy",
+]  # fmt: skip
 
 
 class Policy(Protocol):
@@ -36,36 +43,103 @@ def project(dim: int, out: int, seed: int) -> np.ndarray:
 
 
 class Turnout:
-    """Turnout's contextual Thompson sampling (``OnlineRouter``), as configured."""
+    """Turnout as it ships: an offline deployment of the service's router and learner.
 
-    def __init__(self, name: str, router: OnlineRouter, rng: np.random.Generator) -> None:
+    ``prices(t)`` is the price sheet configured at step t (USD per million tokens, in and out);
+    a change swaps it in, as a restart with a new ``[[models]]`` table would.
+    """
+
+    def __init__(self, name: str, models: tuple[str, ...], dim: int, deployment: Deployment, prices,
+                 learn_every: int = 10) -> None:  # fmt: skip
         self.name = name
-        self.router = router
+        self._prices = prices
+        self._learn_every = learn_every
+        self.sim = OfflineDeployment(models, dim, deployment, prices(0))
+        self._choice = None
+        self._tokens = 0
+
+    def decide(self, t, emb, tokens, allowed, per_token):
+        sheet = self._prices(t)
+        if sheet != self.sim.prices:
+            self.sim.set_prices(sheet)
+        self._tokens = int(tokens) + 4  # the request's tokens as the service counts them (one message)
+        self._choice = self.sim.route(emb, self._tokens, None if allowed.all() else allowed)
+        return self._choice.arm, self._choice.cluster
+
+    def learn(self, t, emb, arm, cluster, reward, cost, tokens):
+        self.sim.record(self._choice, emb, self._tokens, reward, cost)
+        if self.sim.routed % self._learn_every == 0:
+            self.sim.learn()
+
+
+class PlainThompson:
+    """The plain baseline: Beta(1, 1) Thompson sampling per (cluster, model) over ``k`` fixed
+    k-means clusters of the embeddings, each model's cost the running mean of its own bills.
+
+    ``centroids`` come from k-means over the prompts' embeddings (text only, no outcome), the
+    usual offline clustering step of a cluster-based router.
+    """
+
+    def __init__(self, name: str, centroids: np.ndarray, m: int, cost_weight: float, rng: np.random.Generator) -> None:
+        self.name = name
+        self._cents = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._a = np.ones((len(centroids), m))
+        self._b = np.ones((len(centroids), m))
+        self._bills = np.zeros(m)
+        self._calls = np.zeros(m)
+        self._w = cost_weight
         self._rng = rng
 
     def decide(self, t, emb, tokens, allowed, per_token):
-        if not np.array_equal(per_token, self.router.per_token):
-            self.router.set_prices(per_token)
-        arm, _, c = self.router.decide(emb, tokens, allowed, int(self._rng.integers(self.router.cfg.thompson_samples)))
-        return arm, c
+        c, _ = assign(emb, self._cents)
+        cost = np.divide(self._bills, self._calls, out=np.zeros_like(self._bills), where=self._calls > 0)
+        u = self._rng.beta(self._a[c], self._b[c]) - self._w * cost
+        return int(np.argmax(np.where(allowed, u, -np.inf))), c
 
     def learn(self, t, emb, arm, cluster, reward, cost, tokens):
-        self.router.record(emb, arm, cluster, reward, cost, tokens)
+        self._bills[arm] += cost
+        self._calls[arm] += 1
+        if reward is not None:
+            self._a[cluster, arm] += reward
+            self._b[cluster, arm] += 1.0 - reward
+
+
+def replay_policy(outcomes: Outcomes, embeddings: np.ndarray, policy: Policy, seed: int, weight: float) -> ReplayRun:
+    """One shuffled pass (the replay's order for ``seed``) of a baseline, with bandit feedback."""
+    order = np.random.default_rng(seed).permutation(len(outcomes))
+    n = len(order)
+    arms, clusters = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    rewards, costs = np.zeros(n), np.zeros(n)
+    zero = np.zeros(len(outcomes.models))
+    for t, i in enumerate(order):
+        tokens = request_tokens([outcomes.prompts[i]])
+        arm, c = policy.decide(t, embeddings[i], tokens, outcomes.available[i], zero)
+        arms[t], clusters[t] = arm, c
+        rewards[t], costs[t] = outcomes.scores[i, arm], outcomes.costs[i, arm]
+        policy.learn(t, embeddings[i], arm, c, rewards[t], costs[t], tokens)
+    return ReplayRun(order, arms, clusters, np.ones(n), rewards, costs, weight, int(clusters.max()) + 1)
+
+
+def plain_baseline(outcomes: Outcomes, embeddings: np.ndarray, seed: int, weight: float, k: int = 16) -> ReplayRun:
+    """The plain baseline of issue 10 on an outcome file: 16 k-means clusters, Beta Thompson sampling."""
+    cents = kmeans(embeddings, min(k, len(embeddings)), np.random.default_rng([seed, 5]))
+    policy = PlainThompson("plain", cents, len(outcomes.models), weight, np.random.default_rng([seed, 6]))
+    return replay_policy(outcomes, embeddings, policy, seed, weight)
 
 
 class _CostModel:
-    """Known prompt prices plus a learned completion cost per model (``learner.costs``, one cluster)."""
+    """Each model's cost: the running mean of its own bills (0 before its first)."""
 
     def __init__(self, m: int) -> None:
-        self.resid = np.zeros((1, m))
-        self.count = np.zeros((1, m))
+        self.total = np.zeros(m)
+        self.count = np.zeros(m)
 
     def costs(self, tokens: float, per_token: np.ndarray) -> np.ndarray:
-        return estimate_costs(tokens, per_token, completion_cost(per_token, self.resid, self.count)[0])
+        return np.divide(self.total, self.count, out=np.zeros_like(self.total), where=self.count > 0)
 
     def bill(self, arm: int, cost: float, tokens: float, per_token: np.ndarray) -> None:
-        self.resid[0, arm] += cost - tokens * per_token[arm]
-        self.count[0, arm] += 1
+        self.total[arm] += cost
+        self.count[arm] += 1
 
 
 class LinearThompson:

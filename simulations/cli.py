@@ -16,12 +16,7 @@ import msgspec
 
 from simulations.replay import ReplayConfig
 
-__all__ = ["DEFAULT_POLICY", "register"]
-
-# ``turnout replay``'s policy: the service's defaults plus the levers that measured well on
-# RouterBench (docs/simulations.md): the cluster count chosen from the data and refreshed as
-# traffic grows, dominated models eliminated at 80% credibility, posteriors tempered (x2).
-DEFAULT_POLICY = ReplayConfig(n_clusters=0, recluster_growth=4.0, eliminate=0.8, temper=2.0)
+__all__ = ["register"]
 
 _json = msgspec.json.Encoder()
 
@@ -40,37 +35,27 @@ def _embedder(name: str, dim: int):
     return WordLlamaEmbedder(dim)
 
 
-def _replay_config(args: argparse.Namespace) -> ReplayConfig:
-    return ReplayConfig(
-        cost_weight=args.cost_weight,
-        budget_usd=args.budget_usd,
-        n_clusters=args.n_clusters,
-        max_clusters=args.max_clusters,
-        cold_start=args.cold_start,
-        recluster_growth=args.recluster_growth,
-        prior_strength=args.prior_strength,
-        shrink_strength=args.shrink_strength,
-        prior=args.prior,
-        costs=args.costs,
-        thompson_samples=args.thompson_samples,
-        learn_every=args.learn_every,
-        eliminate=args.eliminate,
-        temper=args.temper,
-        passes=args.passes,
-        feedback=args.feedback,
-        seed=args.seed,
-    )
+def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is not None and not (value > 0 or (allow_zero and value == 0)) or value != value:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from simulations.experiment import decisions_path, embed_outcomes, run_replays, warm_start, write_decisions
+    from simulations.experiment import decisions_path, embed_outcomes, run_replays, write_decisions
     from simulations.outcomes import load_outcomes
     from simulations.report import markdown, sweep_weights
 
     if args.sweep and args.budget_usd is not None:
         print("turnout replay: --sweep and --budget-usd exclude each other", file=sys.stderr)
         return 2
+    if args.sweep and args.cost_weight is not None:
+        print("turnout replay: --sweep sets the cost weights itself; drop --cost-weight", file=sys.stderr)
+        return 2
     try:
+        _positive("--passes", args.passes)
+        _positive("--learn-every", args.learn_every)
+        _positive("--budget-usd", args.budget_usd)
+        _positive("--cost-weight", args.cost_weight, allow_zero=True)
         outcomes = load_outcomes(args.files)
         warm_outcomes = load_outcomes(args.warm_start) if args.warm_start else None
         if args.models:
@@ -81,45 +66,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
             outcomes = outcomes.select_models(names)
             if warm_outcomes is not None:
                 warm_outcomes = warm_outcomes.select_models([m for m in names if m in warm_outcomes.models])
-        config = _replay_config(args)
+        config = ReplayConfig(cost_weight=args.cost_weight, budget_usd=args.budget_usd, passes=args.passes,
+                              learn_every=args.learn_every, seed=args.seed)  # fmt: skip
     except (OSError, ValueError, msgspec.ValidationError) as exc:
         print(f"turnout replay: {exc}", file=sys.stderr)
         return 2
+    deployment = args.load_deployment(args)  # the product's settings: --config, TURNOUT_ overrides, defaults
     t0 = time.perf_counter()
-    embedder = _embedder(args.embedder, args.embedding_dim)
+    embedder = _embedder(deployment.embedder, deployment.embedding_dim)
     embeddings = embed_outcomes(outcomes, embedder)
-    warm = warm_start(warm_outcomes, embedder, config) if warm_outcomes is not None else None
+    warm = (warm_outcomes, embed_outcomes(warm_outcomes, embedder)) if warm_outcomes is not None else None
     embed_s = time.perf_counter() - t0
-    weights = sweep_weights(outcomes, args.sweep_points) if args.sweep else None
-    report, runs = run_replays(outcomes, embeddings, config, weights, warm)
-    files = []
-    if args.decisions_out:
-        for w, run in runs:
-            files.append(str(write_decisions(decisions_path(args.decisions_out, w, len(runs) > 1), outcomes, run)))
-    plot = None
+    weights = sweep_weights(outcomes) if args.sweep else None
+    report, runs = run_replays(outcomes, embeddings, deployment, config, weights, warm)
+    print_report = (lambda: _print_json({**msgspec.to_builtins(report), "embed_seconds": embed_s,
+                                         "final_cost_weight": [r.cost_weight for _, r in runs]})) if args.json else \
+        (lambda: print(markdown(report) + f"\nembedding {len(outcomes)} prompts took {embed_s:.1f} s"))  # fmt: skip
+    print_report()  # results first: an optional output that fails below loses nothing
+    if config.budget_usd is not None and not args.json:
+        print(f"budget {config.budget_usd:g} USD per request: cost weight paced to {runs[0][1].cost_weight:g}")
+    status = 0
+    try:
+        for w, run in runs if args.decisions_out else ():
+            path = write_decisions(decisions_path(args.decisions_out, w, len(runs) > 1), outcomes, run)
+            print(f"decisions: {path}", file=sys.stderr if args.json else sys.stdout)
+    except OSError as exc:
+        print(f"turnout replay: --decisions-out: {exc}", file=sys.stderr)
+        status = 2
     if args.plot:
         from simulations.plots import PlotsUnavailable, plot_frontier
 
         try:
-            plot = str(plot_frontier(report, args.plot))
+            print(f"plot: {plot_frontier(report, args.plot)}", file=sys.stderr if args.json else sys.stdout)
         except PlotsUnavailable as exc:
             print(f"turnout replay: {exc}", file=sys.stderr)
-            return 3
-    if args.json:
-        out = msgspec.to_builtins(report)
-        out.update(decisions_files=files, plot=plot, embed_seconds=embed_s,
-                   final_cost_weight=[r.cost_weight for _, r in runs], warm_start=bool(warm))  # fmt: skip
-        _print_json(out)
-    else:
-        print(markdown(report))
-        if config.budget_usd is not None:
-            print(f"budget {config.budget_usd:g} USD per request: cost weight paced to {runs[0][1].cost_weight:g}")
-        print(f"embedding {len(outcomes)} prompts took {embed_s:.1f} s")
-        for f in files:
-            print(f"decisions: {f}")
-        if plot:
-            print(f"plot: {plot}")
-    return 0
+            status = 3
+        except OSError as exc:
+            print(f"turnout replay: --plot: {exc}", file=sys.stderr)
+            status = 2
+    return status
 
 
 def _ms(text: str | None, default: int) -> int:
@@ -178,54 +163,40 @@ def _logged_from_clickhouse(args: argparse.Namespace):
     logs = read_decisions(client, _ms(args.since, 0), _ms(args.until, int(time.time() * 1000)), args.tenant)
     if not logs.arms:
         raise ValueError("no routed decisions with feedback in that time range")
-    target = candidate_target(logs, snap, args.cost_weight, seed=args.seed, n_samples=args.thompson_samples,
+    dep = args.load_deployment(args)
+    if dep.pool_prices is None or dep.pool_prices.models != snap.models:
+        raise ValueError(f"snapshot v{snap.version} routes {', '.join(snap.models)}, the configured pool differs: "
+                         f"pass the --config the service runs with")  # fmt: skip
+    weight = dep.cost_weight if args.cost_weight is None else args.cost_weight
+    target = candidate_target(logs, snap, dep.pool_prices, dep.routing, weight, dep.latency_weight,
                               exclude=tuple(args.exclude_model))  # fmt: skip
     return to_logged(logs, snap.models, target)
 
 
 def _replay_parser(sub: argparse._SubParsersAction) -> None:
-    D = DEFAULT_POLICY
-    p = sub.add_parser("replay", help="replay outcome files (JSONL): route online, learn from bandit feedback, report",
-                       description="Shuffle the prompts (--seed), route each with the policy, reveal only the chosen "
-                                   "model's score and cost, learn online; report against every single model and the "
-                                   "per-prompt oracle in the cost-quality plane.")  # fmt: skip
+    D = ReplayConfig()
+    p = sub.add_parser("replay", help="replay outcome files (JSONL) through the router as it ships, report",
+                       description="Shuffle the prompts (--seed), route each with the service's router and settings "
+                                   "(--config), reveal only the chosen model's score and cost, learn with the "
+                                   "service's learner every --learn-every prompts; report against every single model "
+                                   "and the per-prompt oracle in the cost-quality plane.")  # fmt: skip
     p.add_argument("files", nargs="+", help="outcome files (several are concatenated)")
+    p.add_argument("--config", help="the deployment's TOML configuration: levers, cost weight, [[models]] prices")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--cost-weight", type=float, default=D.cost_weight,
-                     help=f"quality points one US dollar is worth (default {D.cost_weight:g})")
-    how.add_argument("--budget-usd", type=float, help="target mean cost per request; the cost weight is paced to it")
-    p.add_argument("--sweep", action="store_true", help="replay at a range of cost weights from the data's cost scale")
-    p.add_argument("--sweep-points", type=int, default=9, help="cost weights in a sweep (default 9)")
-    p.add_argument("--seed", type=int, default=D.seed)
+    how.add_argument("--cost-weight", type=float, help="quality points one US dollar is worth (default: router.cost_weight)")
+    how.add_argument("--budget-usd", type=float, help="target mean cost per request; the learner paces the cost weight")
+    p.add_argument("--sweep", action="store_true",
+                   help="replay at u x (0, 0.1, 0.3, 1, 3, 10), u the break-even weight of the best and the cheapest model")
+    p.add_argument("--seed", type=int, default=D.seed, help="shuffle and router seed (default 0)")
     p.add_argument("--passes", type=int, default=D.passes, help="stream the shuffled prompts this many times")
-    p.add_argument("--learn-every", type=int, default=D.learn_every, help="fold feedback into the evidence every N prompts")
-    p.add_argument("--warm-start", nargs="+", metavar="FILE", help="fit priors with full information on these outcome files first")
+    p.add_argument("--learn-every", type=int, default=D.learn_every,
+                   help=f"prompts per learning cycle (default {D.learn_every})")
+    p.add_argument("--warm-start", nargs="+", metavar="FILE",
+                   help="stream these outcome files first, the same way, as traffic served before the replay")
+    p.add_argument("--models", help="comma-separated subset of the pool (e.g. two models for APGR/CPT)")
     p.add_argument("--decisions-out", metavar="FILE", help="one JSON line per routed prompt (suffix per weight in a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw the cost-quality plane (needs matplotlib)")
-    pol = p.add_argument_group("policy")
-    pol.add_argument("--models", help="comma-separated subset of the pool (e.g. two models for APGR/CPT)")
-    pol.add_argument("--n-clusters", type=int, default=D.n_clusters,
-                     help=f"clusters; 0 chooses the count from the data (default {D.n_clusters})")
-    pol.add_argument("--max-clusters", type=int, default=D.max_clusters)
-    pol.add_argument("--cold-start", type=int, default=D.cold_start, help="prompts before the first clustering")
-    pol.add_argument("--recluster-growth", type=float, default=D.recluster_growth,
-                     help=f"cluster again each time the prompts seen grow by this factor (0: only once; "
-                          f"default {D.recluster_growth:g})")  # fmt: skip
-    pol.add_argument("--prior-strength", type=float, default=D.prior_strength)
-    pol.add_argument("--shrink-strength", type=float, default=D.shrink_strength)
-    pol.add_argument("--prior", choices=("flat", "prices"), default=D.prior,
-                     help=f"prior quality: flat, or from prices (default {D.prior})")
-    pol.add_argument("--costs", choices=("tokens", "mean", "exact"), default=D.costs,
-                     help="cost estimate before the call: per token (default), running mean per call, or the true one")
-    pol.add_argument("--eliminate", type=float, default=D.eliminate,
-                     help=f"credible level to drop dominated models, 0 keeps all (default {D.eliminate:g})")
-    pol.add_argument("--temper", type=float, default=D.temper, help="posterior concentration factor (>1 explores less)")
-    pol.add_argument("--feedback", choices=("bandit", "full"), default=D.feedback,
-                     help="bandit (the protocol) or full: every model's outcome revealed, a bound")
-    pol.add_argument("--thompson-samples", type=int, default=D.thompson_samples)
-    pol.add_argument("--embedder", choices=("wordllama", "hashing"), default="wordllama")
-    pol.add_argument("--embedding-dim", type=int, default=256)
     p.set_defaults(func=cmd_replay)
 
 
@@ -246,10 +217,9 @@ def _ope_parser(sub: argparse._SubParsersAction) -> None:
     ch.add_argument("--until", help="end of the time range: ISO 8601 or Unix ms (default: now)")
     ch.add_argument("--tenant", default="", help="only this tenant's decisions")
     ch.add_argument("--snapshot", type=int, help="candidate snapshot version (default: the latest)")
-    ch.add_argument("--cost-weight", type=float, default=25.0, help="candidate's cost weight (default 25)")
+    ch.add_argument("--cost-weight", type=float, help="candidate's cost weight (default: router.cost_weight)")
     ch.add_argument("--exclude-model", action="append", default=[], help="remove a model from the candidate's pool")
-    ch.add_argument("--seed", type=int, default=0, help="the router seed (router.seed)")
-    ch.add_argument("--thompson-samples", type=int, default=1024, help="router.thompson_samples")
+    ch.add_argument("--config", help="the service's TOML configuration (pool prices, router settings)")
     p.set_defaults(func=cmd_ope)
 
 

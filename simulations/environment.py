@@ -64,6 +64,7 @@ class Stream(msgspec.Struct, frozen=True):
     cost_usd: np.ndarray
     available: np.ndarray
     price_per_token: np.ndarray  # (T, m) USD per prompt token (the price sheet in force)
+    price_out_per_token: np.ndarray  # (T, m) USD per completion token (the same sheet)
     happy_u: np.ndarray  # uniform draws: the answer pleases when happy_u < quality
     feedback_u: np.ndarray  # (T, 3) uniform draws for thumbs, noise, re-ask
 
@@ -136,6 +137,7 @@ def stream(sc: Scenario, steps: int, rng: np.random.Generator) -> Stream:
     cost = np.zeros((steps, m))
     avail = np.zeros((steps, m), dtype=bool)
     price = np.zeros((steps, m))
+    price_out = np.zeros((steps, m))
     tokens = np.zeros(steps)
     for t in range(steps):
         phase = sc.phases[int(np.searchsorted(starts, t, side="right")) - 1]
@@ -152,10 +154,11 @@ def stream(sc: Scenario, steps: int, rng: np.random.Generator) -> Stream:
             quality[t, j] = model.quality_on(name)
             cost[t, j] = (tokens[t] * model.price_in_per_mtok + out_tokens * model.price_out_per_mtok) / 1e6
             price[t, j] = model.price_in_per_mtok / 1e6
+            price_out[t, j] = model.price_out_per_mtok / 1e6
             avail[t, j] = True
     return Stream(
         prompts=tuple(prompts), topics=topics, topic_names=topic_names, models=models, tokens=tokens,
-        quality=quality, cost_usd=cost, available=avail, price_per_token=price,
+        quality=quality, cost_usd=cost, available=avail, price_per_token=price, price_out_per_token=price_out,
         happy_u=rng.random(steps), feedback_u=rng.random((steps, 3)),
     )  # fmt: skip
 

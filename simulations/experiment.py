@@ -15,11 +15,10 @@ import numpy as np
 from learner.embedding import Embedder
 from simulations.outcomes import Outcomes
 from simulations.progress import Progress
-from simulations.online import Evidence
-from simulations.replay import ReplayConfig, ReplayRun, fit_warm_start, replay
+from simulations.replay import Deployment, ReplayConfig, ReplayRun, replay
 from simulations.report import ReplayReport, evaluate
 
-__all__ = ["decisions_path", "embed_outcomes", "run_replays", "warm_start", "write_decisions"]
+__all__ = ["decisions_path", "embed_outcomes", "run_replays", "write_decisions"]
 
 
 def embed_outcomes(outcomes: Outcomes, embedder: Embedder) -> np.ndarray:
@@ -30,31 +29,28 @@ def embed_outcomes(outcomes: Outcomes, embedder: Embedder) -> np.ndarray:
     return np.ascontiguousarray(vectors[[where[p] for p in outcomes.prompts]], dtype=np.float32)
 
 
-def warm_start(outcomes: Outcomes, embedder: Embedder, config: ReplayConfig) -> Evidence:
-    """Fit centroids and evidence on ``outcomes`` with full information (every model's score)."""
-    emb = embed_outcomes(outcomes, embedder)
-    return fit_warm_start(outcomes, emb, config.n_clusters, np.random.default_rng([config.seed, 3]),
-                          max_clusters=config.max_clusters)  # fmt: skip
-
-
 def run_replays(
     outcomes: Outcomes,
     embeddings: np.ndarray,
+    deployment: Deployment,
     config: ReplayConfig,
     weights: Sequence[float] | None = None,
-    warm: Evidence | None = None,
+    warm: tuple[Outcomes, np.ndarray] | None = None,
     show_progress: bool | None = None,
 ) -> tuple[ReplayReport, list[tuple[float, ReplayRun]]]:
     """One replay per cost weight (``None``: the config's own, or its budget), then the report."""
-    points = [config.cost_weight] if weights is None else [float(w) for w in weights]
+    base = deployment.cost_weight if config.cost_weight is None else config.cost_weight
+    points = [base] if weights is None else [float(w) for w in weights]
     total = len(points) * len(outcomes) * max(1, config.passes)
     runs: list[tuple[float, ReplayRun]] = []
     start = time.perf_counter()
     with Progress(total, "replay", enabled=show_progress) as bar:
         for w in points:
             cfg = msgspec.structs.replace(config, cost_weight=w)
-            runs.append((w, replay(outcomes, embeddings, cfg, warm, bar.advance)))
-    return evaluate(outcomes, runs, time.perf_counter() - start), runs
+            runs.append((w, replay(outcomes, embeddings, deployment, cfg, warm, bar.advance)))
+    report = evaluate(outcomes, runs, time.perf_counter() - start)
+    shown = {**deployment.settings, "replay": msgspec.to_builtins(config), "warm_start_prompts": len(warm[0]) if warm else 0}
+    return msgspec.structs.replace(report, settings=shown), runs
 
 
 def decisions_path(path: str | Path, weight: float, several: bool) -> Path:

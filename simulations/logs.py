@@ -3,8 +3,7 @@
 ``read_decisions`` is a read-only query of the ``decisions`` and ``feedback`` tables (one row
 per routed decision that received feedback: the arm the policy chose, its logged propensity,
 the mean of its rewards). ``candidate_target`` is what a candidate snapshot at a cost weight
-would have done with each of those prompts: the same computation as the service's router
-(nearest centroid, the snapshot's posterior sample matrix seeded by (seed, version), ``choose``)
+would have done with each of those prompts: the service's own decision (``learner.routing``),
 so its probabilities are exact, not estimated.
 """
 
@@ -15,11 +14,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from learner.budget import cap_exploration
-from learner.clusters import assign_many
-from learner.costs import completion_cost, price_per_token
-from learner.policy import choose, draw_samples, posterior
-from learner.snapshot import Snapshot, centroid_array
+from learner.routing import Prices, RoutingParams, View, decide
+from learner.snapshot import Snapshot
 from simulations.ope import Logged
 
 __all__ = ["LoggedDecisions", "candidate_target", "read_decisions", "to_logged"]
@@ -89,45 +85,33 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
 def candidate_target(
     logs: LoggedDecisions,
     snapshot: Snapshot,
+    prices: Prices,
+    routing: RoutingParams,
     cost_weight: float,
+    latency_weight: float = 0.0,
     *,
-    seed: int = 0,
-    n_samples: int = 1024,
     exclude: tuple[str, ...] = (),
 ) -> np.ndarray:
     """The candidate's probability of each of ``snapshot.models`` for each logged prompt: (n, m).
 
-    Costs are estimated per token from the logged bills (``learner.costs``), as the replay
-    does; ``exclude`` removes models from the candidate's pool.
+    The service's own decision (``learner.routing``) on the candidate snapshot with the
+    deployment's prices and router settings, so the probabilities are exact, not estimated;
+    ``exclude`` removes models from the candidate's pool.
     """
-    models = snapshot.models
-    col = {m: j for j, m in enumerate(models)}
-    n, m = len(logs.arms), len(models)
     if logs.embeddings.shape[1] != snapshot.dim:
         raise ValueError(f"logged embeddings have dim {logs.embeddings.shape[1]}, the snapshot {snapshot.dim}")
-    billed = np.full((n, m), np.nan)
-    arms = np.array([col.get(a, -1) for a in logs.arms])
-    known = arms >= 0
-    billed[np.flatnonzero(known), arms[known]] = logs.cost_usd[known]
-    per_token = price_per_token(logs.prompt_tokens, billed)
-    resid = np.zeros((1, m))
-    count = np.zeros((1, m))
-    np.add.at(resid, (0, arms[known]), logs.cost_usd[known] - logs.prompt_tokens[known] * per_token[arms[known]])
-    np.add.at(count, (0, arms[known]), 1.0)
-    completion = completion_cost(per_token, resid, count)[0]
-    alpha, beta = posterior(np.array(snapshot.n), np.array(snapshot.reward_sum), np.array(snapshot.prior_mean),
-                            snapshot.prior_strength, snapshot.shrink_strength)  # fmt: skip
-    # as service.routing.RouterView: the version-seeded matrix under the snapshot's exploration cap
-    samples = cap_exploration(draw_samples(alpha, beta, n_samples, np.random.default_rng([seed, snapshot.version])),
-                              snapshot.explore_share)  # fmt: skip
-    clusters, _ = assign_many(logs.embeddings, np.ascontiguousarray(centroid_array(snapshot)))
-    allowed = np.array([name not in exclude for name in models])
+    unknown = [name for name in exclude if name not in snapshot.models]
+    if unknown:
+        raise ValueError(f"--exclude-model: {', '.join(unknown)} not in the snapshot's pool ({', '.join(snapshot.models)})")
+    allowed = np.array([name not in exclude for name in snapshot.models])
     if not allowed.any():
         raise ValueError("the candidate excludes every model")
-    out = np.zeros((n, m))
-    for i in range(n):
-        penalty = cost_weight * (logs.prompt_tokens[i] * per_token + completion)
-        _, out[i] = choose(samples[clusters[i]], penalty, allowed, 0)
+    view = View(snapshot, prices, routing)
+    mask = None if allowed.all() else allowed
+    out = np.zeros((len(logs.arms), len(snapshot.models)))
+    for i in range(len(out)):
+        choice = decide(view, logs.embeddings[i], float(logs.prompt_tokens[i]), cost_weight, latency_weight, mask, 0)
+        out[i] = choice.propensities
     return out
 
 

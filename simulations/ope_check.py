@@ -2,7 +2,7 @@
 
 A Turnout router learns on a warm-up stream and is then frozen, as a live snapshot is. It logs
 rounds at one cost weight (the logging policy); a candidate is the same snapshot at another cost
-weight. Both are exact distributions over models (``learner.policy.choose``), so the candidate's
+weight. Both are exact distributions over models (``learner.routing.decide``), so the candidate's
 true value is known: the mean over a large stream of sum_a target(a | prompt) * quality(topic, a).
 Each replication logs ``rounds`` fresh prompts and estimates that value; the share of
 replications whose interval holds it is the empirical coverage.
@@ -13,11 +13,13 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from learner.costs import estimate_tokens
+from learner.costs import request_tokens
 from learner.embedding import Embedder
+from learner.routing import Prices, decide
+from simulations.baselines import Turnout
 from simulations.environment import Scenario, feedback, stream
-from simulations.online import OnlineRouter, PolicyConfig
 from simulations.ope import Logged, estimate
+from simulations.replay import Deployment
 
 __all__ = ["Coverage", "check_coverage"]
 
@@ -35,7 +37,7 @@ class Coverage(msgspec.Struct, frozen=True):
 
 
 def check_coverage(
-    sc: Scenario, embedder: Embedder, *, logging_weight: float = 25.0, target_weight: float = 5.0,
+    sc: Scenario, embedder: Embedder, deployment: Deployment, *, logging_weight: float = 25.0, target_weight: float = 5.0,
     rounds: int = 400, replications: int = 200, level: float = 0.9, warmup: int = 600, seed: int = 0,
 ) -> Coverage:  # fmt: skip
     """Empirical coverage of the IPS, SNIPS and DR intervals for a candidate cost weight."""
@@ -49,20 +51,25 @@ def check_coverage(
             cache.update(zip(new, embedder.embed(new)))
         return np.stack([cache[t] for t in texts])
 
-    cfg = PolicyConfig(cost_weight=logging_weight, n_clusters=4, thompson_samples=1024, seed=seed)
-    router = OnlineRouter(cfg, warm.models, embedder.dim, warm.price_per_token[0])
+    def prices(t: int) -> Prices:
+        return Prices(warm.models, tuple(float(x) * 1e6 for x in warm.price_per_token[0]),
+                      tuple(float(x) * 1e6 for x in warm.price_out_per_token[0]))  # fmt: skip
+
+    dep = msgspec.structs.replace(deployment, cost_weight=logging_weight,
+                                  routing=msgspec.structs.replace(deployment.routing, seed=seed))  # fmt: skip
+    turnout = Turnout("turnout", warm.models, embedder.dim, dep, prices)
     emb = embed(warm.prompts)
     for t in range(warmup):
-        arm, _, c = router.decide(emb[t], warm.tokens[t], warm.available[t], int(rng.integers(1024)))
-        router.record(emb[t], arm, c, feedback(warm, sc.users, t, arm), warm.cost_usd[t, arm], warm.tokens[t])
-    frozen = router  # no more records: a snapshot
+        arm, c = turnout.decide(t, emb[t], warm.tokens[t], warm.available[t], warm.price_per_token[t])
+        turnout.learn(t, emb[t], arm, c, feedback(warm, sc.users, t, arm), warm.cost_usd[t, arm], warm.tokens[t])
+    view = turnout.sim.view  # no more learning: a snapshot
+    models = warm.models
 
     def policy(texts: tuple[str, ...], weight: float) -> np.ndarray:
         e = embed(texts)
-        frozen.weight = weight
-        out = np.zeros((len(texts), len(frozen.models)))
+        out = np.zeros((len(texts), len(models)))
         for i, text in enumerate(texts):
-            _, out[i], _ = frozen.decide(e[i], float(estimate_tokens(text)), np.ones(len(frozen.models), bool), 0)
+            out[i] = decide(view, e[i], request_tokens([text]), weight, dep.latency_weight, None, 0).propensities
         return out
 
     # the prompt universe of the last phase, with its probabilities: the truth is exact
@@ -78,7 +85,7 @@ def check_coverage(
                 probs.append(w / (len(topic.templates) * len(topic.fillers)))
                 topics.append(name)
     col = {m.name: j for j, m in enumerate(phase.pool)}
-    order = [col.get(m, -1) for m in frozen.models]
+    order = [col.get(m, -1) for m in models]
     quality = np.array([[phase.pool[j].quality_on(t) if j >= 0 else 0.0 for j in order] for t in topics])
     mu, pi = policy(tuple(texts), logging_weight), policy(tuple(texts), target_weight)
     prob = np.array(probs) / np.sum(probs)
@@ -93,7 +100,7 @@ def check_coverage(
         cdf = np.cumsum(mu[idx], axis=1)
         actions = np.minimum((cdf < rng.random(rounds)[:, None] * cdf[:, -1:]).sum(axis=1), mu.shape[1] - 1)
         rewards = (rng.random(rounds) < quality[idx, actions]).astype(float)
-        logged = Logged(actions, rewards, mu[idx, actions], pi[idx], topic_ids[idx], frozen.models)
+        logged = Logged(actions, rewards, mu[idx, actions], pi[idx], topic_ids[idx], models)
         rep = estimate(logged, level=level, min_ess=0.0)
         ess += rep.ess
         for name in hits:

@@ -25,6 +25,9 @@ class OutcomeRow(msgspec.Struct, frozen=True):
     scores: dict[str, float]
     costs: dict[str, float]
     task: str = ""
+    # optional price sheet, USD per million tokens: {"model": {"in": 0.5, "out": 1.5}}, as a
+    # deployment's [[models]] would configure it; a router may read it (it is configuration)
+    prices: dict[str, dict[str, float]] = {}
 
 
 class Outcomes(msgspec.Struct, frozen=True):
@@ -41,6 +44,7 @@ class Outcomes(msgspec.Struct, frozen=True):
     scores: np.ndarray
     costs: np.ndarray
     available: np.ndarray
+    prices: dict[str, tuple[float, float]] = {}  # model -> (in, out) USD per million tokens
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,6 +60,7 @@ class Outcomes(msgspec.Struct, frozen=True):
             scores=self.scores[idx],
             costs=self.costs[idx],
             available=self.available[idx],
+            prices=self.prices,
         )
 
     def select_models(self, models: Sequence[str]) -> "Outcomes":
@@ -71,6 +76,7 @@ class Outcomes(msgspec.Struct, frozen=True):
             scores=self.scores[np.ix_(keep, col)],
             costs=self.costs[np.ix_(keep, col)],
             available=avail[keep],
+            prices={m: p for m, p in self.prices.items() if m in models},
         )
 
 
@@ -103,6 +109,18 @@ def parse_outcomes(rows: Sequence[OutcomeRow]) -> Outcomes:
         raise ValueError(f"row {rows[i].id!r}: costs must be non-negative")
     scores[~available] = np.nan
     costs[~available] = np.nan
+    prices: dict[str, tuple[float, float]] = {}
+    for r in rows:
+        for name, sheet in r.prices.items():
+            unknown = set(sheet) - {"in", "out"}
+            price = (sheet.get("in", 0.0), sheet.get("out", 0.0))
+            if unknown or not all(np.isfinite(x) and x >= 0 for x in price):
+                raise ValueError(f"row {r.id!r}: prices[{name!r}] needs finite non-negative 'in' and 'out'"
+                                 f" (USD per million tokens)")  # fmt: skip
+            if name not in col:
+                raise ValueError(f"row {r.id!r}: prices names {name!r}, which has no scores")
+            if prices.setdefault(name, price) != price:
+                raise ValueError(f"row {r.id!r}: prices[{name!r}] differs from an earlier row's")
     return Outcomes(
         ids=tuple(r.id for r in rows),
         tasks=tuple(r.task for r in rows),
@@ -111,6 +129,7 @@ def parse_outcomes(rows: Sequence[OutcomeRow]) -> Outcomes:
         scores=scores,
         costs=costs,
         available=available,
+        prices=prices,
     )
 
 
@@ -149,4 +168,5 @@ def concat(parts: Sequence[Outcomes]) -> Outcomes:
         scores=np.concatenate([widen(p, p.scores, np.nan) for p in parts]),
         costs=np.concatenate([widen(p, p.costs, np.nan) for p in parts]),
         available=np.concatenate([widen(p, p.available, False) for p in parts]),
+        prices={m: v for p in parts for m, v in p.prices.items()},
     )

@@ -1,16 +1,18 @@
-"""Replay of real outcomes: route every prompt online and learn only what the chosen model did.
+"""Replay of real outcomes through the product itself: an offline deployment on a simulated clock.
 
-The protocol is the product's (issue 5): shuffle the prompts with the seed; for each prompt in
-turn, embed its text, route it with Turnout's policy as configured, then reveal *only the
-chosen model's* score and cost (bandit feedback); fold what was revealed into the evidence
-every ``learn_every`` prompts, as the learner would. The ``task`` field is never read here.
+The protocol (issue 5, issue 10): shuffle the prompts with the seed; for each prompt in turn,
+embed its text, route it with ``learner.routing.decide`` on the live view (the service's own
+decision), then reveal *only the chosen model's* score and cost (bandit feedback). What was
+revealed is recorded as the service records it (a ``DecisionMade`` with the bill, a
+``FeedbackGiven`` with the score) into an in-memory row store, and the learner's own
+``LearningCycle`` runs every ``learn_every`` prompts (one prompt a second on the simulated
+clock, so ``[learner] grace_s`` holds back the last prompts as it does live). Each new
+snapshot becomes the live view, as ``Router.swap`` does.
 
-The policy is the core's: ``learner.policy`` (hierarchical Beta posterior, a matrix of
-posterior draws per snapshot version, ``choose`` on one uniformly drawn row, exact
-propensities), ``learner.clusters`` (nearest centroid, k-means cold start as in
-``learner.cycle``). The levers this module switches on (cost estimates per token, priors from
-prices, a data-chosen cluster count, dominated-model elimination, tempering) are pure
-functions of ``learner/`` too, so the service can take what works.
+The replay knows only what a deployment knows: the settings of ``--config`` (levers, cost
+weight, the ``[[models]]`` price sheet and tiers), an optional ``prices`` object in the outcome
+file, and the outcome of what it chose. A model without a price costs what its own bills said.
+The ``task`` field is never read here.
 """
 
 from __future__ import annotations
@@ -20,21 +22,58 @@ from typing import Callable, Literal
 import msgspec
 import numpy as np
 
-from learner.cluster_count import choose_k
-from learner.clusters import assign_many, kmeans
-from learner.costs import estimate_tokens, price_per_token
-from learner.policy import update_stats
-from simulations.online import Evidence, OnlineRouter, PolicyConfig, resid_stats
+from feedback.events import DecisionMade, FeedbackGiven
+from feedback.memory import MemoryRowStore, MemorySnapshotStore
+from learner.budget import BudgetTarget
+from learner.costs import request_tokens
+from learner.cycle import LearnerParams, LearningCycle, PoolPrior
+from learner.routing import Prices, RouteChoice, RoutingParams, View, decide
+from learner.snapshot import encode_snapshot, initial_snapshot
 from simulations.outcomes import Outcomes
 
-__all__ = ["ReplayConfig", "ReplayRun", "fit_warm_start", "replay"]
+__all__ = ["ConfiguredModel", "Deployment", "OfflineDeployment", "ReplayConfig", "ReplayRun", "replay"]
 
 
-class ReplayConfig(PolicyConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The router's configuration (``PolicyConfig``) and how the prompts are streamed."""
+class ConfiguredModel(msgspec.Struct, frozen=True):
+    """What ``[[models]]`` says of one model."""
 
+    name: str
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    tier: float = 0.6
+    expected_completion_tokens: float = 300.0
+    expected_latency_s: float = 1.0
+
+
+class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+    """A deployment's configuration as the offline runs need it (built from the settings by the
+    composition root, ``service.runtime.deployment``): the same levers, the same defaults."""
+
+    learner: LearnerParams
+    routing: RoutingParams
+    prior_strength: float
+    shrink_strength: float
+    cost_weight: float
+    latency_weight: float
+    models: tuple[ConfiguredModel, ...] = ()
+    default: ConfiguredModel = ConfiguredModel("")
+    embedder: str = "wordllama"
+    embedding_dim: int = 256
+    pool_prices: Prices | None = None  # the served pool's price sheet (configured or simulated)
+    settings: dict[str, object] = {}  # what the report prints: the settings this ran with
+
+    def model(self, name: str) -> ConfiguredModel | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+class ReplayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the prompts are streamed (the router's levers are the deployment's settings)."""
+
+    cost_weight: float | None = None  # None: the deployment's
+    budget_usd: float | None = None  # target mean cost per request: the learner paces the weight
     passes: int = 1
-    feedback: Literal["bandit", "full"] = "bandit"  # full: every model's outcome is revealed (a bound)
+    learn_every: int = 10  # prompts per learning cycle (the live cycle interval x request rate)
+    seed: int = 0
 
 
 class ReplayRun(msgspec.Struct, frozen=True):
@@ -58,75 +97,157 @@ class ReplayRun(msgspec.Struct, frozen=True):
         return float(self.costs.mean())
 
 
-def _tokens(outcomes: Outcomes) -> np.ndarray:
-    return np.array([estimate_tokens(p) for p in outcomes.prompts], dtype=np.float64)
+def prices_for(models: tuple[str, ...], deployment: Deployment, file_prices: dict[str, tuple[float, float]]) -> Prices:
+    """The price sheet a deployment would have: ``[[models]]`` first, then the outcome file's."""
+    p_in, p_out = [], []
+    for name in models:
+        conf = deployment.model(name)
+        price = (conf.price_in_per_mtok, conf.price_out_per_mtok) if conf else file_prices.get(name, (0.0, 0.0))
+        p_in.append(float(price[0]))
+        p_out.append(float(price[1]))
+    return Prices(models, tuple(p_in), tuple(p_out))
 
 
-def fit_warm_start(
-    outcomes: Outcomes, embeddings: np.ndarray, n_clusters: int, rng: np.random.Generator,
-    max_clusters: int = 8, weight: float = 1.0,
-) -> Evidence:  # fmt: skip
-    """Centroids and evidence from an offline evaluation with full information.
+class OfflineDeployment:
+    """Turnout's router and learner on an in-memory store and a simulated clock.
 
-    embeddings: (n, d) of the outcome prompts. ``n_clusters`` 0 chooses the count from the data.
-    Every available (prompt, model) outcome counts as one observation of ``weight``.
+    ``route`` is the service's decision (``learner.routing.decide`` on the live view, one row
+    draw per request from ``router.seed + 1`` as ``ChatService`` draws it); ``record`` stores
+    what the service's recorder would; ``learn`` is one ``LearningCycle.run``.
     """
-    if n_clusters <= 0:
-        _, cents, _ = choose_k(embeddings, max_clusters, rng)
-    else:
-        cents = kmeans(embeddings, n_clusters, rng)
-    labels, _ = assign_many(embeddings, cents)
-    k, m = len(cents), len(outcomes.models)
-    rows, arms = np.nonzero(outcomes.available)
-    n, s = update_stats(np.zeros((k, m)), np.zeros((k, m)), labels[rows], arms, outcomes.scores[rows, arms],
-                        weights=np.full(len(rows), weight))  # fmt: skip
-    tokens = _tokens(outcomes)
-    per_token = price_per_token(tokens, outcomes.costs)
-    resid, count = resid_stats(k, m, labels[rows], arms, outcomes.costs[rows, arms], tokens[rows], per_token)
-    return Evidence(outcomes.models, cents, n, s, resid, count)
+
+    def __init__(self, models: tuple[str, ...], dim: int, deployment: Deployment, prices: Prices,
+                 cost_weight: float | None = None, budget_usd: float | None = None) -> None:  # fmt: skip
+        d = self.deployment = deployment
+        self.models = models
+        self.prices = prices
+        self.cost_weight = d.cost_weight if cost_weight is None else cost_weight
+        conf = [d.model(m) or msgspec.structs.replace(d.default, name=m) for m in models]
+        prior = PoolPrior(
+            models=models,
+            prior_mean=tuple(c.tier for c in conf),
+            completion_tokens=tuple(c.expected_completion_tokens for c in conf),
+            latency_s=tuple(c.expected_latency_s for c in conf),
+        )
+        params = d.learner
+        if budget_usd is not None:
+            params = msgspec.structs.replace(params, budgets=(BudgetTarget("auto", budget_usd, self.cost_weight),))
+        self.now_ms = 0
+        self.rows = MemoryRowStore(clock_ms=lambda: self.now_ms)
+        self.snapshots = MemorySnapshotStore()
+        seed = d.routing.seed
+        self.cycle = LearningCycle(self.rows, self.snapshots, prior, params, np.random.default_rng(seed + 2))
+        snap = initial_snapshot(
+            models=models, centroids=np.full((1, dim), 1.0 / np.sqrt(dim), dtype=np.float32),
+            prior_mean=prior.prior_mean, completion_tokens=prior.completion_tokens, latency_s=prior.latency_s,
+            prior_strength=d.prior_strength, shrink_strength=d.shrink_strength, created_at_ms=0,
+        )  # fmt: skip
+        self.snapshots.save(snap.version, snap.parent, 0, snap.reason, encode_snapshot(snap))
+        self.view = View(snap, prices, d.routing)
+        self._rows = np.random.default_rng(seed + 1)
+        self.routed = 0
+
+    @property
+    def current_weight(self) -> float:
+        return self.view.cost_weight("auto", self.cost_weight)
+
+    def route(self, embedding: np.ndarray, prompt_tokens: float, allowed: np.ndarray | None) -> RouteChoice:
+        row = int(self._rows.integers(1 << 30))
+        return decide(self.view, embedding, prompt_tokens, self.current_weight, self.deployment.latency_weight,
+                      allowed, row)  # fmt: skip
+
+    def record(self, choice: RouteChoice, embedding: np.ndarray, prompt_tokens: int, reward: float | None,
+               cost_usd: float) -> None:  # fmt: skip
+        """The decision (with its bill) and, if any, its feedback, as the service records them."""
+        t = self.routed
+        self.now_ms = t * 1000
+        arm = choice.arm
+        name = self.models[arm]
+        # the provider's usage report: the completion tokens the bill implies at the configured prices
+        p_out = self.prices.price_out_per_mtok[arm]
+        completion = 0
+        if p_out > 0:
+            rest = cost_usd * 1e6 - prompt_tokens * self.prices.price_in_per_mtok[arm]
+            completion = int(round(max(rest, 0.0) / p_out))
+        did = f"{t:010d}"
+        events: list = [DecisionMade(
+            event_id=f"d{did}", decision_id=did, ts_ms=self.now_ms, snapshot_version=self.view.version,
+            clustering=self.view.snapshot.clustering, cluster=choice.cluster, margin=choice.margin, arm=name,
+            propensity=choice.propensity, model=name, prompt_tokens=prompt_tokens, completion_tokens=completion,
+            cost_usd=float(cost_usd), embedding=np.ascontiguousarray(embedding, dtype="<f4").tobytes(),
+        )]  # fmt: skip
+        if reward is not None:
+            events.append(FeedbackGiven(event_id=f"f{did}", decision_id=did, ts_ms=self.now_ms, reward=float(reward)))
+        self.rows.insert(events)
+        self.routed += 1
+
+    def set_prices(self, prices: Prices) -> None:
+        """A new price sheet (a provider changed its prices): the live view is rebuilt on it."""
+        self.prices = prices
+        self.view = View(self.view.snapshot, prices, self.deployment.routing)
+
+    def learn(self) -> None:
+        """One learning cycle at the next simulated second; a new snapshot becomes the live view."""
+        self.now_ms = self.routed * 1000
+        snap = self.cycle.run()
+        if snap.version != self.view.version:
+            self.view = View(snap, self.prices, self.deployment.routing)
+
+
+def _stream(sim: OfflineDeployment, outcomes: Outcomes, embeddings: np.ndarray, order: np.ndarray, learn_every: int,
+            progress: Callable[[int], None] | None, out: dict[str, np.ndarray] | None) -> None:  # fmt: skip
+    col = [outcomes.models.index(m) if m in outcomes.models else -1 for m in sim.models]
+    tokens = np.array([request_tokens([p]) for p in outcomes.prompts], dtype=np.int64)
+    scores, billed = outcomes.scores, outcomes.costs
+    avail = np.zeros((len(outcomes), len(sim.models)), dtype=bool)
+    for j, c in enumerate(col):
+        if c >= 0:
+            avail[:, j] = outcomes.available[:, c]
+    for t, i in enumerate(order):
+        allowed = None if avail[i].all() else avail[i]
+        choice = sim.route(embeddings[i], int(tokens[i]), allowed)
+        c = col[choice.arm]
+        reward, cost = float(scores[i, c]), float(billed[i, c])
+        sim.record(choice, embeddings[i], int(tokens[i]), reward, cost)
+        if out is not None:
+            out["arms"][t], out["clusters"][t], out["props"][t] = choice.arm, choice.cluster, choice.propensity
+            out["rewards"][t], out["costs"][t] = reward, cost
+        if sim.routed % learn_every == 0:
+            sim.learn()
+        if progress is not None and ((t + 1) % 256 == 0 or t + 1 == len(order)):
+            progress(256 if (t + 1) % 256 == 0 else (t + 1) % 256)
 
 
 def replay(
     outcomes: Outcomes,
     embeddings: np.ndarray,
+    deployment: Deployment,
     config: ReplayConfig,
-    warm: Evidence | None = None,
+    warm: tuple[Outcomes, np.ndarray] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayRun:
-    """Route ``config.passes`` shuffled passes over the outcomes online, with bandit feedback.
+    """Route ``config.passes`` shuffled passes over the outcomes through an offline deployment.
 
-    embeddings: (n, d) unit-norm float32, row i the embedding of ``outcomes.prompts[i]``
-    (computed in one batch before the loop: embedding is a pure function of the text).
-    The price sheet (USD per prompt token) is read off the file's bills, standing for the
-    provider price list a team configures; the completion part of each cost is learned online.
+    embeddings: (n, d) unit-norm float32, row i the embedding of ``outcomes.prompts[i]``.
+    ``warm``: outcomes (and their embeddings) streamed first, the same way, with bandit
+    feedback, and left out of the run: the deployment has served that traffic before.
     """
     cfg = config
-    n, m = outcomes.scores.shape
+    if cfg.passes < 1 or cfg.learn_every < 1:
+        raise ValueError("passes and learn_every must be at least 1")
+    d = msgspec.structs.replace(deployment, routing=msgspec.structs.replace(deployment.routing, seed=cfg.seed))
+    file_prices = {**(warm[0].prices if warm else {}), **outcomes.prices}
+    sim = OfflineDeployment(outcomes.models, embeddings.shape[1], d, prices_for(outcomes.models, d, file_prices),
+                            cfg.cost_weight, cfg.budget_usd)  # fmt: skip
     rng = np.random.default_rng(cfg.seed)
-    order = np.concatenate([rng.permutation(n) for _ in range(max(1, cfg.passes))])
-    row_rng = np.random.default_rng([cfg.seed, 1])
-    tokens = _tokens(outcomes)
-    per_prompt = m if cfg.feedback == "full" else 1  # records per prompt: clustering schedules count prompts
-    rcfg = msgspec.structs.replace(cfg, cold_start=cfg.cold_start * per_prompt, learn_every=cfg.learn_every * per_prompt,
-                                   recluster_until=cfg.recluster_until * per_prompt)  # fmt: skip
-    router = OnlineRouter(rcfg, outcomes.models, embeddings.shape[1], price_per_token(tokens, outcomes.costs), warm)
+    if warm is not None:
+        w_out, w_emb = warm
+        _stream(sim, w_out, w_emb, np.random.default_rng([cfg.seed, 4]).permutation(len(w_out)), cfg.learn_every,
+                None, None)  # fmt: skip
+    order = np.concatenate([rng.permutation(len(outcomes)) for _ in range(cfg.passes)])
     total = len(order)
-    arms = np.zeros(total, dtype=np.int64)
-    clusters = np.zeros(total, dtype=np.int64)
-    props = np.zeros(total)
-    rewards = np.zeros(total)
-    paid = np.zeros(total)
-    scores, billed, available = outcomes.scores, outcomes.costs, outcomes.available
-    for t, i in enumerate(order):
-        row = int(row_rng.integers(cfg.thompson_samples))
-        arm, p, c = router.decide(embeddings[i], tokens[i], available[i], row, billed[i])
-        arms[t], clusters[t], props[t] = arm, c, p[arm]
-        rewards[t], paid[t] = scores[i, arm], billed[i, arm]
-        if cfg.feedback == "full":
-            for j in np.flatnonzero(available[i]):
-                router.record(embeddings[i], int(j), c, scores[i, j], billed[i, j], tokens[i])
-        else:
-            router.record(embeddings[i], arm, c, rewards[t], paid[t], tokens[i])
-        if progress is not None and ((t + 1) % 256 == 0 or t + 1 == total):
-            progress(256 if (t + 1) % 256 == 0 else (t + 1) % 256)
-    return ReplayRun(order, arms, clusters, props, rewards, paid, float(router.weight), router.k)
+    out = {"arms": np.zeros(total, dtype=np.int64), "clusters": np.zeros(total, dtype=np.int64),
+           "props": np.zeros(total), "rewards": np.zeros(total), "costs": np.zeros(total)}  # fmt: skip
+    _stream(sim, outcomes, embeddings, order, cfg.learn_every, progress, out)
+    return ReplayRun(order, out["arms"], out["clusters"], out["props"], out["rewards"], out["costs"],
+                     float(sim.current_weight), len(sim.view.centroids))  # fmt: skip

@@ -17,7 +17,7 @@ from simulations.frontier import aiq, apgr, cpt, gap_share, hull, hull_at
 from simulations.outcomes import Outcomes
 from simulations.replay import ReplayRun
 
-__all__ = ["Point", "ReplayReport", "evaluate", "markdown", "oracle_point", "sweep_weights"]
+__all__ = ["Point", "ReplayReport", "break_even", "evaluate", "markdown", "oracle_point", "sweep_weights"]
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -55,6 +55,7 @@ class ReplayReport(msgspec.Struct, frozen=True):
     router_last_pass: tuple[Point, ...] = ()  # with several passes: the last pass alone (learned, less exploring)
     n_clusters: tuple[int, ...] = ()
     seconds: float = 0.0
+    settings: dict[str, object] = {}  # the deployment settings and replay options this ran with
 
 
 def _choices(outcomes: Outcomes, weight: float) -> np.ndarray:
@@ -79,16 +80,24 @@ def single_points(outcomes: Outcomes) -> list[Point]:
     ]
 
 
-def sweep_weights(outcomes: Outcomes, n: int = 9) -> np.ndarray:
-    """Cost weights spanning the data's cost scale: 0, a geometric range, and one that buys the cheapest.
+SWEEP = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)  # multiples of the break-even weight
 
-    A weight w trades quality differences of 0.01..0.3 for cost differences between the dearest
-    and the cheapest single model's mean cost, so the range is 0.01 / c_max .. 0.3 / c_min.
-    """
-    means = np.array([p.cost_usd for p in single_points(outcomes)])
-    c_lo, c_hi = max(float(means.min()), 1e-9), max(float(means.max()), 1e-9)
-    inner = np.geomspace(0.01 / c_hi, 0.3 / c_lo, max(1, n - 2))
-    return np.concatenate([[0.0], inner, [100.0 / c_lo]])
+
+def break_even(outcomes: Outcomes) -> float:
+    """The cost weight at which the best single model and the cheapest one have equal utility
+    (quality difference / cost difference); 0 when the best is the cheapest or costs are alike."""
+    pts = single_points(outcomes)
+    best = max(pts, key=lambda p: (p.quality, -p.cost_usd))
+    cheap = min(pts, key=lambda p: (p.cost_usd, -p.quality))
+    dc = best.cost_usd - cheap.cost_usd
+    return (best.quality - cheap.quality) / dc if dc > 1e-15 and best.quality > cheap.quality else 0.0
+
+
+def sweep_weights(outcomes: Outcomes) -> np.ndarray:
+    """The cost weights of a sweep: u x (0, 0.1, 0.3, 1, 3, 10), u the break-even weight; only 0
+    when models are priced alike."""
+    u = break_even(outcomes)
+    return np.array([0.0]) if u <= 0 else u * np.array(SWEEP)
 
 
 def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], seconds: float = 0.0) -> ReplayReport:
@@ -97,7 +106,8 @@ def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], second
     pts = np.array([[p.cost_usd, p.quality] for p in single])
     lo, hi = float(pts[:, 0].min()), float(pts[:, 0].max())
     cheapest = pts[int(np.argmin(pts[:, 0]))]
-    grid = np.unique(np.concatenate([sweep_weights(outcomes, 41), [w for w, _ in runs]]))
+    scale = break_even(outcomes) or 1.0 / max(float(pts[:, 0].mean()), 1e-12)
+    grid = np.unique(np.concatenate([scale * np.geomspace(1e-3, 1e3, 41), [0.0], [w for w, _ in runs]]))
     orc_pts = np.array([oracle_point(outcomes, w) for w in grid])
     router = [Point("router", r.mean_cost, r.mean_quality, w) for w, r in runs]
     r_pts = np.array([[p.cost_usd, p.quality] for p in router])
@@ -174,4 +184,12 @@ def markdown(report: ReplayReport) -> str:
                      f"CPT(50%) {t.cpt50:.3f}, CPT(80%) {t.cpt80:.3f}")  # fmt: skip
     if report.seconds:
         lines.append(f"{report.routed} prompts routed in {report.seconds:.1f} s")
+    if report.settings:
+        lines += ["", "settings:"] + [f"  {k}: {_flat(v)}" for k, v in report.settings.items()]
     return "\n".join(lines)
+
+
+def _flat(v: object) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_flat(x)}" for k, x in v.items())
+    return str(v)

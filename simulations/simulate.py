@@ -24,7 +24,8 @@ from scipy import stats
 from learner.embedding import Embedder
 from simulations.baselines import Fixed, LinearThompson, Oracle, Policy, RiverPolicy, Turnout, Uniform, project
 from simulations.environment import Scenario, Stream, feedback, stream
-from simulations.online import OnlineRouter, PolicyConfig
+from learner.routing import Prices
+from simulations.replay import Deployment
 
 __all__ = ["POLICIES", "PolicyResult", "SimulateReport", "Stat", "lai_robbins", "late_slope", "simulate"]
 
@@ -108,22 +109,29 @@ def _hindsight(u: np.ndarray, mask: np.ndarray) -> int:
     return int(np.argmax(totals))
 
 
-def _policies(names: tuple[str, ...], st: Stream, u: np.ndarray, config: PolicyConfig, dim: int, seed: int) -> list[Policy]:
+def _policies(names: tuple[str, ...], st: Stream, u: np.ndarray, deployment: Deployment, cost_weight: float,
+              dim: int, seed: int, learn_every: int) -> list[Policy]:  # fmt: skip
     m = len(st.models)
     proj = project(dim, 16, seed)
-    price = st.price_per_token[0]
     mean_cost = np.nanmean(np.where(st.available, st.cost_usd, np.nan), axis=0)
     single = _hindsight(u, np.ones(len(u), dtype=bool))
+
+    def prices(t: int) -> Prices:  # the price sheet configured at step t
+        return Prices(st.models, tuple(float(x) * 1e6 for x in st.price_per_token[t]),
+                      tuple(float(x) * 1e6 for x in st.price_out_per_token[t]))  # fmt: skip
+
+    dep = msgspec.structs.replace(deployment, cost_weight=cost_weight,
+                                  routing=msgspec.structs.replace(deployment.routing, seed=seed))  # fmt: skip
     out: list[Policy] = []
     for name in names:
         rng = np.random.default_rng([seed, POLICIES.index(name)])
         if name == "turnout":
-            out.append(Turnout(name, OnlineRouter(config, st.models, dim, price), rng))
-        elif name == "thompson":
-            cfg = msgspec.structs.replace(config, n_clusters=1)
-            out.append(Turnout(name, OnlineRouter(cfg, st.models, dim, price), rng))
+            out.append(Turnout(name, st.models, dim, dep, prices, learn_every))
+        elif name == "thompson":  # the same, one cluster
+            one = msgspec.structs.replace(dep, learner=msgspec.structs.replace(dep.learner, n_clusters=1))
+            out.append(Turnout(name, st.models, dim, one, prices, learn_every))
         elif name == "linear-ts":
-            out.append(LinearThompson(name, m, proj, config.cost_weight, rng))
+            out.append(LinearThompson(name, m, proj, cost_weight, rng))
         elif name in ("linucb", "epsilon-greedy", "ucb"):
             from river import bandit
 
@@ -131,7 +139,7 @@ def _policies(names: tuple[str, ...], st: Stream, u: np.ndarray, config: PolicyC
             pol = {"linucb": lambda: bandit.LinUCBDisjoint(alpha=1.0, seed=s),
                    "epsilon-greedy": lambda: bandit.EpsilonGreedy(epsilon=0.1, seed=s),
                    "ucb": lambda: bandit.UCB(delta=1.0, seed=s)}[name]()  # fmt: skip
-            out.append(RiverPolicy(name, pol, proj if name == "linucb" else None, config.cost_weight))
+            out.append(RiverPolicy(name, pol, proj if name == "linucb" else None, cost_weight))
         elif name == "best-single":
             out.append(Fixed(name, np.array([single] + [j for j in range(m) if j != single])))
         elif name == "cheapest":
@@ -159,15 +167,19 @@ def _run(policy: Policy, st: Stream, emb: np.ndarray, users) -> np.ndarray:
 def simulate(
     sc: Scenario,
     embedder: Embedder,
-    config: PolicyConfig,
+    deployment: Deployment,
+    cost_weight: float,
     *,
     steps: int = 3000,
     seeds: int = 5,
     policies: tuple[str, ...] = POLICIES,
     checkpoints: int = 60,
+    base_seed: int = 0,
+    learn_every: int = 10,
     progress: Callable[[int], None] | None = None,
 ) -> SimulateReport:
-    """Every policy on ``seeds`` streams of ``steps`` prompts of scenario ``sc``."""
+    """Every policy on ``seeds`` streams of ``steps`` prompts of scenario ``sc``; Turnout is the
+    deployment's router and learner (a learning cycle every ``learn_every`` prompts)."""
     import time
 
     start = time.perf_counter()
@@ -177,12 +189,12 @@ def simulate(
     lr_all: dict[str, list[float]] = {}
     cache: dict[str, np.ndarray] = {}
     for seed in range(seeds):
-        st = stream(sc, steps, np.random.default_rng([config.seed, seed]))
+        st = stream(sc, steps, np.random.default_rng([base_seed, seed]))
         new = [p for p in dict.fromkeys(st.prompts) if p not in cache]
         if new:
             cache.update(zip(new, embedder.embed(new)))
         emb = np.stack([cache[p] for p in st.prompts])
-        u = _utility(st, config.cost_weight)
+        u = _utility(st, cost_weight)
         rows = np.arange(steps)
         best_u = u.max(axis=1)
         per_topic = np.zeros(steps, dtype=np.int64)
@@ -198,7 +210,7 @@ def simulate(
             mask = (st.topics == k) & (rows >= steps // 2)
             if mask.sum():
                 lr_all.setdefault(name, []).append(lai_robbins(st.quality[mask].mean(axis=0), u[mask].mean(axis=0)))
-        for policy in _policies(policies, st, u, config, emb.shape[1], seed):
+        for policy in _policies(policies, st, u, deployment, cost_weight, emb.shape[1], seed, learn_every):
             arms = _run(policy, st, emb, sc.users)
             got = u[rows, arms]
             r = per[policy.name]
@@ -227,7 +239,7 @@ def simulate(
             late_slope={k: float(np.nanmean([s[k] for s in r["slope"]])) for k in r["slope"][0]},
         ))  # fmt: skip
     return SimulateReport(
-        scenario=sc.name, description=sc.description, steps=steps, seeds=seeds, cost_weight=config.cost_weight,
+        scenario=sc.name, description=sc.description, steps=steps, seeds=seeds, cost_weight=cost_weight,
         checkpoints=tuple(int(x) + 1 for x in marks), policies=tuple(results),
         lai_robbins={k: float(np.mean(v)) for k, v in lr_all.items()}, seconds=time.perf_counter() - start,
     )  # fmt: skip

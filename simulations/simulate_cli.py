@@ -12,21 +12,29 @@ __all__ = ["add_simulate"]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.cli import DEFAULT_POLICY
     from simulations.environment import SCENARIOS, scenario
-    from simulations.online import PolicyConfig
     from simulations.progress import Progress
-    from simulations.simulate import POLICIES, markdown, simulate
+    from simulations.simulate import POLICIES, simulate
 
     try:
         sc = scenario(args.scenario)
-        names = tuple(args.policies.split(",")) if args.policies else POLICIES
+        names = tuple(n.strip() for n in args.policies.split(",")) if args.policies else POLICIES
         unknown = [n for n in names if n not in POLICIES]
         if unknown:
             raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+        for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--learn-every", args.learn_every)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if args.steps < 2 and args.seeds > 0:
+            raise ValueError("--steps must be at least 2")
+        if args.cost_weight is not None and not args.cost_weight >= 0:
+            raise ValueError(f"--cost-weight must be >= 0, got {args.cost_weight:g}")
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} exists and is not a directory")
     except ValueError as exc:
         print(f"turnout simulate: {exc} (scenarios: {', '.join(SCENARIOS)})", file=sys.stderr)
         return 2
+    deployment = args.load_deployment(args)  # Turnout as the service runs it: --config, overrides, defaults
     if args.embedder == "hashing":
         from learner.embedding import HashingEmbedder
 
@@ -35,32 +43,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from learner.wordllama import WordLlamaEmbedder
 
         embedder = WordLlamaEmbedder(256)
-    # Turnout as ``turnout replay`` runs it (simulations.cli.DEFAULT_POLICY), with these overrides
-    base = {f: getattr(DEFAULT_POLICY, f) for f in PolicyConfig.__struct_fields__}
-    config = PolicyConfig(**{**base, "cost_weight": args.cost_weight, "n_clusters": args.n_clusters,
-                             "prior": args.prior, "discount": args.discount,
-                             "thompson_samples": args.thompson_samples, "seed": args.seed})  # fmt: skip
+    weight = deployment.cost_weight if args.cost_weight is None else args.cost_weight
     with Progress(args.steps * args.seeds * len(names), f"simulate {sc.name}") as bar:
-        report = simulate(sc, embedder, config, steps=args.steps, seeds=args.seeds, policies=names, progress=bar.advance)
-    plots: list[str] = []
-    if args.out:
+        report = simulate(sc, embedder, deployment, weight, steps=args.steps, seeds=args.seeds, policies=names,
+                          base_seed=args.seed, learn_every=args.learn_every, progress=bar.advance)  # fmt: skip
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        from simulations.simulate import markdown
+
+        print(markdown(report))
+        print(f"\n{report.seeds * report.steps * len(names)} decisions in {report.seconds:.1f} s")
+    if args.out:  # results first: a plot that fails below loses nothing
         from simulations.plots import PlotsUnavailable
         from simulations.simulate_plots import plot_simulation
 
         try:
-            plots = [str(p) for p in plot_simulation(report, Path(args.out))]
+            for p in plot_simulation(report, Path(args.out)):
+                print(f"plot: {p}", file=sys.stderr if args.json else sys.stdout)
         except PlotsUnavailable as exc:
             print(f"turnout simulate: {exc}", file=sys.stderr)
             return 3
-    if args.json:
-        out = msgspec.to_builtins(report)
-        out["plots"] = plots
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(out), indent=2).decode() + "\n")
-    else:
-        print(markdown(report))
-        print(f"\n{report.seeds * report.steps * len(names)} decisions in {report.seconds:.1f} s")
-        for p in plots:
-            print(f"plot: {p}")
+        except OSError as exc:
+            print(f"turnout simulate: --out: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -73,12 +79,10 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="base seed")
-    p.add_argument("--cost-weight", type=float, default=25.0, help="quality points one US dollar is worth")
+    p.add_argument("--cost-weight", type=float, help="quality points one US dollar is worth (default: router.cost_weight)")
     p.add_argument("--policies", help="comma-separated subset (default: all)")
-    p.add_argument("--n-clusters", type=int, default=0, help="Turnout's clusters; 0 chooses from the data")
-    p.add_argument("--prior", choices=("flat", "prices"), default="flat")
-    p.add_argument("--discount", type=float, default=1.0, help="evidence discount per fold (drift)")
-    p.add_argument("--thompson-samples", type=int, default=256)
+    p.add_argument("--config", help="the deployment's TOML configuration: Turnout's settings (default: the shipped ones)")
+    p.add_argument("--learn-every", type=int, default=10, help="prompts per learning cycle (default 10)")
     p.add_argument("--embedder", choices=("wordllama", "hashing"), default="wordllama")
     p.add_argument("--out", help="directory for PNG plots (regret curves, cost-quality plane)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

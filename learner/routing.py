@@ -1,0 +1,254 @@
+"""The routing decision: one pure core that the service, the replay, ``simulate`` and OPE call.
+
+``View.build`` compiles a snapshot once (posteriors, cost estimates, exploration caps) and
+``decide`` routes one prompt on a view. Nothing else in Turnout decides.
+
+The policy is *satisficing* Thompson sampling over a fixed matrix of posterior draws: a
+decision takes one uniformly drawn row of the cluster's draws, finds the best sampled utility
+``quality - penalty`` in that row, and among the models within ``satisfice`` of it takes the
+one of best posterior-mean utility. With ``satisfice`` 0 this is plain Thompson sampling; a
+small tolerance stops paying for exploration between models whose difference is too small to
+matter (Russo & Van Roy, Satisficing in time-sensitive bandit learning, 2022). Because the
+policy *is* "a uniformly drawn row of this matrix", the logged propensity (the share of rows
+the chosen model wins) is the exact probability of the decision.
+
+Posteriors are Beta per (cluster, model), each cluster's shrunk toward the model's pooled
+posterior with a strength estimated from the data (``learner.hierarchy``), so a wrong cluster
+count is cheap: a cluster with little evidence routes as the pool does.
+
+The exploration cap excludes an under-explored model from the rows beyond its share: a row
+whose every allowed model is excluded falls back to the allowed models' own draws, so a cap
+can never be escaped by a large penalty (it excludes, it does not subtract a finite number).
+
+Costs are estimated per (cluster, model) from what the deployment knows: a model with a price
+in configuration costs ``prompt_tokens * price_in + completion_tokens * price_out``, its
+completion tokens learned per cluster from its own calls (the configured expectation as a
+prior); a model without a price costs what its own bills in that cluster said. Cells with few
+calls borrow from a two-way fit ``log value = cluster effect + model effect`` over the cells
+that have calls, so a model never tried in a cluster is priced by how long answers there are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+from scipy import stats
+
+from learner.clusters import assign
+from learner.hierarchy import hierarchical_posterior
+from learner.snapshot import Snapshot, SnapshotError, centroid_array
+
+__all__ = [
+    "Prices", "RouteChoice", "RoutingParams", "View", "credible_interval", "decide", "fit_cells", "snapshot_posterior",
+]  # fmt: skip
+
+_PSEUDO_CALLS = 2.0  # calls of prior weight in a (cluster, model) cost estimate
+
+
+class Prices(msgspec.Struct, frozen=True):
+    """Per-model prices in USD per million tokens, in the pool's order (0 and 0: not known)."""
+
+    models: tuple[str, ...]
+    price_in_per_mtok: tuple[float, ...]
+    price_out_per_mtok: tuple[float, ...]
+
+    @classmethod
+    def unknown(cls, models: tuple[str, ...]) -> "Prices":
+        return cls(models, (0.0,) * len(models), (0.0,) * len(models))
+
+
+class RoutingParams(msgspec.Struct, frozen=True):
+    """How decisions are drawn: ``[router]`` settings, the same in the service and the replay."""
+
+    n_samples: int = 1024  # posterior draws per cluster and snapshot version
+    seed: int = 0  # with the version and the cluster, seeds the draws: replicas agree
+    satisfice: float = 0.03  # utility difference not worth exploring for (0: plain Thompson)
+
+
+class RouteChoice(msgspec.Struct, frozen=True):
+    cluster: int
+    margin: float
+    arm: int
+    propensity: float
+    propensities: tuple[float, ...]
+    fallback_order: tuple[int, ...]  # the other allowed models, best posterior utility first
+    expected_cost_usd: float
+
+
+def fit_cells(total: np.ndarray, count: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """Per-cell means shrunk toward a two-way fit: (k, m) sums and counts -> (k, m) estimates.
+
+    The fit ``log mean[c, m] = a_c + b_m`` runs over cells with a positive mean, weighted by
+    their counts, with the cluster effects centred; it fills cells without calls. A model with
+    no calls anywhere takes ``prior`` (m,) times its cluster's effect (0 when ``prior`` is None).
+    Each cell is then ``(2 * fit + total) / (2 + count)``.
+    """
+    total = np.asarray(total, dtype=np.float64)
+    count = np.asarray(count, dtype=np.float64)
+    k, m = total.shape
+    seen = count > 0
+    mean = np.divide(total, count, out=np.zeros_like(total), where=seen)
+    obs = seen & (mean > 0)
+    base = np.zeros(m) if prior is None else np.asarray(prior, dtype=np.float64)
+    fit = np.broadcast_to(base, (k, m)).copy()
+    if obs.any():
+        y = np.log(np.where(obs, mean, 1.0))
+        w = np.where(obs, count, 0.0)
+        a, b = np.zeros(k), np.zeros(m)
+        for _ in range(8):  # alternating weighted means (a few sweeps converge on these sizes)
+            wb = w.sum(axis=0)
+            b = np.divide((w * (y - a[:, None])).sum(axis=0), wb, out=np.zeros(m), where=wb > 0)
+            wa = w.sum(axis=1)
+            a = np.divide((w * (y - b[None, :])).sum(axis=1), wa, out=np.zeros(k), where=wa > 0)
+        wa = w.sum(axis=1)
+        a = np.where(wa > 0, a - np.sum(wa * a) / wa.sum(), 0.0)  # centred: the average cluster is 0
+        known = w.sum(axis=0) > 0
+        fit[:, known] = np.exp(a[:, None] + b[None, known])
+        if prior is not None:  # a model never called: its configured level, times the cluster's effect
+            fit[:, ~known] = base[None, ~known] * np.exp(a)[:, None]
+    return (_PSEUDO_CALLS * fit + np.where(seen, total, 0.0)) / (_PSEUDO_CALLS + count)
+
+
+def snapshot_posterior(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """The Beta posterior of every (cluster, model) of a snapshot: alpha, beta (k, m)."""
+    return hierarchical_posterior(
+        np.array(snapshot.n), np.array(snapshot.reward_sum), (), np.array(snapshot.prior_mean),
+        snapshot.prior_strength, snapshot.shrink_strength,
+    )  # fmt: skip
+
+
+def credible_interval(alpha: np.ndarray, beta: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed credible interval of Beta(alpha, beta), elementwise."""
+    tail = (1.0 - level) / 2.0
+    return stats.beta.ppf(tail, alpha, beta), stats.beta.ppf(1.0 - tail, alpha, beta)
+
+
+class View:
+    """Immutable arrays derived from one snapshot and the price sheet: what a decision reads.
+
+    Draws are made per cluster, seeded by (seed, version, cluster), when first needed
+    (``draw_all`` makes them all at once, as the service does on a swap), so every replica
+    and every offline run holds the same draws for a version.
+    """
+
+    def __init__(self, snapshot: Snapshot, prices: Prices, params: RoutingParams) -> None:
+        if snapshot.models != prices.models:
+            raise SnapshotError(f"snapshot models {snapshot.models} differ from the pool {prices.models}")
+        self.snapshot = snapshot
+        self.params = params
+        self.models = snapshot.models
+        m = len(self.models)
+        self.centroids = np.ascontiguousarray(centroid_array(snapshot))
+        k = len(self.centroids)
+        alpha, beta = snapshot_posterior(snapshot)
+        self.alpha, self.beta = alpha, beta
+        self.mean = alpha / (alpha + beta)
+        self.cost_weights = {b.policy: b.cost_weight for b in snapshot.budgets}
+        self.price_in = np.array(prices.price_in_per_mtok, dtype=np.float64) / 1e6
+        self.price_out = np.array(prices.price_out_per_mtok, dtype=np.float64) / 1e6
+        self.priced = (self.price_in > 0) | (self.price_out > 0)
+        calls = _table(snapshot.calls, k, m)
+        tokens = fit_cells(_table(snapshot.completion_sum, k, m), calls, np.array(snapshot.completion_tokens))
+        bills = fit_cells(_table(snapshot.bill_sum, k, m), calls, None)
+        # the part of the cost that does not depend on the prompt's length: (k, m) USD
+        self.fixed_cost = np.where(self.priced[None, :], tokens * self.price_out[None, :], bills)
+        self.per_prompt_token = np.where(self.priced, self.price_in, 0.0)
+        self.latency_s = np.array(snapshot.latency_s, dtype=np.float64)
+        s = params.n_samples
+        share = snapshot.explore_share or (1.0,) * m
+        # rows each model may win: model j keeps the first ceil(share_j * S) rows
+        self.open_rows = np.arange(s)[:, None] < np.array([math.ceil(x * s) for x in share])[None, :]
+        self.capped = not self.open_rows.all()
+        self._draws: list[np.ndarray | None] = [None] * k
+        for arr in (self.centroids, self.mean, self.fixed_cost, self.open_rows):
+            arr.setflags(write=False)
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    def draws(self, cluster: int) -> np.ndarray:
+        """The cluster's posterior draws of quality for this version: (S, m) float64."""
+        got = self._draws[cluster]
+        if got is None:
+            rng = np.random.default_rng([self.params.seed, self.snapshot.version, cluster])
+            got = rng.beta(
+                np.broadcast_to(self.alpha[cluster], (self.params.n_samples, len(self.models))),
+                np.broadcast_to(self.beta[cluster], (self.params.n_samples, len(self.models))),
+            )
+            got.setflags(write=False)
+            self._draws[cluster] = got
+        return got
+
+    def draw_all(self) -> None:
+        for c in range(len(self.centroids)):
+            self.draws(c)
+
+    def cost_weight(self, policy: str, configured: float) -> float:
+        """The weight the learner set for ``policy``'s budget, else the configured one."""
+        return self.cost_weights.get(policy, configured)
+
+    def costs(self, cluster: int, prompt_tokens: float) -> np.ndarray:
+        """Expected USD of answering with each model: (m,)."""
+        return self.fixed_cost[cluster] + prompt_tokens * self.per_prompt_token
+
+    def most_costly(self, prompt_tokens: float) -> np.ndarray:
+        """Each model's highest expected cost over the clusters (for cost ceilings before embedding)."""
+        return self.fixed_cost.max(axis=0) + prompt_tokens * self.per_prompt_token
+
+
+def _table(rows: tuple[tuple[float, ...], ...], k: int, m: int) -> np.ndarray:
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((k, m))
+
+
+def decide(
+    view: View,
+    embedding: np.ndarray,
+    prompt_tokens: float,
+    cost_weight: float,
+    latency_weight: float,
+    allowed: np.ndarray | None,
+    row: int,
+    cluster: int | None = None,
+) -> RouteChoice:
+    """Route one prompt on ``view``.
+
+    embedding: (d,) unit-norm; allowed: (m,) bool with at least one True, or None for all;
+    row: a uniform draw (any int; taken modulo the number of sample rows); ``cluster`` skips
+    the nearest-centroid search when the caller already knows it.
+    """
+    if cluster is None:
+        cluster, margin = assign(embedding, view.centroids)
+    else:
+        margin = 0.0
+    costs = view.costs(cluster, prompt_tokens)
+    penalty = cost_weight * costs + latency_weight * view.latency_s
+    mean_utility = view.mean[cluster] - penalty
+    utility = view.draws(cluster) - penalty[None, :]
+    eligible = np.ones(utility.shape, dtype=bool) if allowed is None else np.broadcast_to(allowed, utility.shape)
+    if view.capped:
+        capped = eligible & view.open_rows
+        # a row where every allowed model is capped out falls back to the allowed models
+        eligible = np.where(capped.any(axis=1)[:, None], capped, eligible)
+    utility = np.where(eligible, utility, -np.inf)
+    if view.params.satisfice > 0:
+        best = utility.max(axis=1, keepdims=True)
+        near = utility >= best - view.params.satisfice
+        winners = np.argmax(np.where(near, mean_utility[None, :], -np.inf), axis=1)
+    else:
+        winners = np.argmax(utility, axis=1)
+    props = np.bincount(winners, minlength=len(view.models)) / len(winners)
+    arm = int(winners[row % len(winners)])
+    mask = np.ones(len(view.models), dtype=bool) if allowed is None else allowed
+    order = tuple(int(j) for j in np.argsort(-mean_utility, kind="stable") if j != arm and mask[j])
+    return RouteChoice(
+        cluster=int(cluster),
+        margin=float(margin),
+        arm=arm,
+        propensity=float(props[arm]),
+        propensities=tuple(float(p) for p in props),
+        fallback_order=order,
+        expected_cost_usd=float(costs[arm]),
+    )
