@@ -124,7 +124,16 @@ _EVENT_TABLES = ((DecisionMade, "decisions", "decision_id", _decisions_table),
 
 
 class ClickHouseRowStore:
-    """Row store on ClickHouse. Calls are serialised: one client is not safe to share freely."""
+    """Row store on ClickHouse. Calls are serialised: one client is not safe to share freely.
+
+    One rating per decision: of a decision's explicit feedback (kind ``explicit``: a thumb or a
+    score), only the first stored counts in the window queries (``rewards``, ``reward_stats``).
+    First = the smallest (``min(ingested_ms)`` of the event, ``event_id``): the earliest
+    insertion, ties (one insert block shares its ``ingested_ms``) broken by the smaller event id,
+    which for UUIDv7 ids is the one created first. Later ratings stay stored but never count, in
+    their window or a later one, since the first is looked up among all the decision's feedback,
+    not only the window's. Implicit kinds (``re_request``, ``upstream_error``) all count.
+    """
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -175,7 +184,8 @@ class ClickHouseRowStore:
 
     @staticmethod
     def _ready_sql(decision_cols: tuple[str, ...]) -> str:
-        """Feedback joined to its decision, for pairs whose later half arrived in the window."""
+        """Feedback joined to its decision, for pairs whose later half arrived in the window; of
+        the ratings (kind ``explicit``) only each decision's first (see the class docstring)."""
         outer = ", ".join(f"d.{c} AS {c}" for c in decision_cols)
         inner = ", ".join(f"any({c}) AS {c}" for c in decision_cols)
         return f"""
@@ -206,6 +216,20 @@ class ClickHouseRowStore:
                 GROUP BY decision_id
             ) AS d ON f.decision_id = d.decision_id
             WHERE greatest(f.fi, d.di) >= {{lo:Int64}} AND greatest(f.fi, d.di) < {{hi:Int64}}
+              AND (f.kind != 'explicit' OR f.event_id IN (
+                  -- the first rating of each decision in play, looked up in all of its feedback
+                  SELECT argMin(event_id, (fi, event_id)) FROM (
+                      SELECT event_id, any(decision_id) AS rated, min(ingested_ms) AS fi
+                      FROM feedback
+                      WHERE kind = 'explicit' AND decision_id IN (
+                          SELECT decision_id FROM feedback
+                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}} AND kind = 'explicit'
+                          UNION ALL
+                          SELECT decision_id FROM decisions
+                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                      GROUP BY event_id
+                  )
+                  GROUP BY rated))
         """
 
     def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
