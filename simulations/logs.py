@@ -2,7 +2,7 @@
 
 ``read_decisions`` is a read-only query of the ``decisions`` and ``feedback`` tables (one row
 per decision the policy made that received feedback: the arm it chose, its logged propensity,
-the mean of its rewards; decisions a rule made are counted, not read). ``candidate_target`` is
+the mean of its counted rewards; decisions a rule made are counted, not read). ``candidate_target`` is
 what a candidate snapshot at a cost weight would have done with each of those prompts: the same
 computation as the service's router (nearest centroid, the snapshot's posterior sample matrix
 seeded by (seed, version), ``choose``) so its probabilities are exact, not estimated.
@@ -60,8 +60,12 @@ FROM (
     GROUP BY decision_id
 ) AS d
 INNER JOIN (
-    SELECT fid, avg(r) AS l_reward
-    FROM (SELECT event_id, any(decision_id) AS fid, any(reward) AS r FROM feedback GROUP BY event_id)
+    -- the mean of what the learner counts: the first rating (feedback.clickhouse) and each implicit signal
+    -- (argMinIf is 0 for a decision without a rating)
+    SELECT fid, (sumIf(r, k != 'explicit') + argMinIf(r, (fi, event_id), k = 'explicit'))
+                / (countIf(k != 'explicit') + (countIf(k = 'explicit') > 0)) AS l_reward
+    FROM (SELECT event_id, any(decision_id) AS fid, any(reward) AS r, any(kind) AS k, min(ingested_ms) AS fi
+          FROM feedback GROUP BY event_id)
     GROUP BY fid
 ) AS f ON d.did = f.fid
 ORDER BY d.l_ts, d.did
@@ -76,7 +80,9 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
     the policy's; read as the policy's, it would say the policy was certain. Records of failed
     attempts (policy ``failover``) are not requests and are left out uncounted. Decisions of every
     policy name are read, also one asked for by name (``model="cheap"``): their propensity is the
-    policy's. A decision with several pieces of feedback gets their mean as its reward.
+    policy's. A decision's reward is the mean of the feedback the learner counts: its first
+    rating (kind ``explicit``; later ones do not count, see ``feedback.clickhouse``) and each
+    implicit signal.
     """
     params: dict[str, Any] = {"lo": since_ms, "hi": until_ms, "rules": list(_RULE_POLICIES)}
     sql = _SQL.replace("{tenant_filter}", "AND tenant = {tenant:String}" if tenant else "")

@@ -59,16 +59,21 @@ def test_logged_decisions_and_an_exact_candidate(embedder, chdb_dir, ch_database
         if i % 5 == 4:
             continue  # no feedback: not a round
         events.append(FeedbackGiven(event_id=uuid7(now), decision_id=did, ts_ms=now, reward=float(i % 2)))
-        if i % 7 == 0:
-            events.append(FeedbackGiven(event_id=uuid7(now), decision_id=did, ts_ms=now, reward=0.5))
+        if i % 7 == 0:  # a contradicting second rating (made later: a greater UUIDv7), not counted by the learner
+            events.append(FeedbackGiven(event_id=uuid7(now + 1), decision_id=did, ts_ms=now, reward=1.0 - i % 2))
+        if i == 7:  # an implicit signal counts beside the first rating
+            events.append(FeedbackGiven(event_id=uuid7(now + 1), decision_id=did, ts_ms=now, reward=0.0,
+                                        kind="re_request"))  # fmt: skip
         logged[did] = choice
     rows.insert(events)
 
     logs = read_decisions(client, now - 60_000, now + 60_000)
     assert len(logs.arms) == len(logged) == 64
     assert set(logs.decision_ids) == set(logged)
-    i7 = logs.decision_ids.index(events[0].decision_id)  # decision 0: rewards 0.0 and 0.5
-    assert logs.rewards[i7] == pytest.approx(0.25)
+    reward = dict(zip(logs.decision_ids, logs.rewards))
+    assert reward[events[0].decision_id] == 0.0  # decision 0: ratings 0.0, then 1.0
+    seventh = [e.decision_id for e in events if isinstance(e, DecisionMade)][7]
+    assert reward[seventh] == pytest.approx(0.5)  # ratings 1.0, then 0.0; a re-request 0.0
     assert read_decisions(client, now + 60_000, now + 120_000).arms == ()
 
     # the candidate is the live snapshot at the logged cost weight: its probabilities are the logged propensities
