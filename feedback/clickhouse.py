@@ -188,48 +188,33 @@ class ClickHouseRowStore:
         the ratings (kind ``explicit``) only each decision's first (see the class docstring)."""
         outer = ", ".join(f"d.{c} AS {c}" for c in decision_cols)
         inner = ", ".join(f"any({c}) AS {c}" for c in decision_cols)
+        in_play = """
+            SELECT decision_id FROM feedback WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}
+            UNION ALL
+            SELECT decision_id FROM decisions WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}"""
+        # every piece of feedback of the decisions in play (also what arrived before the window: a
+        # rating there may be the first), ranked per decision among its own kind class
         return f"""
             SELECT f.event_id AS event_id, f.reward AS reward, f.kind AS kind, d.decision_id AS decision_id, {outer}
             FROM (
-                SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
-                       any(kind) AS kind, min(ingested_ms) AS fi
+                SELECT event_id, decision_id, reward, kind, fi,
+                       row_number() OVER (PARTITION BY decision_id, kind = 'explicit' ORDER BY fi, event_id) AS nth
                 FROM (
-                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
-                    WHERE event_id IN (SELECT event_id FROM feedback
-                                       WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
-                    UNION ALL
-                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
-                    WHERE decision_id IN (SELECT decision_id FROM decisions
-                                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                    SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
+                           any(kind) AS kind, min(ingested_ms) AS fi
+                    FROM (SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
+                          WHERE decision_id IN ({in_play}))
+                    GROUP BY event_id
                 )
-                GROUP BY event_id
             ) AS f
             INNER JOIN (
                 SELECT decision_id, {inner}, min(ingested_ms) AS di
                 FROM decisions
-                WHERE decision_id IN (
-                    SELECT decision_id FROM feedback
-                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}}
-                    UNION ALL
-                    SELECT decision_id FROM decisions
-                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                WHERE decision_id IN ({in_play})
                 GROUP BY decision_id
             ) AS d ON f.decision_id = d.decision_id
             WHERE greatest(f.fi, d.di) >= {{lo:Int64}} AND greatest(f.fi, d.di) < {{hi:Int64}}
-              AND (f.kind != 'explicit' OR f.event_id IN (
-                  -- the first rating of each decision in play, looked up in all of its feedback
-                  SELECT argMin(event_id, (fi, event_id)) FROM (
-                      SELECT event_id, any(decision_id) AS rated, min(ingested_ms) AS fi
-                      FROM feedback
-                      WHERE kind = 'explicit' AND decision_id IN (
-                          SELECT decision_id FROM feedback
-                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}} AND kind = 'explicit'
-                          UNION ALL
-                          SELECT decision_id FROM decisions
-                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
-                      GROUP BY event_id
-                  )
-                  GROUP BY rated))
+              AND (f.kind != 'explicit' OR f.nth = 1)
         """
 
     def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
