@@ -222,7 +222,7 @@ class ClickHouseRowStore:
         rows = self._query(
             f"""
             SELECT decision_id, clustering, cluster, model, reward, kind,
-                   if(clustering = {{c:UInt32}}, [], embedding), arm
+                   if(toInt64(clustering) = {{c:Int64}}, [], embedding), arm
             FROM ({self._ready_sql(cols)})
             """,
             {"lo": since_ms, "hi": until_ms, "c": clustering},

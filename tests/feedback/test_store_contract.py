@@ -70,6 +70,8 @@ def test_rewards_join_feedback_to_decisions_within_the_window(stores):
     assert all(r.embedding == b"" for r in rows.rewards(0, t1, 1))  # same clustering: no embedding
     stale = rows.rewards(0, t1, 2)
     assert all(np.frombuffer(r.embedding, dtype="<f4").tolist() == [1.0, 0.0] for r in stale)
+    every = rows.rewards(0, t1, -1)  # no clustering: every row with its embedding
+    assert len(every) == 3 and all(np.frombuffer(r.embedding, dtype="<f4").tolist() == [1.0, 0.0] for r in every)
     time.sleep(0.005)
     rows.insert([_feedback("d1", 0.0, "re_request")])
     t2 = rows.now_ms() + 1
