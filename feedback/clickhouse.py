@@ -124,7 +124,16 @@ _EVENT_TABLES = ((DecisionMade, "decisions", "decision_id", _decisions_table),
 
 
 class ClickHouseRowStore:
-    """Row store on ClickHouse. Calls are serialised: one client is not safe to share freely."""
+    """Row store on ClickHouse. Calls are serialised: one client is not safe to share freely.
+
+    One rating per decision: of a decision's explicit feedback (kind ``explicit``: a thumb or a
+    score), only the first stored counts in the window queries (``rewards``, ``reward_stats``).
+    First = the smallest (``min(ingested_ms)`` of the event, ``event_id``): the earliest
+    insertion, ties (one insert block shares its ``ingested_ms``) broken by the smaller event id,
+    which for UUIDv7 ids is the one created first. Later ratings stay stored but never count, in
+    their window or a later one, since the first is looked up among all the decision's feedback,
+    not only the window's. Implicit kinds (``re_request``, ``upstream_error``) all count.
+    """
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -175,37 +184,37 @@ class ClickHouseRowStore:
 
     @staticmethod
     def _ready_sql(decision_cols: tuple[str, ...]) -> str:
-        """Feedback joined to its decision, for pairs whose later half arrived in the window."""
+        """Feedback joined to its decision, for pairs whose later half arrived in the window; of
+        the ratings (kind ``explicit``) only each decision's first (see the class docstring)."""
         outer = ", ".join(f"d.{c} AS {c}" for c in decision_cols)
         inner = ", ".join(f"any({c}) AS {c}" for c in decision_cols)
+        in_play = """
+            SELECT decision_id FROM feedback WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}
+            UNION ALL
+            SELECT decision_id FROM decisions WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}"""
+        # every piece of feedback of the decisions in play (also what arrived before the window: a
+        # rating there may be the first), ranked per decision among its own kind class
         return f"""
             SELECT f.event_id AS event_id, f.reward AS reward, f.kind AS kind, d.decision_id AS decision_id, {outer}
             FROM (
-                SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
-                       any(kind) AS kind, min(ingested_ms) AS fi
+                SELECT event_id, decision_id, reward, kind, fi,
+                       row_number() OVER (PARTITION BY decision_id, kind = 'explicit' ORDER BY fi, event_id) AS nth
                 FROM (
-                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
-                    WHERE event_id IN (SELECT event_id FROM feedback
-                                       WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
-                    UNION ALL
-                    SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
-                    WHERE decision_id IN (SELECT decision_id FROM decisions
-                                          WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                    SELECT event_id, any(decision_id) AS decision_id, any(reward) AS reward,
+                           any(kind) AS kind, min(ingested_ms) AS fi
+                    FROM (SELECT event_id, decision_id, reward, kind, ingested_ms FROM feedback
+                          WHERE decision_id IN ({in_play}))
+                    GROUP BY event_id
                 )
-                GROUP BY event_id
             ) AS f
             INNER JOIN (
                 SELECT decision_id, {inner}, min(ingested_ms) AS di
                 FROM decisions
-                WHERE decision_id IN (
-                    SELECT decision_id FROM feedback
-                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}}
-                    UNION ALL
-                    SELECT decision_id FROM decisions
-                    WHERE ingested_ms >= {{lo:Int64}} AND ingested_ms < {{hi:Int64}})
+                WHERE decision_id IN ({in_play})
                 GROUP BY decision_id
             ) AS d ON f.decision_id = d.decision_id
             WHERE greatest(f.fi, d.di) >= {{lo:Int64}} AND greatest(f.fi, d.di) < {{hi:Int64}}
+              AND (f.kind != 'explicit' OR f.nth = 1)
         """
 
     def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
@@ -213,7 +222,7 @@ class ClickHouseRowStore:
         rows = self._query(
             f"""
             SELECT decision_id, clustering, cluster, model, reward, kind,
-                   if(clustering = {{c:UInt32}}, [], embedding), arm
+                   if(toInt64(clustering) = {{c:Int64}}, [], embedding), arm
             FROM ({self._ready_sql(cols)})
             """,
             {"lo": since_ms, "hi": until_ms, "c": clustering},

@@ -17,8 +17,18 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+_EXPLICIT = "explicit"  # the kind of a rating (thumbs or score); the other kinds are implicit signals
+
+
 class MemoryRowStore:
-    """Keeps every event with its ingestion time; idempotent by ``event_id``."""
+    """Keeps every event with its ingestion time; idempotent by ``event_id``.
+
+    One rating per decision: of a decision's explicit feedback, only the first stored counts in
+    the window queries (``rewards``, ``reward_stats``); first = earliest ingestion time, ties
+    (one insert) broken by the smaller ``event_id`` (UUIDv7: the one created first), as in the
+    ClickHouse store. Later ratings are kept (``count`` sees them) but never count, in their
+    window or any other. Implicit kinds (``re_request``, ``upstream_error``) all count.
+    """
 
     def __init__(self, clock_ms: Callable[[], int] = _wall_ms) -> None:
         self._clock = clock_ms
@@ -30,6 +40,7 @@ class MemoryRowStore:
         self._decision_times: list[tuple[int, str]] = []
         self._feedback_times: list[tuple[int, str]] = []
         self._feedback_of: dict[str, list[str]] = {}
+        self._first_rating: dict[str, tuple[int, str]] = {}  # decision_id -> (ingested, event_id) of the one that counts
 
     def insert(self, events: Sequence[Event], streams: Sequence[str] | None = None) -> None:
         with self._lock:  # one lock for every writer: streams do not matter here
@@ -46,6 +57,10 @@ class MemoryRowStore:
                     self._feedback[ev.event_id] = (now, ev)
                     bisect.insort(self._feedback_times, (now, ev.event_id))
                     self._feedback_of.setdefault(ev.decision_id, []).append(ev.event_id)
+                    if ev.kind == _EXPLICIT:
+                        first = self._first_rating.get(ev.decision_id)
+                        if first is None or (now, ev.event_id) < first:
+                            self._first_rating[ev.decision_id] = (now, ev.event_id)
 
     def now_ms(self) -> int:
         return self._clock()
@@ -59,7 +74,8 @@ class MemoryRowStore:
         return DecisionRef(d.decision_id, d.tenant, d.cluster, d.model, d.snapshot_version)
 
     def _ready(self, since_ms: int, until_ms: int) -> list[tuple[FeedbackGiven, DecisionMade]]:
-        """Feedback whose later-arriving half (it or its decision) arrived in the window."""
+        """Feedback whose later-arriving half (it or its decision) arrived in the window, less the
+        ratings that are not their decision's first."""
         out = []
         with self._lock:
             ids = [e for _, e in _between(self._feedback_times, since_ms, until_ms)]
@@ -67,6 +83,8 @@ class MemoryRowStore:
                 ids.extend(self._feedback_of.get(did, ()))
             for eid in dict.fromkeys(ids):
                 at, fb = self._feedback[eid]
+                if fb.kind == _EXPLICIT and self._first_rating[fb.decision_id] != (at, eid):
+                    continue
                 item = self._decisions.get(fb.decision_id)
                 if item is not None and since_ms <= max(at, item[0]) < until_ms:
                     out.append((fb, item[1]))

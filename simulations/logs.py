@@ -1,10 +1,10 @@
 """Logged decisions for off-policy evaluation, read from ClickHouse, and a candidate's probabilities.
 
 ``read_decisions`` is a read-only query of the ``decisions`` and ``feedback`` tables (one row
-per routed decision that received feedback: the arm the policy chose, its logged propensity,
-the mean of its rewards). ``candidate_target`` is what a candidate snapshot at a cost weight
-would have done with each of those prompts: the service's own decision (``learner.routing``),
-so its probabilities are exact, not estimated.
+per decision the policy made that received feedback: the arm it chose, its logged propensity,
+the mean of its counted rewards; decisions a rule made are counted, not read). ``candidate_target``
+is what a candidate snapshot at a cost weight would have done with each of those prompts: the
+service's own decision (``learner.routing``), so its probabilities are exact, not estimated.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ __all__ = ["LoggedDecisions", "candidate_target", "read_decisions", "to_logged"]
 
 
 class LoggedDecisions(msgspec.Struct, frozen=True):
-    """Decisions with feedback, oldest first. Arrays are (n,), embeddings (n, d)."""
+    """Decisions with feedback, oldest first. Arrays are (n,), embeddings (n, d).
+
+    ``skipped_pinned``: decisions with feedback in the range that a rule made, not the policy
+    (policy ``pinned`` or ``passthrough``, propensity 1), left out.
+    """
 
     decision_ids: tuple[str, ...]
     arms: tuple[str, ...]
@@ -32,22 +36,32 @@ class LoggedDecisions(msgspec.Struct, frozen=True):
     prompt_tokens: np.ndarray
     cost_usd: np.ndarray
     embeddings: np.ndarray
+    skipped_pinned: int = 0
 
+
+# the ``policy`` of a decision that a rule made: a pin rule, or a model asked for by name
+_RULE_POLICIES = ("pinned", "passthrough")
 
 _SQL = """
-SELECT d.did, d.l_arm, d.l_propensity, f.l_reward, d.l_cluster, d.l_tokens, d.l_cost, d.l_embedding
+SELECT d.did, d.l_rule, d.l_arm, d.l_propensity, f.l_reward, d.l_cluster, d.l_tokens, d.l_cost,
+       if(d.l_rule, [], d.l_embedding)
 FROM (
-    SELECT decision_id AS did, any(arm) AS l_arm, any(propensity) AS l_propensity, any(cluster) AS l_cluster,
+    SELECT decision_id AS did, any(policy) IN {rules:Array(String)} AS l_rule, any(arm) AS l_arm,
+           any(propensity) AS l_propensity, any(cluster) AS l_cluster,
            any(prompt_tokens) AS l_tokens, any(cost_usd) AS l_cost, any(embedding) AS l_embedding,
            min(toUnixTimestamp64Milli(ts)) AS l_ts
     FROM decisions
     WHERE toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}
-      AND requested_model = 'auto' AND policy != 'failover' AND arm != '' {tenant_filter}
+      AND policy != 'failover' AND arm != '' {tenant_filter}
     GROUP BY decision_id
 ) AS d
 INNER JOIN (
-    SELECT fid, avg(r) AS l_reward
-    FROM (SELECT event_id, any(decision_id) AS fid, any(reward) AS r FROM feedback GROUP BY event_id)
+    -- the mean of what the learner counts: the first rating (feedback.clickhouse) and each implicit signal
+    -- (argMinIf is 0 for a decision without a rating)
+    SELECT fid, (sumIf(r, k != 'explicit') + argMinIf(r, (fi, event_id), k = 'explicit'))
+                / (countIf(k != 'explicit') + (countIf(k = 'explicit') > 0)) AS l_reward
+    FROM (SELECT event_id, any(decision_id) AS fid, any(reward) AS r, any(kind) AS k, min(ingested_ms) AS fi
+          FROM feedback GROUP BY event_id)
     GROUP BY fid
 ) AS f ON d.did = f.fid
 ORDER BY d.l_ts, d.did
@@ -55,16 +69,23 @@ ORDER BY d.l_ts, d.did
 
 
 def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") -> LoggedDecisions:
-    """Routed decisions made in [since_ms, until_ms) that have feedback (read-only).
+    """Decisions the policy made in [since_ms, until_ms) that have feedback (read-only).
 
-    Decisions pinned to a model or made by failover are left out: their propensity is not the
-    policy's. A decision with several pieces of feedback gets their mean as its reward.
+    Decisions a rule made (policy ``pinned``: a pin rule; ``passthrough``: a model asked for by
+    name) are left out and counted in ``skipped_pinned``: their propensity 1 is the rule's, not
+    the policy's; read as the policy's, it would say the policy was certain. Records of failed
+    attempts (policy ``failover``) are not requests and are left out uncounted. Decisions of every
+    policy name are read, also one asked for by name (``model="cheap"``): their propensity is the
+    policy's. A decision's reward is the mean of the feedback the learner counts: its first
+    rating (kind ``explicit``; later ones do not count, see ``feedback.clickhouse``) and each
+    implicit signal.
     """
-    params: dict[str, Any] = {"lo": since_ms, "hi": until_ms}
+    params: dict[str, Any] = {"lo": since_ms, "hi": until_ms, "rules": list(_RULE_POLICIES)}
     sql = _SQL.replace("{tenant_filter}", "AND tenant = {tenant:String}" if tenant else "")
     if tenant:
         params["tenant"] = tenant
-    rows = client.query(sql, parameters=params).result_rows
+    found = client.query(sql, parameters=params).result_rows
+    rows = [r[:1] + r[2:] for r in found if not r[1]]
     dim = max((len(r[7]) for r in rows), default=0)
     emb = np.zeros((len(rows), dim), dtype=np.float32)
     for i, r in enumerate(rows):
@@ -79,6 +100,7 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
         prompt_tokens=np.array([float(r[5]) for r in rows]),
         cost_usd=np.array([float(r[6]) for r in rows]),
         embeddings=emb,
+        skipped_pinned=len(found) - len(rows),
     )
 
 
@@ -130,4 +152,5 @@ def to_logged(logs: LoggedDecisions, models: tuple[str, ...], target: np.ndarray
         target=target[keep],
         contexts=ctx.astype(np.int64),
         action_names=models,
+        skipped_pinned=logs.skipped_pinned,
     )

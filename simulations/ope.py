@@ -40,7 +40,11 @@ class LoggedRound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Logged(msgspec.Struct, frozen=True):
-    """Rounds as arrays. actions, contexts: (n,) int; rewards, propensities: (n,); target: (n, A)."""
+    """Rounds as arrays. actions, contexts: (n,) int; rewards, propensities: (n,); target: (n, A).
+
+    ``skipped_pinned``: logged decisions that are not rounds because a rule, not the logging
+    policy, chose them (propensity 1 by rule; see ``simulations.logs``), reported as such.
+    """
 
     actions: np.ndarray
     rewards: np.ndarray
@@ -48,6 +52,7 @@ class Logged(msgspec.Struct, frozen=True):
     target: np.ndarray
     contexts: np.ndarray
     action_names: tuple[str, ...]
+    skipped_pinned: int = 0
 
 
 class Interval(msgspec.Struct, frozen=True):
@@ -67,6 +72,7 @@ class OpeReport(msgspec.Struct, frozen=True):
     clipped: int  # rounds whose weight was capped
     logged_reward: float  # mean reward of the logging policy, for comparison
     warning: str | None = None
+    skipped_pinned: int = 0  # logged decisions left out: a rule chose them, not the logging policy
 
 
 _round = msgspec.json.Decoder(LoggedRound)
@@ -171,4 +177,4 @@ def estimate(logged: Logged, *, clip: float | None = None, level: float = 0.95, 
         warning = (f"effective sample size {ess:.1f} of {n} rounds is below {min_ess:g}: the candidate "
                    f"chooses what the logging policy rarely did, so these estimates are not to be trusted")  # fmt: skip
     return OpeReport(ips=ips, snips=snips, dr=dr, ess=ess, n=n, level=level, clip=clip, clipped=clipped,
-                     logged_reward=float(r.mean()), warning=warning)  # fmt: skip
+                     logged_reward=float(r.mean()), warning=warning, skipped_pinned=logged.skipped_pinned)  # fmt: skip
