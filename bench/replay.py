@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from simulations.outcomes import Outcomes, concat, load_outcomes
+from simulations.outcomes import Outcomes, concat, hide_unchosen, load_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +93,8 @@ def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config:
     sets += [(f"routerbench/{k}, warm from {k.replace('_test', '_train')}", [v], [rb[k.replace("_test", "_train")]])
              for k, v in rb.items() if k.endswith("_test") and k.replace("_test", "_train") in rb]  # fmt: skip
     sets += [(f"multilingual7/{k}", [v], None) for k, v in ml.items()]
+    sets += [("routerbench, six files together", list(rb.values()), None)] if rb else []
+    sets += [("multilingual7, three files together", list(ml.values()), None)] if ml else []
     sets = [s for s in sets if only in s[0]]
     jobs = [(label, files, warm, seed, policy, learn_every, config)
             for label, files, warm in sets for seed in seeds for policy in ("turnout", "plain")]  # fmt: skip
@@ -105,28 +107,18 @@ def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config:
             "|---|---:|---:|---:|"]  # fmt: skip
     for label, _, _ in sets:
         t, p = share[(label, "turnout")], share[(label, "plain")]
-        rows.append(f"| {label} | {t:+.3f} | {p:+.3f} | {t - p:+.3f} |")
-    for name, keys in (("routerbench, six files (mean)", [f"routerbench/{k}" for k in rb]),
+        bold = "**" if "together" in label else ""
+        rows.append(f"| {bold}{label}{bold} | {bold}{t:+.3f}{bold} | {p:+.3f} | {t - p:+.3f} |")
+    for name, keys in (("routerbench, six files, mean of each alone", [f"routerbench/{k}" for k in rb]),
                        ("routerbench, test files warm from train (mean)",
                         [s[0] for s in sets if "warm from" in s[0]]),
-                       ("multilingual7, three files (mean)", [f"multilingual7/{k}" for k in ml])):  # fmt: skip
+                       ("multilingual7, mean of each alone", [f"multilingual7/{k}" for k in ml])):  # fmt: skip
         keys = [k for k in keys if (k, "turnout") in share]
         if keys:
             t = np.mean([share[(k, "turnout")] for k in keys])
             p = np.mean([share[(k, "plain")] for k in keys])
-            rows.append(f"| **{name}** | **{t:+.3f}** | {p:+.3f} | {t - p:+.3f} |")
+            rows.append(f"| {name} | {t:+.3f} | {p:+.3f} | {t - p:+.3f} |")
     return "\n".join(rows)
-
-
-def _perturb(outcomes: Outcomes, chosen: np.ndarray, rng: np.random.Generator) -> Outcomes:
-    """Every unchosen (prompt, model) score and cost replaced, every task label replaced."""
-    keep = np.zeros(outcomes.scores.shape, dtype=bool)
-    keep[np.arange(len(chosen)), chosen] = True
-    flip = outcomes.available & ~keep
-    scores = np.where(flip, 1.0 - np.nan_to_num(outcomes.scores), outcomes.scores)
-    costs = np.where(flip, np.nan_to_num(outcomes.costs) * 3.0 + rng.random(flip.shape) * 1e-3, outcomes.costs)
-    tasks = tuple(f"other-{i}" for i in range(len(outcomes)))
-    return msgspec.structs.replace(outcomes, scores=scores, costs=costs, tasks=tasks)
 
 
 def peek(data: Path, config: str | None) -> str:
@@ -141,9 +133,7 @@ def peek(data: Path, config: str | None) -> str:
         w = float(sweep_weights(outcomes)[min(3, len(sweep_weights(outcomes)) - 1)])
         cfg = ReplayConfig(seed=1, cost_weight=w)
         run = replay(outcomes, emb, dep, cfg)
-        chosen = np.zeros(len(outcomes), dtype=np.int64)
-        chosen[run.rows] = run.arms
-        other = replay(_perturb(outcomes, chosen, np.random.default_rng(0)), emb, dep, cfg)
+        other = replay(hide_unchosen(outcomes, run.rows, run.arms, np.random.default_rng(0)), emb, dep, cfg)
         changed = int((other.arms != run.arms).sum())
         lines.append(f"| {Path(path).parent.name}/{Path(path).stem} | {w:.4g} | {len(outcomes)} | {changed} |")
     return "\n".join(lines)

@@ -211,18 +211,15 @@ def decide(
     latency_weight: float,
     allowed: np.ndarray | None,
     row: int,
-    cluster: int | None = None,
+    placed: tuple[int, float] | None = None,
 ) -> RouteChoice:
     """Route one prompt on ``view``.
 
     embedding: (d,) unit-norm; allowed: (m,) bool with at least one True, or None for all;
-    row: a uniform draw (any int; taken modulo the number of sample rows); ``cluster`` skips
-    the nearest-centroid search when the caller already knows it.
+    row: a uniform draw (any int; taken modulo the number of sample rows); ``placed``: the
+    prompt's (cluster, margin) on this view when the caller already assigned it.
     """
-    if cluster is None:
-        cluster, margin = assign(embedding, view.centroids)
-    else:
-        margin = 0.0
+    cluster, margin = assign(embedding, view.centroids) if placed is None else placed
     costs = view.costs(cluster, prompt_tokens)
     penalty = cost_weight * costs + latency_weight * view.latency_s
     mean_utility = view.mean[cluster] - penalty

@@ -14,7 +14,7 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
-__all__ = ["OutcomeRow", "Outcomes", "concat", "load_outcomes", "parse_outcomes"]
+__all__ = ["OutcomeRow", "Outcomes", "concat", "hide_unchosen", "load_outcomes", "parse_outcomes"]
 
 
 class OutcomeRow(msgspec.Struct, frozen=True):
@@ -170,3 +170,18 @@ def concat(parts: Sequence[Outcomes]) -> Outcomes:
         available=np.concatenate([widen(p, p.available, False) for p in parts]),
         prices={m: v for p in parts for m, v in p.prices.items()},
     )
+
+
+def hide_unchosen(outcomes: Outcomes, rows: np.ndarray, arms: np.ndarray, rng: np.random.Generator) -> Outcomes:
+    """The same outcomes with everything a router was not shown changed: every score and cost
+    of a (prompt, model) that was not chosen (rows, arms: (T,) what was), and every task label.
+
+    The metamorphic check of "no peeking": routing the result must give the same decisions.
+    """
+    shown = np.zeros(outcomes.scores.shape, dtype=bool)
+    shown[np.asarray(rows), np.asarray(arms)] = True
+    flip = outcomes.available & ~shown
+    scores = np.where(flip, 1.0 - np.nan_to_num(outcomes.scores), outcomes.scores)
+    costs = np.where(flip, np.nan_to_num(outcomes.costs) * rng.uniform(0.1, 10.0, flip.shape), outcomes.costs)
+    tasks = tuple(f"task-{int(i)}" for i in rng.integers(0, 1 << 30, len(outcomes)))
+    return msgspec.structs.replace(outcomes, scores=scores, costs=costs, tasks=tasks)

@@ -80,7 +80,7 @@ class ReplayRun(msgspec.Struct, frozen=True):
     """What happened to each routed prompt, in routing order: all arrays (T,)."""
 
     rows: np.ndarray  # index into the outcomes
-    arms: np.ndarray
+    arms: np.ndarray  # index into the outcomes' models
     clusters: np.ndarray
     propensities: np.ndarray
     rewards: np.ndarray
@@ -210,7 +210,7 @@ def _stream(sim: OfflineDeployment, outcomes: Outcomes, embeddings: np.ndarray, 
         reward, cost = float(scores[i, c]), float(billed[i, c])
         sim.record(choice, embeddings[i], int(tokens[i]), reward, cost)
         if out is not None:
-            out["arms"][t], out["clusters"][t], out["props"][t] = choice.arm, choice.cluster, choice.propensity
+            out["arms"][t], out["clusters"][t], out["props"][t] = c, choice.cluster, choice.propensity
             out["rewards"][t], out["costs"][t] = reward, cost
         if sim.routed % learn_every == 0:
             sim.learn()
@@ -237,8 +237,11 @@ def replay(
         raise ValueError("passes and learn_every must be at least 1")
     d = msgspec.structs.replace(deployment, routing=msgspec.structs.replace(deployment.routing, seed=cfg.seed))
     file_prices = {**(warm[0].prices if warm else {}), **outcomes.prices}
-    sim = OfflineDeployment(outcomes.models, embeddings.shape[1], d, prices_for(outcomes.models, d, file_prices),
-                            cfg.cost_weight, cfg.budget_usd)  # fmt: skip
+    # the pool in the service's order: configured models first, as [[models]] lists them
+    models = tuple(m.name for m in d.models if m.name in outcomes.models)
+    models += tuple(m for m in outcomes.models if m not in models)
+    sim = OfflineDeployment(models, embeddings.shape[1], d, prices_for(models, d, file_prices), cfg.cost_weight,
+                            cfg.budget_usd)  # fmt: skip
     rng = np.random.default_rng(cfg.seed)
     if warm is not None:
         w_out, w_emb = warm

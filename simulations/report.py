@@ -147,7 +147,9 @@ def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], second
         aiq_zero=a_zero,
         aiq_oracle=a_orc,
         aiq_router=a_router,
-        gap_share=gap_share(a_router, a_zero, a_orc),
+        # models priced alike (the cost range is a point): the share of the quality gap between the
+        # best single model and the oracle, at the router's own points
+        gap_share=gap_share(a_router, a_zero, a_orc) if hi - lo > 1e-9 * max(hi, 1e-12) else float(np.mean(at_cost)),
         gap_share_at_cost=at_cost,
         two_model=two,
         router_last_pass=last,
