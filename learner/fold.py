@@ -175,7 +175,7 @@ def rebuild_clusters(
         bill_sum=_rows(carry(usage_table(snap, "bill_sum"))),
         completion_sum=_rows(carry(usage_table(snap, "completion_sum"))),
         clustering=snap.clustering + 1,
-        clustered_at=max(snap.seen, 1),
+        clustered_at=max(snap.seen, len(embeddings), 1),  # the traffic it was built from
         drift=(),
     )
 

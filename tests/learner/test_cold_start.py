@@ -45,3 +45,53 @@ def test_first_requests_become_clusters():
     assert n.sum() == 80
     ka = int(np.argmax(cents @ topics[0]))
     assert n[ka, 0] == 40 and n[ka, 1] == 0 and n[1 - ka, 1] == 40
+
+
+def _traffic(rows: MemoryRowStore, rng: np.random.Generator, topics: np.ndarray, n: int, clustering: int) -> None:
+    events = []
+    for i in range(n):
+        t = i % len(topics)
+        emb = normalize_rows((topics[t] + 0.05 * rng.normal(size=topics.shape[1]))[None, :])[0]
+        did, model = uuid7(), ("a", "b")[t % 2]
+        events.append(DecisionMade(event_id=uuid7(), decision_id=did, ts_ms=0, cluster=0, clustering=clustering,
+                                   model=model, arm=model, embedding=emb.astype("<f4").tobytes()))  # fmt: skip
+        events.append(FeedbackGiven(event_id=uuid7(), decision_id=did, ts_ms=0, reward=float(t % 2 == 0)))
+    rows.insert(events)
+
+
+def test_clusters_are_rebuilt_as_traffic_grows_and_an_idle_cycle_publishes_nothing():
+    rng = np.random.default_rng(3)
+    dim = 16
+    clock = [1_000]
+    pool = PoolPrior(models=("a", "b"), prior_mean=(0.5, 0.5), completion_tokens=(10.0, 10.0), latency_s=(0.1, 0.1))
+    first = initial_snapshot(models=pool.models, centroids=normalize_rows(np.ones((1, dim))), prior_mean=pool.prior_mean,
+                             completion_tokens=pool.completion_tokens, latency_s=pool.latency_s, prior_strength=2.0,
+                             shrink_strength=0.0, created_at_ms=0)  # fmt: skip
+    rows, snaps = MemoryRowStore(clock_ms=lambda: clock[0]), MemorySnapshotStore()
+    snaps.save(1, 0, 0, "initial", encode_snapshot(first))
+    cycle = LearningCycle(rows, snaps, pool, LearnerParams(n_clusters=4, grace_ms=0, cold_start_min=40,
+                          recluster_growth=2.0, recluster_until=1000), np.random.default_rng(1))  # fmt: skip
+    # the first traffic shows two topics only; four arrive later
+    topics = normalize_rows(rng.normal(size=(4, dim)))
+    clusterings = []
+    for step, (n, k) in enumerate([(40, 2), (40, 2), (80, 4), (160, 4), (320, 4), (640, 4)]):
+        live = cycle.current()
+        _traffic(rows, rng, topics[:k], n, live.clustering)
+        clock[0] += 1000
+        snap = cycle.run()
+        clusterings.append((snap.seen, snap.clustering, snap.reason))
+    seen = [s for s, _, _ in clusterings]
+    assert seen == [40, 80, 160, 320, 640, 1280]
+    # clustered from the traffic at 40 prompts (cold start), again once it doubled (80 -> 160 seen),
+    # and again (320 -> 640); at 1280 > recluster_until the clustering stays
+    assert [c for _, c, _ in clusterings] == [2, 2, 3, 3, 4, 4]
+    snap = cycle.current()
+    cents = centroid_array(snap)
+    # the late clustering separates all four topics (the first one, from two topics, could not)
+    assert len({int(np.argmax(cents @ t)) for t in topics}) == 4
+    assert np.isclose(np.array(snap.n).sum(), 1280)  # every reward counted once, refolded by embedding
+    # nothing new: the run is recorded, no new version is published
+    version = snap.version
+    clock[0] += 1000
+    assert cycle.run().version == version and cycle.idle_runs == 1
+    assert len(snaps.list()) == version

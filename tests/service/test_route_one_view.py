@@ -1,0 +1,56 @@
+"""A request decides on one snapshot: a swap in the middle of routing cannot mix two (issue 10, item 5).
+
+Before: ``ChatService.route`` captured the view but ``Router.decide`` read ``Router.view`` again,
+so a swap in between logged the wrong version and, after a re-clustering, could index a cluster
+that the other snapshot did not have. Here the router swaps in a snapshot of a different
+clustering (one cluster instead of several, another version) the moment the view is first read.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from learner.embedding import normalize_rows
+from service.routing import Router
+
+
+class _SwapOnRead(Router):
+    """Serves the live view once, then swaps ``later`` in before anyone reads it again."""
+
+    def __init__(self, inner: Router, later) -> None:
+        super().__init__(inner.pricing, inner.params)
+        self._view = inner.view
+        self._later = later
+        self.reads = 0
+
+    @property
+    def view(self):
+        view = self._view
+        self.reads += 1
+        if self.reads == 1:
+            self.swap(self._later)
+        return view
+
+
+def test_a_swap_during_routing_does_not_mix_two_snapshots(runtime):
+    chat = runtime.chat
+    live = chat.router.view.snapshot
+    # the next snapshot: a single catch-all cluster, so cluster ids >= 1 do not exist in it
+    k1 = msgspec.structs.replace(
+        live, version=live.version + 1, parent=live.version, reason="manual", clustering=live.clustering + 1,
+        centroids=normalize_rows(np.ones((1, live.dim), dtype=np.float32)).astype("<f4").tobytes(),
+        n=(live.n[0],), reward_sum=(live.reward_sum[0],), decisions=(live.decisions[0],), drift=(),
+    )  # fmt: skip
+    assert len(live.n) > 1  # the demo topics' clusters
+    chat.router = _SwapOnRead(chat.router, k1)
+    prompts = ["Write a Python function that parses a CSV file", "Plan three days in Lisbon",
+               "Give me a recipe for banana bread", "Prove that the square root of 2 is irrational"]  # fmt: skip
+    body = {"model": "auto", "messages": [{"role": "user", "content": prompts[0]}]}
+    routed = chat.route(chat.parse(msgspec.json.encode(body)))
+    assert chat.router.reads >= 1 and chat.router._view.snapshot.version == live.version + 1  # swapped mid-request
+    assert (routed.snapshot_version, routed.clustering) == (live.version, live.clustering)
+    assert 0 <= routed.choice.cluster < len(live.n)
+    expected = chat.router._view  # the new view routes the next request
+    again = chat.route(chat.parse(msgspec.json.encode({**body, "messages": [{"role": "user", "content": prompts[1]}]})))
+    assert again.snapshot_version == expected.snapshot.version and again.choice.cluster == 0
