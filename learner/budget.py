@@ -77,10 +77,12 @@ def dual_update(state: BudgetState, decisions: int, cost_usd: float, params: Bud
 def explore_share(evidence: np.ndarray, min_evidence: float, share: float) -> tuple[float, ...]:
     """Exploration budget: a model with less than ``min_evidence`` (summed over clusters) may win
     only a ``share`` of the posterior sample rows, so a newly added model is tried but cannot take
-    more than that share of traffic while its posterior is wide. No cap until some model has the
-    evidence (a new pool explores freely). evidence: (m,). Returns (m,), or () for no cap."""
+    more than that share of traffic while its posterior is wide. No cap until most of the pool
+    has the evidence: a new pool explores freely (the first model to reach the threshold must
+    not throttle the others), an established one takes a newcomer slowly. evidence: (m,).
+    Returns (m,), or () for no cap."""
     e = np.asarray(evidence, dtype=np.float64)
-    if not (e >= min_evidence).any():
+    if 2 * int((e >= min_evidence).sum()) <= len(e):
         return ()
     return tuple(share if x < min_evidence else 1.0 for x in e)
 

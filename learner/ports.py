@@ -132,6 +132,10 @@ class RowStore(Protocol):
     window however often it was delivered: a decision in the window of its first ingestion, a
     piece of feedback in the window where both it and its decision had arrived (the later of
     the two first ingestions), so feedback that overtakes its decision is not lost.
+
+    One rating per decision: of a decision's explicit ratings only the first stored counts
+    (earliest ingestion, then smallest event id); later ones are kept but never read as evidence.
+    Implicit signals (``re_request``, ``upstream_error``) are their own kinds and always count.
     """
 
     def insert(self, events: Sequence[Event], streams: Sequence[str] | None = None) -> None:

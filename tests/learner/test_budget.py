@@ -28,6 +28,9 @@ def test_steps_telescope_so_the_average_tracks_the_target():
     assert np.isclose(np.log(s.cost_weight), P.step * sum(r - 1 for r in ratios))
 
 
-def test_no_cap_until_some_model_is_established():
+def test_no_cap_until_most_of_the_pool_is_established():
     assert explore_share(np.array([0.0, 3.0]), 20.0, 0.1) == ()
-    assert explore_share(np.array([50.0, 3.0, 20.0]), 20.0, 0.1) == (1.0, 0.1, 1.0)
+    assert explore_share(np.array([50.0, 3.0, 20.0]), 20.0, 0.1) == (1.0, 0.1, 1.0)  # a newcomer
+    # a new pool: the first model to reach the threshold does not throttle the other ten
+    assert explore_share(np.array([25.0] + [3.0] * 10), 20.0, 0.1) == ()
+    assert explore_share(np.array([25.0] * 6 + [3.0] * 5), 20.0, 0.1) == (1.0,) * 6 + (0.1,) * 5
