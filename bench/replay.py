@@ -18,7 +18,7 @@ the service's default settings (``service.runtime.deployment`` of the default se
 replaced; the decisions must not change. ``--speed``: prompts per second of the replay.
 
 ``--data``: a directory holding ``routerbench/`` and ``multilingual7/`` outcome files (default:
-``data/`` of this repository, else ``../shared/data`` next to it).
+``data/`` of this repository).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data_dir(arg: str | None) -> Path:
-    for cand in ([Path(arg)] if arg else [ROOT / "data", ROOT.parent / "shared" / "data"]):
-        if (cand / "routerbench").is_dir():
-            return cand
+    cand = Path(arg) if arg else ROOT / "data"
+    if (cand / "routerbench").is_dir():
+        return cand
     raise SystemExit(f"bench.replay: no routerbench/ outcome files under {arg or ROOT / 'data'}; pass --data DIR")
 
 

@@ -1,6 +1,6 @@
 """Outcome matrices: every model's score and cost on every prompt, read from JSONL.
 
-The format is described in ``shared/data/README.md``: one JSON object per line with ``id``,
+The format is described in ``data/README.md``: one JSON object per line with ``id``,
 ``prompt``, ``scores`` and ``costs`` (each a model -> value mapping) and an optional ``task``
 that is for reports only and must never be used to route. A model missing from a row's scores
 or costs is unavailable for that prompt (``available`` is False there).
