@@ -64,7 +64,7 @@ class RoutingParams(msgspec.Struct, frozen=True):
 
     n_samples: int = 1024  # posterior draws per cluster and snapshot version
     seed: int = 0  # with the version and the cluster, seeds the draws: replicas agree
-    satisfice: float = 0.03  # utility difference not worth exploring for (0: plain Thompson)
+    satisfice: float = 0.06  # utility difference not worth exploring for (0: plain Thompson)
 
 
 class RouteChoice(msgspec.Struct, frozen=True):

@@ -129,7 +129,7 @@ class RouterSettings(_Config):
     cluster_examples: tuple[str, ...] = ()
     prior_strength: float = 2.0
     shrink_strength: float = 0.0  # how hard a cluster leans on the pool's posterior; <= 0: from the data
-    satisfice: float = 0.03  # quality difference not worth exploring for (0: plain Thompson sampling)
+    satisfice: float = 0.06  # quality difference not worth exploring for (0: plain Thompson sampling)
     cost_weight: float = 25.0  # quality points one US dollar is worth, for policy "auto"
     latency_weight: float = 0.0  # quality points one second is worth
     thompson_samples: int = 1024
