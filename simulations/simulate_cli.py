@@ -12,7 +12,7 @@ __all__ = ["add_simulate"]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.environment import SCENARIOS, scenario
+    from simulations.environment import scenario
     from simulations.progress import Progress
     from simulations.simulate import POLICIES, simulate
 
@@ -22,17 +22,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         unknown = [n for n in names if n not in POLICIES]
         if unknown:
             raise ValueError(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
-        for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--learn-every", args.learn_every)):
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-        if args.steps < 2 and args.seeds > 0:
-            raise ValueError("--steps must be at least 2")
+        for flag, value, least in (("--steps", args.steps, 2), ("--seeds", args.seeds, 1),
+                                   ("--learn-every", args.learn_every, 1)):  # fmt: skip
+            if value < least:
+                raise ValueError(f"{flag} must be at least {least}, got {value}")
         if args.cost_weight is not None and not args.cost_weight >= 0:
             raise ValueError(f"--cost-weight must be >= 0, got {args.cost_weight:g}")
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out} exists and is not a directory")
     except ValueError as exc:
-        print(f"turnout simulate: {exc} (scenarios: {', '.join(SCENARIOS)})", file=sys.stderr)
+        print(f"turnout simulate: {exc}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # Turnout as the service runs it: --config, overrides, defaults
     if args.embedder == "hashing":
