@@ -158,8 +158,8 @@ class View:
         self.latency_s = np.array(snapshot.latency_s, dtype=np.float64)
         s = params.n_samples
         share = snapshot.explore_share or (1.0,) * m
-        # rows each model may win: model j keeps the first ceil(share_j * S) rows
-        self.open_rows = np.arange(s)[:, None] < np.array([math.ceil(x * s) for x in share])[None, :]
+        # rows each model may win: model j keeps the first ceil(share_j * S) rows; (m, S)
+        self.open_rows = np.array([math.ceil(x * s) for x in share])[:, None] > np.arange(s)[None, :]
         self.capped = not self.open_rows.all()
         self._draws: list[np.ndarray | None] = [None] * k
         for arr in (self.centroids, self.mean, self.fixed_cost, self.open_rows):
@@ -170,14 +170,19 @@ class View:
         return self.snapshot.version
 
     def draws(self, cluster: int) -> np.ndarray:
-        """The cluster's posterior draws of quality for this version: (S, m) float64."""
+        """The cluster's posterior draws of quality for this version: (S, m) float64 (a view)."""
+        return self.columns(cluster).T
+
+    def columns(self, cluster: int) -> np.ndarray:
+        """The same draws model by model: (m, S), contiguous (what ``decide`` reduces over)."""
         got = self._draws[cluster]
         if got is None:
             rng = np.random.default_rng([self.params.seed, self.snapshot.version, cluster])
-            got = rng.beta(
+            drawn = rng.beta(
                 np.broadcast_to(self.alpha[cluster], (self.params.n_samples, len(self.models))),
                 np.broadcast_to(self.beta[cluster], (self.params.n_samples, len(self.models))),
             )
+            got = np.ascontiguousarray(drawn.T)
             got.setflags(write=False)
             self._draws[cluster] = got
         return got
@@ -223,23 +228,27 @@ def decide(
     costs = view.costs(cluster, prompt_tokens)
     penalty = cost_weight * costs + latency_weight * view.latency_s
     mean_utility = view.mean[cluster] - penalty
-    utility = view.draws(cluster) - penalty[None, :]
-    eligible = np.ones(utility.shape, dtype=bool) if allowed is None else np.broadcast_to(allowed, utility.shape)
-    if view.capped:
-        capped = eligible & view.open_rows
-        # a row where every allowed model is capped out falls back to the allowed models
-        eligible = np.where(capped.any(axis=1)[:, None], capped, eligible)
-    utility = np.where(eligible, utility, -np.inf)
-    if view.params.satisfice > 0:
-        best = utility.max(axis=1, keepdims=True)
-        near = utility >= best - view.params.satisfice
-        winners = np.argmax(np.where(near, mean_utility[None, :], -np.inf), axis=1)
-    else:
-        winners = np.argmax(utility, axis=1)
+    utility = view.columns(cluster) - penalty[:, None]  # (m, S): one sample row is one column
+    if allowed is not None or view.capped:
+        eligible = np.broadcast_to(True if allowed is None else allowed[:, None], utility.shape)
+        if view.capped:
+            capped = eligible & view.open_rows
+            # a row where every allowed model is capped out falls back to the allowed models
+            eligible = np.where(capped.any(axis=0)[None, :], capped, eligible)
+        utility = np.where(eligible, utility, -np.inf)
+    best = utility.max(axis=0)
+    # each row's winner: among the models within ``satisfice`` of the row's best (with 0, the
+    # best itself), the first in order of posterior-mean utility. A loop over the models of
+    # whole rows (numpy's argmax across rows copies the matrix; m is small)
+    near = utility >= best - view.params.satisfice if view.params.satisfice > 0 else utility >= best
+    by_mean = np.argsort(-mean_utility, kind="stable") if view.params.satisfice > 0 else range(len(view.models))
+    winners = np.full(utility.shape[1], -1, dtype=np.int64)
+    for j in by_mean:
+        winners[(winners < 0) & near[j]] = j
     props = np.bincount(winners, minlength=len(view.models)) / len(winners)
     arm = int(winners[row % len(winners)])
-    mask = np.ones(len(view.models), dtype=bool) if allowed is None else allowed
-    order = tuple(int(j) for j in np.argsort(-mean_utility, kind="stable") if j != arm and mask[j])
+    order = tuple(int(j) for j in np.argsort(-mean_utility, kind="stable")
+                  if j != arm and (allowed is None or allowed[j]))  # fmt: skip
     return RouteChoice(
         cluster=int(cluster),
         margin=float(margin),
