@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("service", "learner", "feedback", "simulations", "bench")
 # modules of the pure core: no I/O adapters, no clock, no settings
 CORE = (
-    "learner/policy.py", "learner/clusters.py", "learner/reward.py", "learner/snapshot.py", "learner/embedding.py",
-    "learner/drift.py", "learner/recluster.py", "learner/budget.py", "learner/describe.py",
+    "learner/routing.py", "learner/hierarchy.py", "learner/costs.py", "learner/fold.py", "learner/clusters.py",
+    "learner/reward.py", "learner/snapshot.py", "learner/embedding.py", "learner/drift.py", "learner/recluster.py",
+    "learner/budget.py", "learner/describe.py",
 )  # fmt: skip
 ADAPTER_LIBS = {"clickhouse_connect", "chdb", "kafka", "httpx", "litestar", "uvicorn", "apscheduler", "service"}
 
@@ -101,4 +102,4 @@ def test_request_path_imports_nothing_from_simulations():
             assert m not in COMPOSITION_ROOT, f"{name} (on the request path) imports the composition root {m}"
             if top in ("service", "learner", "feedback") and _module_path(m) is not None:
                 todo.append(m)
-    assert {"service.chat", "service.schemas", "learner.policy"} <= seen  # the walk did walk
+    assert {"service.chat", "service.schemas", "learner.routing", "learner.hierarchy"} <= seen  # the walk did walk

@@ -1,9 +1,10 @@
 """A simulated world for the learner's statistical tests: users, topics and the simulated pool
 (``simulations.pool``) driving the real router and the real learning cycle on a fake clock.
 
-Each ``step`` routes one cycle's traffic as ``Router.decide`` does (same view, sample matrix and
-learned cost weight; vectorised, and checked against it in ``test_world``), stores the decisions and the users' thumbs in
-the row store, and runs ``LearningCycle.run``, which publishes the new snapshot to the router.
+Each ``step`` routes one cycle's traffic as the service does (``learner.routing.decide`` on the
+router's live view, with the learned cost weight of the world's policy or tenant budget), stores the
+decisions and the users' thumbs in the row store, and runs ``LearningCycle.run``, which publishes
+the new snapshot to the router.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import numpy as np
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryLearnerLog, MemoryRowStore, MemorySnapshotStore
 from learner.budget import tenant_budget_key
-from learner.clusters import assign_many, kmeans
+from learner.clusters import kmeans
 from learner.costs import request_tokens
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior
 from learner.embedding import Embedder
+from learner.routing import Prices, RoutingParams, decide
 from learner.snapshot import encode_snapshot, initial_snapshot
-from service.routing import Pricing, Router
+from service.routing import Router
 from simulations.pool import DEFAULT_POOL, DEFAULT_TOPICS, SimModel, Topic, answer, make_prompt
 
 
@@ -49,6 +51,7 @@ class World:
         topics: tuple[Topic, ...] = DEFAULT_TOPICS,
         cost_weight: float = 25.0,
         n_samples: int = 512,
+        satisfice: float = RoutingParams().satisfice,  # the service's default
         tenant: str = "",
     ) -> None:
         self.embedder = embedder
@@ -69,8 +72,8 @@ class World:
         models = tuple(m.name for m in pool)
         prior = PoolPrior(models, tuple(m.tier for m in pool), tuple(float(m.completion_tokens) for m in pool),
                           tuple(m.latency_s for m in pool))  # fmt: skip
-        self.pricing = Pricing(models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
-        self.router = Router(self.pricing, n_samples, seed)
+        self.prices = Prices(models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
+        self.router = Router(self.prices, RoutingParams(n_samples=n_samples, seed=seed, satisfice=satisfice))
         seen = [p for t in topics for p in all_prompts(t)]
         cents = kmeans(embedder.embed(seen), params.n_clusters, np.random.default_rng(seed))
         first = initial_snapshot(models=models, centroids=cents, prior_mean=prior.prior_mean,
@@ -95,18 +98,21 @@ class World:
             self._cache.update(zip(missing, self.embedder.embed(missing)))
         return np.stack([self._cache[p] for p in prompts])
 
+    def live_cost_weight(self) -> float:
+        """The weight the service would use for the world's requests on the live view
+        (``ChatService.route``): the learned one of the tenant's or the policy's budget, else the configured one."""
+        key = tenant_budget_key(self.tenant) if self.tenant else "auto"
+        return self.router.view.cost_weight(key, self.cost_weight)
+
     def route(self, embs: np.ndarray, tokens_in: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``Router.decide`` for a batch: the same view, weight and arithmetic, vectorised.
+        """The service's decision for a batch: ``decide`` per prompt on the live view.
 
         embs: (n, d); tokens_in, rows: (n,). Returns clusters, margins, arms: (n,) each.
         """
-        view = self.router.view
-        key = tenant_budget_key(self.tenant) if self.tenant else "auto"
-        weight = view.cost_weight(key, self.cost_weight)  # as ChatService.route
-        clusters, margins = assign_many(embs, view.centroids)
-        costs = (tokens_in[:, None] * view.price_in + view.completion_tokens * view.price_out) / 1e6
-        utility = view.samples[clusters, rows % view.samples.shape[1]] - (weight * costs).astype(np.float32)
-        return clusters, margins, np.argmax(utility, axis=1)
+        view, weight = self.router.view, self.live_cost_weight()
+        choices = [decide(view, e, float(t), weight, 0.0, None, int(r)) for e, t, r in zip(embs, tokens_in, rows)]
+        return (np.array([c.cluster for c in choices], dtype=np.int64), np.array([c.margin for c in choices]),
+                np.array([c.arm for c in choices], dtype=np.int64))  # fmt: skip
 
     def traffic(self, n: int) -> list[Served]:
         """``n`` requests routed under the live snapshot, with their feedback stored."""

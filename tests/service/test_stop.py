@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from feedback.events import DecisionMade, decode_event
 from feedback.spill import SpillJournal
 from feedback.stop import StopSignal
-from tests.processes import Turnout, dump_store, wait_until
+from tests.processes import ROOT, Turnout, dump_store, wait_until
 from tests.servers import free_port
 from tests.service.traffic import Traffic
 
@@ -94,8 +96,35 @@ def test_serve_with_the_broker_down_journals_exactly_what_was_answered(tmp_path)
           f"thumbs; journaled {len(decisions)} and {len(feedback)}; exit {code}")
 
 
+def _seed_traffic(data, n: int) -> None:
+    """``n`` answered and rated decisions in the store at ``data``, written from a process of its own
+    (``turnout learn`` runs no sink: what it learns from was stored before it started)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from feedback.clickhouse import ClickHouseRowStore, connect\n"
+        "from feedback.clickhouse_schema import migrate\n"
+        "from feedback.events import DecisionMade, FeedbackGiven, uuid7\n"
+        "c = connect(sys.argv[1], 'turnout')\n"
+        "migrate(c)\n"
+        "rng, events = np.random.default_rng(0), []\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    did, model = uuid7(), ('sim-mini', 'sim-chat')[i % 2]\n"
+        "    emb = rng.normal(size=256).astype('<f4')\n"
+        "    events.append(DecisionMade(event_id=uuid7(), decision_id=did, ts_ms=0, clustering=1, cluster=0,\n"
+        "        model=model, arm=model, embedding=(emb / np.linalg.norm(emb)).astype('<f4').tobytes()))\n"
+        "    events.append(FeedbackGiven(event_id=uuid7(), decision_id=did, ts_ms=0, reward=float(i % 3 > 0)))\n"
+        "ClickHouseRowStore(c).insert(events)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, f"chdb://{(data / 'clickhouse').resolve()}", str(n)],
+                   capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)  # fmt: skip
+
+
 def test_learn_stopped_between_or_during_cycles_leaves_a_single_line_of_snapshots(tmp_path):
+    # a cycle publishes a snapshot only when something arrived: the stored traffic makes one, the
+    # cycles after it find nothing new and publish nothing (the live snapshot stays)
     data = tmp_path / "data"
+    data.mkdir()
+    _seed_traffic(data, 40)
     args = ["learn", "--data-dir", str(data), "--interval-s", "0.2", "--health-port", "0"]
     with Turnout(args, ENV, tmp_path) as learn:
         probe = re.search(r"probes on (http://\S+)/healthz", learn.wait_for_line("probes on http://")).group(1)
@@ -105,14 +134,16 @@ def test_learn_stopped_between_or_during_cycles_leaves_a_single_line_of_snapshot
             assert r.json()["stopping"] is False
             return int(r.json()["snapshot_version"])
 
-        wait_until(lambda: version() >= 4, 120, "a few learning cycles", learn)
+        wait_until(lambda: version() >= 2, 120, "a learning cycle with the stored traffic", learn)
+        wait_until(lambda: learn.output.count("nothing new since v2") >= 2, 120, "idle cycles", learn)
         code = learn.stop(signal.SIGTERM)
     assert code == 0, learn.output
     cycles, last = map(int, re.search(r"stopped after (\d+) cycles \(last snapshot v(\d+)\)", learn.output).groups())
     snapshots = dump_store(f"chdb://{(data / 'clickhouse').resolve()}", "turnout")["snapshots"]
     assert [v for v, _, _ in snapshots] == list(range(1, last + 1))  # every published cycle saved, in one line
     assert [p for _, p, _ in snapshots[1:]] == list(range(1, last))
-    assert snapshots[0][2] == "initial" and len(snapshots) - 1 == cycles >= 3
+    assert snapshots[0][2] == "initial" and last == 2  # the traffic once; idle cycles published nothing
+    assert cycles >= 3  # the cycles run, idle ones included
     print(f"learn, SIGTERM: {cycles} cycles reported, snapshots v1..v{last} stored; exit {code}")
 
 

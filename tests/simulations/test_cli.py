@@ -21,16 +21,23 @@ def outcome_file(tmp_path_factory):
     return path
 
 
-FAST = ["--thompson-samples", "32", "--embedder", "hashing"]
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    """The router's settings come from the deployment's config and TURNOUT_ overrides, as in the service."""
+    monkeypatch.setenv("TURNOUT_ROUTER__EMBEDDER", "hashing")
+    monkeypatch.setenv("TURNOUT_ROUTER__THOMPSON_SAMPLES", "32")
 
 
 def test_replay_json_and_decisions(outcome_file, tmp_path, capsys):
     out = tmp_path / "decisions.jsonl"
-    assert main(["replay", str(outcome_file), "--json", "--decisions-out", str(out), "--seed", "3", *FAST]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert main(["replay", str(outcome_file), "--json", "--decisions-out", str(out), "--seed", "3"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["prompts"] == 160 and report["routed"] == 160
     assert {p["name"] for p in report["single"]} == set(report["models"])
-    assert report["decisions_files"] == [str(out)]
+    # the settings it ran with are the deployment's: defaults with the TURNOUT_ overrides
+    assert report["settings"]["router"]["embedder"] == "hashing" and report["settings"]["router"]["thompson_samples"] == 32
+    assert f"decisions: {out}" in captured.err.splitlines()  # the JSON on stdout stays one object
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 160 and set(lines[0]) == {"id", "model", "propensity", "cluster"}
     assert all(0 < x["propensity"] <= 1 for x in lines)
@@ -39,17 +46,17 @@ def test_replay_json_and_decisions(outcome_file, tmp_path, capsys):
 def test_replay_sweep_writes_one_file_per_weight_and_a_plot(outcome_file, tmp_path, capsys):
     out = tmp_path / "d.jsonl"
     png = tmp_path / "plane.png"
-    args = ["replay", str(outcome_file), "--sweep", "--sweep-points", "4", "--decisions-out", str(out),
-            "--plot", str(png), *FAST]  # fmt: skip
+    args = ["replay", str(outcome_file), "--sweep", "--decisions-out", str(out),
+            "--plot", str(png)]  # fmt: skip
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "share of the zero-to-oracle AIQ gap captured" in text
     files = sorted(tmp_path.glob("d.w*.jsonl"))
-    assert len(files) == 4 and png.read_bytes()[:4] == b"\x89PNG"
+    assert len(files) == 6 and png.read_bytes()[:4] == b"\x89PNG"  # u x (0, 0.1, 0.3, 1, 3, 10)
 
 
 def test_replay_two_models_reports_apgr(outcome_file, capsys):
-    args = ["replay", str(outcome_file), "--models", "sim-mini,sim-frontier", "--sweep", "--sweep-points", "4", "--json", *FAST]
+    args = ["replay", str(outcome_file), "--models", "sim-mini,sim-frontier", "--sweep", "--json"]
     assert main(args) == 0
     two = json.loads(capsys.readouterr().out)["two_model"]
     assert two["strong"] == "sim-frontier" and 0.0 <= two["apgr"] <= 1.0 and two["cpt50"] <= two["cpt80"]
@@ -57,14 +64,28 @@ def test_replay_two_models_reports_apgr(outcome_file, capsys):
 
 def test_replay_errors_exit_2(outcome_file, tmp_path, capsys):
     assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
-    assert main(["replay", str(outcome_file), "--models", "nope", *FAST]) == 2
+    assert main(["replay", str(outcome_file), "--models", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
-    assert main(["replay", str(outcome_file), "--sweep", "--budget-usd", "0.001", *FAST]) == 2
+    assert main(["replay", str(outcome_file), "--sweep", "--budget-usd", "0.001"]) == 2
+    assert main(["replay", str(outcome_file), "--sweep", "--cost-weight", "5"]) == 2
+    assert "--sweep sets the cost weights itself" in capsys.readouterr().err
+
+
+def test_replay_takes_the_router_levers_from_the_config(outcome_file, tmp_path, capsys):
+    config = tmp_path / "turnout.toml"
+    config.write_text("[router]\nseed = 7\nsatisfice = 0.0\n\n[learner]\ncold_start_min = 32\n")
+    assert main(["replay", str(outcome_file), "--config", str(config), "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert (settings["router"]["seed"], settings["router"]["satisfice"]) == (7, 0.0)
+    assert settings["learner"]["cold_start_min"] == 32
+    config.write_text("[router]\nbogus = 1\n")
+    assert main(["replay", str(outcome_file), "--config", str(config)]) == 2
+    assert "bogus" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(outcome_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main(["replay", str(outcome_file), "--plot", str(tmp_path / "x.png"), *FAST]) == 3
+    assert main(["replay", str(outcome_file), "--plot", str(tmp_path / "x.png")]) == 3
     assert "pip install" in capsys.readouterr().err
 
 
@@ -92,11 +113,15 @@ def test_simulate_json(tmp_path, capsys):
     args = ["simulate", "--scenario", "new-model-added", "--steps", "200", "--seeds", "2", "--embedder", "hashing",
             "--policies", "turnout,uniform,oracle,linucb", "--json", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     by = {p["name"]: p for p in out["policies"]}
     assert by["oracle"]["regret_oracle"]["mean"] == 0.0
     assert by["turnout"]["regret_oracle"]["mean"] < by["uniform"]["regret_oracle"]["mean"]
-    assert len(out["plots"]) == 2 and all(p.endswith(".png") for p in out["plots"])
+    # the plots are written after the JSON, and named on stderr (the JSON on stdout stays one object)
+    plots = [line.removeprefix("plot: ") for line in captured.err.splitlines() if line.startswith("plot: ")]
+    assert len(plots) == 2 and all(p.endswith(".png") for p in plots)
+    assert sorted(map(str, tmp_path.glob("*.png"))) == sorted(plots)
     assert main(["simulate", "--scenario", "nope"]) == 2
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from learner.embedding import HashingEmbedder
 from simulations.environment import SCENARIOS, Users, feedback, scenario, stream
-from simulations.online import PolicyConfig
+from service.runtime import deployment
+from service.settings import Settings
 from simulations.simulate import lai_robbins, late_slope, simulate
 
 
@@ -60,7 +61,7 @@ def test_lai_robbins_and_slope():
 
 
 def test_simulate_compares_on_the_same_stream():
-    rep = simulate(scenario("stationary"), HashingEmbedder(64), PolicyConfig(thompson_samples=32, n_clusters=4),
+    rep = simulate(scenario("stationary"), HashingEmbedder(64), deployment(Settings()), 25.0,
                    steps=400, seeds=2, policies=("turnout", "thompson", "uniform", "oracle", "best-single"))  # fmt: skip
     by = {p.name: p for p in rep.policies}
     assert by["oracle"].regret_oracle.mean == 0.0 and by["best-single"].regret_single.mean == 0.0

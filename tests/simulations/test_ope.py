@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import numpy as np
 import pytest
 
+from service.runtime import deployment
+from service.settings import Settings
 from simulations.environment import scenario
 from simulations.ope import Logged, LoggedRound, estimate, from_rounds, read_rounds
 from simulations.ope_check import check_coverage
@@ -74,10 +77,18 @@ def test_reading_rounds_and_their_errors(tmp_path):
 
 
 def test_intervals_cover_the_truth_at_the_stated_rate(embedder):
-    cov = check_coverage(scenario("stationary"), embedder, rounds=400, replications=300, level=0.9, seed=0)
+    # The logging policy is the router after a warm-up, frozen. With satisficing (the service's
+    # default) it is nearly deterministic: on most seeds a cost weight of 5 instead of 25 changes
+    # either no decision (ESS near 400: nothing off-policy to check) or some to models the logging
+    # policy never takes (propensity 0: no estimator can see them, IPS is biased by construction).
+    # Plain Thompson sampling (satisfice 0) spreads the logging policy; at seed 5 the candidate
+    # differs with overlap: ESS about 160 of 400, coverage 0.90/0.88/0.85.
+    default = deployment(Settings())
+    dep = msgspec.structs.replace(default, routing=msgspec.structs.replace(default.routing, satisfice=0.0))
+    cov = check_coverage(scenario("stationary"), embedder, dep, rounds=400, replications=300, level=0.9, seed=5)
     # 300 replications: a 90% interval's empirical coverage has a standard error of 1.7 points
     for got in (cov.ips, cov.snips, cov.dr):
         assert 0.84 <= got <= 0.96
     for est in cov.mean_estimate.values():  # unbiased, not just wide
         assert est == pytest.approx(cov.truth, abs=0.005)
-    assert cov.mean_ess < 0.8 * cov.rounds  # the candidate really differs from the logging policy
+    assert 100 <= cov.mean_ess < 0.8 * cov.rounds  # the candidate really differs from the logging policy
