@@ -18,17 +18,21 @@ import msgspec
 from litestar import Litestar, Request, Response, asgi, get, post
 
 from feedback.ports import EventSink
-from service.chat import ChatService
+from service.chat import ChatService, PolicyWeights, PoolModel
 from service.dashboard import DashboardSources, dashboard_routes
+from service.decisions import DecisionIndex
 from service.errors import ApiError, exception_handlers
 from service.fastpath import chat_endpoint, chat_path_item
-from service.failover import CLOSED, HALF_OPEN, OPEN
-from service.feedback_api import parse_feedback
+from service.failover import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from service.feedback_api import FeedbackDesk, parse_feedback
+from service.metrics import Registry
 from service.openapi import body_operation, openapi_config
+from service.routing import Router
 from service.schemas import ChatRequest, FeedbackRequest
 from service.settings import Settings
 from service.state import router_state
 from service.tenants import Caller, TenantDirectory
+from service.upstream import Upstream
 
 __all__ = ["Deps", "create_app"]
 
@@ -37,27 +41,35 @@ _enc = msgspec.json.Encoder()
 _CIRCUIT_CODE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
-class Deps:
+class Deps(msgspec.Struct, frozen=True, kw_only=True):
     """What the HTTP layer needs, built by the composition root (``service.runtime``)."""
 
-    def __init__(self, chat: ChatService, sink: EventSink, extra_state: Callable[[], dict[str, Any]] | None = None,
-                 tenants: TenantDirectory | None = None) -> None:  # fmt: skip
-        self.chat = chat
-        self.sink = sink
-        self.extra_state = extra_state or (lambda: {})
-        self.dashboard: DashboardSources | None = None  # issue 7: what /dashboard reads (service/dashboard.py)
-        self.tenants = tenants or TenantDirectory([])
-        self.draining = threading.Event()  # set when the process stops: /readyz answers 503 (service/serving.py)
+    chat: ChatService  # POST /v1/chat/completions
+    router: Router  # the live snapshot: health, state, gauges, dashboard
+    metrics: Registry
+    breakers: Mapping[str, CircuitBreaker]  # the failover's, one per model
+    decisions: DecisionIndex  # recent decisions, for feedback on them
+    feedback: FeedbackDesk
+    pool: tuple[PoolModel, ...]
+    policies: Mapping[str, PolicyWeights]
+    aliases: frozenset[str]  # model names that rules pin (service.rules)
+    upstreams: Mapping[str, Upstream]  # closed at shutdown
+    sink: EventSink
+    tenants: TenantDirectory = msgspec.field(default_factory=lambda: TenantDirectory([]))
+    extra_state: Callable[[], dict[str, Any]] = lambda: {}
+    dashboard: DashboardSources | None = None  # issue 7: what /dashboard reads (service/dashboard.py)
+    # set when the process stops: /readyz answers 503 (service/serving.py)
+    draining: threading.Event = msgspec.field(default_factory=threading.Event)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=_enc.encode(obj), status_code=status, media_type="application/json")
 
 
-def _circuits(chat: ChatService) -> dict[str, dict[str, Any]]:
+def _circuits(breakers: Mapping[str, CircuitBreaker]) -> dict[str, dict[str, Any]]:
     return {
         name: {"state": b.state, "retry_in_s": round(b.retry_in_s(), 3), "opened": b.opened}
-        for name, b in chat.failover.breakers.items()
+        for name, b in breakers.items()
     }
 
 
@@ -66,11 +78,11 @@ def _spill_bytes(sink: EventSink) -> float:
     return float(stats().get("spill_bytes", 0)) if callable(stats) else 0.0
 
 
-def _register_gauges(chat: ChatService, sink: EventSink) -> None:
-    m = chat.metrics
+def _register_gauges(deps: Deps) -> None:
+    m, router, breakers, sink = deps.metrics, deps.router, deps.breakers, deps.sink
 
     def posterior_means():
-        view = chat.router.view
+        view = router.view
         for c in range(view.mean.shape[0]):
             for j, model in enumerate(view.models):
                 yield (str(c), model), float(view.mean[c, j])
@@ -78,11 +90,11 @@ def _register_gauges(chat: ChatService, sink: EventSink) -> None:
     m.add_gauge("turnout_posterior_mean", "Posterior mean answer quality per cluster and model.",
                 ("cluster", "model"), posterior_means)  # fmt: skip
     m.add_gauge("turnout_circuit_state", "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.", ("model",),
-                lambda: [((n, ), _CIRCUIT_CODE[b.state]) for n, b in chat.failover.breakers.items()])  # fmt: skip
+                lambda: [((n, ), _CIRCUIT_CODE[b.state]) for n, b in breakers.items()])  # fmt: skip
     m.add_gauge("turnout_circuit_opened", "Times each provider's circuit opened.", ("model",),
-                lambda: [((n,), b.opened) for n, b in chat.failover.breakers.items()])  # fmt: skip
+                lambda: [((n,), b.opened) for n, b in breakers.items()])  # fmt: skip
     m.add_gauge("turnout_snapshot_version", "Version of the live snapshot.", (),
-                lambda: [((), chat.router.view.snapshot.version)])  # fmt: skip
+                lambda: [((), router.view.snapshot.version)])  # fmt: skip
     m.add_gauge("turnout_event_backlog", "Events accepted and not yet stored or acknowledged.", (),
                 lambda: [((), getattr(sink, "backlog", 0))])  # fmt: skip
     m.add_gauge("turnout_event_spill_bytes", "Bytes of events spilled to disk while the broker is away.", (),
@@ -90,10 +102,9 @@ def _register_gauges(chat: ChatService, sink: EventSink) -> None:
 
 
 def create_app(settings: Settings, deps: Deps) -> Litestar:
-    chat = deps.chat
-    tenants = deps.tenants
-    _register_gauges(chat, deps.sink)
-    rejected = chat.metrics.rejected
+    router, pool, policies, tenants = deps.router, deps.pool, deps.policies, deps.tenants
+    _register_gauges(deps)
+    rejected = deps.metrics.rejected
 
     def caller_of(source: Request | Mapping[str, str]) -> Caller:
         """The authenticated, rate-limited caller of a request (or of its headers)."""
@@ -107,36 +118,36 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         return caller
 
     chat_body = body_operation(ChatRequest, {
-        "model": {"enum": [*chat.policies, *(m.name for m in chat.pool), *sorted(chat.rules.aliases)]},
+        "model": {"enum": [*policies, *(m.name for m in pool), *sorted(deps.aliases)]},
         "messages": {"contains": {"type": "object", "required": ["role", "content"], "properties": {
             "role": {"const": "user"}, "content": {"type": "string", "pattern": "\\S"}}}},
     })  # fmt: skip
     chat_completions = asgi("/v1/chat/completions", is_mount=False, copy_scope=False)(
-        chat_endpoint(chat, caller_of, settings.server.max_body_bytes)
+        chat_endpoint(deps.chat, caller_of, settings.server.max_body_bytes)
     )
 
     @post("/v1/feedback", status_code=202, operation_class=body_operation(FeedbackRequest))
     async def feedback(request: Request) -> Response:
         caller = caller_of(request.headers)
         body = parse_feedback(await request.body())
-        ref = chat.decisions.cached(body.decision_id)
+        ref = deps.decisions.cached(body.decision_id)
         if ref is None:
-            ref = await anyio.to_thread.run_sync(chat.decisions.lookup, body.decision_id)
-        return _json(chat.feedback_desk.accept(body, ref, caller), 202)
+            ref = await anyio.to_thread.run_sync(deps.decisions.lookup, body.decision_id)
+        return _json(deps.feedback.accept(body, ref, caller), 202)
 
     @get("/v1/models")
     async def models(request: Request) -> Response:
         caller = caller_of(request.headers)
-        allowed = set(caller.tenant.models) or {m.name for m in chat.pool}
+        allowed = set(caller.tenant.models) or {m.name for m in pool}
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "turnout", "turnout_kind": "policy"}
-                for name in chat.policies]  # fmt: skip
+                for name in policies]  # fmt: skip
         data += [{"id": m.name, "object": "model", "created": 0, "owned_by": "turnout", "turnout_kind": "model"}
-                 for m in chat.pool if m.name in allowed]  # fmt: skip
+                 for m in pool if m.name in allowed]  # fmt: skip
         return _json({"object": "list", "data": data})
 
     @get("/healthz")
     async def healthz() -> Response:
-        view = chat.router.view
+        view = router.view
         backlog = getattr(deps.sink, "backlog", 0)
         return _json({"status": "ok", "snapshot_version": view.snapshot.version, "event_backlog": backlog})
 
@@ -144,23 +155,23 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
     async def readyz() -> Response:
         if deps.draining.is_set():
             return _json({"status": "draining"}, 503)
-        return _json({"status": "ready", "snapshot_version": chat.router.view.snapshot.version})
+        return _json({"status": "ready", "snapshot_version": router.view.snapshot.version})
 
     @get("/v1/router/state")
     async def state(request: Request) -> Response:
         caller_of(request.headers)
-        extra = {"event_backlog": getattr(deps.sink, "backlog", 0), "snapshots_rejected": chat.router.rejected,
-                 "circuits": _circuits(chat)}  # fmt: skip
+        extra = {"event_backlog": getattr(deps.sink, "backlog", 0), "snapshots_rejected": router.rejected,
+                 "circuits": _circuits(deps.breakers)}  # fmt: skip
         extra.update(deps.extra_state())
-        return _json(router_state(chat.router.view, extra))
+        return _json(router_state(router.view, extra))
 
     @get("/metrics", media_type="text/plain; version=0.0.4")
     async def metrics() -> Response:
         # Litestar appends "; charset=utf-8" to text/ types: naming it here sent it twice
-        return Response(content=chat.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(content=deps.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def close_upstreams() -> None:
-        for upstream in chat.upstreams.values():
+        for upstream in deps.upstreams.values():
             try:
                 await upstream.aclose()
             except Exception:  # shutting down: a provider that fails to close must not stop the rest
@@ -168,7 +179,7 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     app = Litestar(
         route_handlers=[chat_completions, feedback, models, healthz, readyz, state, metrics,
-                        *dashboard_routes(chat, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
+                        *dashboard_routes(router, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),

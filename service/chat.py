@@ -1,9 +1,12 @@
-"""The chat-completions request path: parse, screen (rules), route, dispatch with failover, answer.
+"""The chat-completions use case: parse, screen (rules), route, dispatch with failover, answer, record.
 
-Nothing here waits on Kafka or ClickHouse: events go to the sink's in-memory buffer
-(``service/records.py``). Per request the path does: decode the body, run the rules, embed the
-last user message, take one Thompson decision from the live snapshot, call the provider (failing
-over by the posterior, ``service/failover.py``), encode the answer, record what happened.
+Per request ``ChatService`` decodes the body, runs the rules, embeds the last user message, takes
+one Thompson decision from the live snapshot (``learner.routing.decide`` on the one view it read),
+calls the provider (failing over by the posterior, ``service/failover.py``), encodes the answer
+and records what happened. After routing, the request travels as one ``Turn``
+(``service/records.py``). Nothing here waits on Kafka or ClickHouse: events go to the sink's
+in-memory buffer. The rest of the HTTP layer (metrics, breakers, the live view, feedback) is
+wired into ``service.app.Deps`` by the composition root, not reached through this service.
 """
 
 from __future__ import annotations
@@ -15,17 +18,14 @@ from typing import AsyncIterator, Mapping
 import msgspec
 import numpy as np
 from feedback.events import uuid7
-from feedback.ports import EventSink
 from learner.budget import tenant_budget_key
 from learner.costs import request_tokens
 from learner.embedding import Embedder
-from service.decisions import DecisionIndex
 from service.bodies import decode_body
 from service.errors import ApiError
-from service.feedback_api import FeedbackDesk
-from service.failover import AllFailed, Attempt, CircuitBreaker, Failover, RetryPolicy
+from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
-from service.records import Recorder, Routed
+from service.records import Recorder, Routed, Turn
 from service.rerequest import RerequestTracker
 from learner.clusters import assign
 from learner.routing import RouteChoice, View, decide
@@ -35,10 +35,10 @@ from service.schemas import (
     ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChoiceMessage, ChunkChoice, Delta,
     Usage, message_text,
 )  # fmt: skip
-from service.tenants import ANONYMOUS, Caller, FeedbackCap
+from service.tenants import ANONYMOUS, Caller
 from service.upstream import Chunk, Completion, Upstream, UpstreamCall, UpstreamError
 
-__all__ = ["Answer", "ChatService", "PolicyWeights", "PoolModel", "Routed", "StreamAnswer"]
+__all__ = ["Answer", "ChatParts", "ChatService", "PolicyWeights", "PoolModel", "Routed", "StreamAnswer"]
 
 log = logging.getLogger("turnout.chat")
 
@@ -59,6 +59,16 @@ class PoolModel(msgspec.Struct, frozen=True):
 class PolicyWeights(msgspec.Struct, frozen=True):
     cost_weight: float
     latency_weight: float = 0.0
+
+
+class ChatParts(msgspec.Struct, frozen=True):
+    """The gateway's parts of the request path; ``service.gateway.chat_parts`` builds them from settings."""
+
+    failover: Failover
+    rules: Rules
+    rerequests: RerequestTracker | None = None  # None: re-requests are not detected
+    session_header: str = "x-session-id"  # names the asker of a request without ``user``
+    log_requests: bool = False
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -85,42 +95,28 @@ class ChatService:
         *,
         embedder: Embedder,
         router: Router,
-        sink: EventSink,
-        upstreams: dict[str, Upstream],
         pool: tuple[PoolModel, ...],
-        policies: dict[str, PolicyWeights],
-        decisions: DecisionIndex,
+        upstreams: Mapping[str, Upstream],
+        policies: Mapping[str, PolicyWeights],
+        parts: ChatParts,
+        records: Recorder,
+        metrics: Registry,
         rng: np.random.Generator,
-        max_attempts: int,
-        store_prompts: bool,
-        failover: Failover | None = None,
-        rules: Rules | None = None,
-        rerequests: RerequestTracker | None = None,
-        feedback_cap: FeedbackCap | None = None,
-        metrics: Registry | None = None,
-        session_header: str = "x-session-id",
-        log_requests: bool = False,
     ) -> None:
         self.embedder = embedder
         self.router = router
-        self.sink = sink
-        self.upstreams = upstreams
         self.pool = pool
         self.by_name = {m.name: i for i, m in enumerate(pool)}
+        self.upstreams = upstreams
         self.policies = policies
-        self.decisions = decisions
+        self.failover = parts.failover
+        self.rules = parts.rules
+        self.rerequests = parts.rerequests
+        self.session_header = parts.session_header
+        self.log_requests = parts.log_requests
+        self.records = records
+        self.metrics = metrics
         self.rng = rng
-        self.store_prompts = store_prompts
-        self.failover = failover or Failover(
-            {m.name: CircuitBreaker() for m in pool}, RetryPolicy(max_attempts=max_attempts), rng
-        )
-        self.rules = rules or Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool])
-        self.rerequests = rerequests
-        self.metrics = metrics or Registry()
-        self.feedback_desk = FeedbackDesk(sink, decisions, self.metrics, feedback_cap)
-        self.records = Recorder(sink, decisions, self.metrics, store_prompts)
-        self.session_header = session_header
-        self.log_requests = log_requests
         self._tenant_masks: dict[tuple[str, ...], np.ndarray] = {}
 
     # -- routing ---------------------------------------------------------------------------
@@ -211,36 +207,36 @@ class ChatService:
                                        propensities=tuple(float(p) for p in props), fallback_order=order,
                                        expected_cost_usd=float(costs[arm]))  # fmt: skip
 
-    # -- records ---------------------------------------------------------------------------
+    # -- one request's turn ----------------------------------------------------------------
 
-    def _begin(self, req: ChatRequest, caller: Caller, routed: Routed, headers: Mapping[str, str],
-               started: float) -> tuple[str, bytes]:  # fmt: skip
-        """The decision id and embedding bytes; re-request detection; the overhead metric."""
-        decision_id = uuid7()
+    def _begin(self, raw: bytes, caller: Caller, headers: Mapping[str, str], started: float | None) -> Turn:
+        """Parse and route; then the decision id, re-request detection and the overhead metric."""
+        started = started or time.perf_counter()
+        req = self.parse(raw)
+        routed = self.route(req, caller, headers)
+        turn = Turn(req, caller, routed, uuid7(), np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes(),
+                    started, req.user or headers.get(self.session_header, ""))  # fmt: skip
         if self.rerequests is not None:
-            asker = req.user or headers.get(self.session_header, "")
-            previous = self.rerequests.observe(caller.tenant.name, asker, decision_id, routed.embedding)
+            previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.embedding)
             if previous is not None:
-                self.records.negative(previous, caller, req, "re_request")
+                self.records.negative(previous, turn, "re_request")
         self.metrics.overhead.observe(time.perf_counter() - started)
-        return decision_id, np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes()
+        return turn
 
-    def _failed(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                exc: AllFailed, started: float, headers: Mapping[str, str]) -> ApiError:  # fmt: skip
+    def _failed(self, turn: Turn, exc: AllFailed) -> ApiError:
         """Record a request no model answered and the error the client gets."""
-        self.records.attempts(req, caller, routed, decision_id, emb, exc.attempts)
+        self.records.attempts(turn, exc.attempts)
         errors = tuple(f"{a.model}: {a.error}" for a in exc.attempts)
         if exc.client_error is not None:
             errors += (str(exc.client_error),)
-        self.records.outcome(req, caller, routed, decision_id, emb, status="error",
-                             fallbacks=max(0, len(exc.attempts) - 1), errors=errors,
-                             latency_ms=(time.perf_counter() - started) * 1000.0)  # fmt: skip
+        self.records.outcome(turn, status="error", fallbacks=max(0, len(exc.attempts) - 1), errors=errors,
+                             latency_ms=(time.perf_counter() - turn.started) * 1000.0)  # fmt: skip
         if self.rerequests is not None:
-            self.rerequests.forget(caller.tenant.name, req.user or headers.get(self.session_header, ""), decision_id)
-        self.metrics.requests.inc(routed.policy, "", "error")
+            self.rerequests.forget(turn.caller.tenant.name, turn.asker, turn.decision_id)
+        self.metrics.requests.inc(turn.routed.policy, "", "error")
         log.warning("no model answered: %s", "; ".join(errors) or "all unavailable",
-                    extra={"decision_id": decision_id, "tenant": caller.tenant.name})  # fmt: skip
-        h = {"x-turnout-decision-id": decision_id}
+                    extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name})  # fmt: skip
+        h = {"x-turnout-decision-id": turn.decision_id}
         if exc.client_error is not None:
             status = exc.client_error.status or 400
             return ApiError(status, f"the provider refused the request: {exc.client_error}",
@@ -252,11 +248,11 @@ class ChatService:
         return ApiError(502, "every candidate model failed: " + "; ".join(errors), code="upstream_error", headers=h)
 
     @staticmethod
-    def _headers(decision_id: str, model: str, cluster: int, cost_usd: float, fallbacks: int) -> dict[str, str]:
+    def _headers(turn: Turn, model: str, cost_usd: float, fallbacks: int) -> dict[str, str]:
         return {
-            "x-turnout-decision-id": decision_id,
+            "x-turnout-decision-id": turn.decision_id,
             "x-turnout-model": model,
-            "x-turnout-cluster": str(cluster),
+            "x-turnout-cluster": str(turn.routed.choice.cluster),
             "x-turnout-cost-usd": f"{cost_usd:.8f}",
             "x-turnout-fallbacks": str(fallbacks),
         }
@@ -268,59 +264,54 @@ class ChatService:
 
     async def complete(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
                        started: float | None = None) -> Answer:  # fmt: skip
-        started = started or time.perf_counter()
-        req = self.parse(raw)
-        routed = self.route(req, caller, headers)
-        decision_id, emb = self._begin(req, caller, routed, headers, started)
+        turn = self._begin(raw, caller, headers, started)
         upstream_hist = self.metrics.upstream
 
         async def call(name: str) -> Completion:
             t = time.perf_counter()
             try:
-                return await self.upstreams[name].complete(self._call(req, raw, name))
+                return await self.upstreams[name].complete(self._call(turn.req, raw, name))
             finally:
                 upstream_hist.observe(time.perf_counter() - t, name)
 
         try:
-            name, done, attempts = await self.failover.run(routed.candidates, call)
+            name, done, attempts = await self.failover.run(turn.routed.candidates, call)
         except AllFailed as exc:
-            raise self._failed(req, caller, routed, decision_id, emb, exc, started, headers) from None
+            raise self._failed(turn, exc) from None
         model = self.pool[self.by_name[name]]
         cost = _cost(model, done.prompt_tokens, done.completion_tokens)
-        latency_ms = (time.perf_counter() - started) * 1000.0
+        latency_ms = (time.perf_counter() - turn.started) * 1000.0
         if attempts:
-            self.records.attempts(req, caller, routed, decision_id, emb, attempts)
+            self.records.attempts(turn, attempts)
             self.metrics.fallbacks.inc(name)
         self.records.outcome(
-            req, caller, routed, decision_id, emb, model=name, fallbacks=len(attempts),
-            errors=tuple(f"{a.model}: {a.error}" for a in attempts), prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens, cost_usd=cost, latency_ms=latency_ms,
+            turn, model=name, fallbacks=len(attempts), errors=tuple(f"{a.model}: {a.error}" for a in attempts),
+            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, cost_usd=cost,
+            latency_ms=latency_ms,
         )  # fmt: skip
-        self.metrics.requests.inc(routed.policy, name, "ok")
+        self.metrics.requests.inc(turn.routed.policy, name, "ok")
         if self.log_requests:
-            log.info("answered", extra={"decision_id": decision_id, "tenant": caller.tenant.name, "model": name,
-                                        "fallbacks": len(attempts), "latency_ms": round(latency_ms, 2)})  # fmt: skip
+            log.info("answered", extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name,
+                                        "model": name, "fallbacks": len(attempts),
+                                        "latency_ms": round(latency_ms, 2)})  # fmt: skip
         body = ChatCompletion(
-            id="chatcmpl-" + decision_id.replace("-", ""),
+            id="chatcmpl-" + turn.decision_id.replace("-", ""),
             created=int(time.time()),
             model=name,
             choices=[Choice(0, ChoiceMessage("assistant", done.text), done.finish_reason)],
             usage=Usage(done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens),
         )
-        return Answer(_enc.encode(body), self._headers(decision_id, name, routed.choice.cluster, cost, len(attempts)))
+        return Answer(_enc.encode(body), self._headers(turn, name, cost, len(attempts)))
 
     # -- streaming -------------------------------------------------------------------------
 
     async def stream(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
                      started: float | None = None) -> StreamAnswer:  # fmt: skip
         """Fail over only until the first chunk: the response (and its headers) starts after it."""
-        started = started or time.perf_counter()
-        req = self.parse(raw)
-        routed = self.route(req, caller, headers)
-        decision_id, emb = self._begin(req, caller, routed, headers, started)
+        turn = self._begin(raw, caller, headers, started)
 
         async def call(name: str) -> tuple[Chunk, AsyncIterator[Chunk]]:
-            agen = self.upstreams[name].stream(self._call(req, raw, name))
+            agen = self.upstreams[name].stream(self._call(turn.req, raw, name))
             try:
                 return await agen.__anext__(), agen
             except StopAsyncIteration:
@@ -330,21 +321,20 @@ class ChatService:
                 raise
 
         try:
-            name, (first, agen), attempts = await self.failover.run(routed.candidates, call)
+            name, (first, agen), attempts = await self.failover.run(turn.routed.candidates, call)
         except AllFailed as exc:
-            raise self._failed(req, caller, routed, decision_id, emb, exc, started, headers) from None
+            raise self._failed(turn, exc) from None
         if attempts:
-            self.records.attempts(req, caller, routed, decision_id, emb, attempts)
+            self.records.attempts(turn, attempts)
             self.metrics.fallbacks.inc(name)
         model = self.pool[self.by_name[name]]
-        estimate = float(routed.costs[self.by_name[name]])
-        body = self._sse(req, caller, routed, decision_id, emb, model, attempts, first, agen, started)
-        return StreamAnswer(body, self._headers(decision_id, name, routed.choice.cluster, estimate, len(attempts)))
+        estimate = float(turn.routed.costs[self.by_name[name]])
+        body = self._sse(turn, model, attempts, first, agen)
+        return StreamAnswer(body, self._headers(turn, name, estimate, len(attempts)))
 
-    async def _sse(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                   model: PoolModel, attempts: list[Attempt], first: Chunk, agen: AsyncIterator[Chunk],
-                   started: float) -> AsyncIterator[bytes]:  # fmt: skip
-        cid = "chatcmpl-" + decision_id.replace("-", "")
+    async def _sse(self, turn: Turn, model: PoolModel, attempts: list[Attempt], first: Chunk,
+                   agen: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:  # fmt: skip
+        cid = "chatcmpl-" + turn.decision_id.replace("-", "")
         created = int(time.time())
 
         def frame(delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> bytes:
@@ -379,16 +369,17 @@ class ChatService:
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
             self.records.outcome(
-                req, caller, routed, decision_id, emb, model=model.name, status=status, fallbacks=len(attempts),
-                errors=tuple(errors), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                turn, model=model.name, status=status, fallbacks=len(attempts), errors=tuple(errors),
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                 cost_usd=_cost(model, prompt_tokens, completion_tokens),
-                latency_ms=(time.perf_counter() - started) * 1000.0,
+                latency_ms=(time.perf_counter() - turn.started) * 1000.0,
             )  # fmt: skip
             if status == "error":
-                self.records.negative(decision_id, caller, req, "upstream_error")
+                self.records.negative(turn.decision_id, turn, "upstream_error")
                 log.warning("stream of %s failed mid-way", model.name,
-                            extra={"decision_id": decision_id, "tenant": caller.tenant.name})  # fmt: skip
-            self.metrics.requests.inc(routed.policy, model.name, status)
+                            extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name})  # fmt: skip
+            self.metrics.requests.inc(turn.routed.policy, model.name, status)
+        req = turn.req
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
             yield frame(Delta(), usage=usage, empty=True)

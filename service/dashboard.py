@@ -7,7 +7,7 @@ share of traffic per (cluster, model), the cost per request against always sendi
 to the most expensive model, mean margins, with snapshot versions and drift events to mark on
 them, circuit breaker states, and what each cluster is about (``service.clusters_about``).
 
-``dashboard_routes(chat, sources)`` returns the route handlers; ``service.app.create_app``
+``dashboard_routes(router, sources)`` returns the route handlers; ``service.app.create_app``
 adds them. Every source is optional: what is missing shows as "n/a", never as an error.
 """
 
@@ -23,9 +23,9 @@ from litestar import Request, Response, get
 
 from feedback.history import HistoryStore, Prices, TrafficBucket
 from learner.ports import SnapshotInfo, SnapshotStore
-from service.chat import ChatService
 from service.clusters_about import ClusterAbout, ClusterTexts, PromptScope
 from service.errors import ApiError
+from service.routing import Router
 
 if TYPE_CHECKING:
     from learner.ports import DriftEvent  # what the learner log returns
@@ -212,9 +212,9 @@ def _window(now_ms: int, window_s: float, buckets: int) -> tuple[int, int, int]:
     return until - buckets * width, until, width
 
 
-def dashboard_routes(chat: ChatService, sources: DashboardSources | None,
+def dashboard_routes(router: Router, sources: DashboardSources | None,
                      guard: Callable[[Request], Any] | None = None) -> list[Any]:
-    """The dashboard's route handlers, reading the live router of ``chat`` and ``sources``.
+    """The dashboard's route handlers, reading the live view of ``router`` and ``sources``.
 
     ``guard(request)`` authenticates a data request (raises ``ApiError``), as for the other
     ``/v1`` routes; the page and its script are static and public.
@@ -235,8 +235,8 @@ def dashboard_routes(chat: ChatService, sources: DashboardSources | None,
 
     def collect(window_s: float, buckets: int, breakers: dict[str, str] | None) -> RouterHistory:
         since, until, width = _window(sources.clock_ms(), window_s, buckets)
-        view = chat.router.view
-        pricing = chat.router.pricing
+        view = router.view
+        pricing = router.pricing
         prices = Prices(pricing.price_in_per_mtok, pricing.price_out_per_mtok)
         rows = sources.history.traffic(since, until, width, prices) if sources.history else []
         return router_history(

@@ -1,4 +1,4 @@
-"""The gateway's parts built from settings: failover, rules, tenants, re-requests, provider adapters.
+"""The gateway's parts built from settings: failover, rules, re-requests, tenants, provider adapters.
 
 Called by the composition root (``service.runtime``); each part stays a plain object that tests
 can build by hand.
@@ -10,11 +10,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from service.chat import ChatParts
 from service.failover import CircuitBreaker, Failover, RetryPolicy
 from service.rerequest import RerequestTracker
 from service.rules import Rules
 from service.settings import ModelSettings, Settings
-from service.tenants import FeedbackCap, Tenant, TenantDirectory
+from service.tenants import Tenant, TenantDirectory
 
 __all__ = ["build_tenants", "chat_parts", "openai_upstream", "unset_keys"]
 
@@ -32,21 +33,19 @@ def unset_keys(models: tuple[ModelSettings, ...], env: Mapping[str, str]) -> lis
     return [(m.name, m.api_key_env) for m in models if m.api_key_env and not env.get(m.api_key_env)]
 
 
-def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> dict[str, Any]:
-    """Keyword arguments of ``ChatService`` beyond the skeleton's: failover, rules, re-requests."""
+def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> ChatParts:
+    """The request path's failover (``rng`` draws its backoff jitter), rules and re-request tracking."""
     b, r = settings.breaker, settings.retry
     breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
     policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
     rr = settings.rerequest
-    return {
-        "failover": Failover(breakers, policy, rng),
-        "rules": Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool],
-                       settings.rules),  # fmt: skip
-        "rerequests": RerequestTracker(rr.window_s, rr.min_cosine, rr.capacity) if rr.enabled else None,
-        "feedback_cap": FeedbackCap(settings.feedback_cap.max_per_user, settings.feedback_cap.window_s),
-        "session_header": rr.session_header.lower(),
-        "log_requests": settings.server.log_requests,
-    }
+    return ChatParts(
+        failover=Failover(breakers, policy, rng),
+        rules=Rules([m.name for m in pool], [m.tier for m in pool], [m.context_window for m in pool], settings.rules),
+        rerequests=RerequestTracker(rr.window_s, rr.min_cosine, rr.capacity) if rr.enabled else None,
+        session_header=rr.session_header.lower(),
+        log_requests=settings.server.log_requests,
+    )
 
 
 def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDirectory:

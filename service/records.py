@@ -1,5 +1,8 @@
 """What a request leaves behind: its decision, the records of its failed attempts, implicit feedback.
 
+A request travels as one ``Turn`` (what was asked, by whom, what routing decided, under which
+decision id); every record of it is built from that.
+
 Every record goes to the event sink's in-memory buffer (no I/O here) and decisions also to the
 recent-decision index the feedback API reads. A failed attempt is its own ``DecisionMade``
 (policy ``failover``, status ``error``, ``parent_decision_id`` = the request's decision) carrying
@@ -26,7 +29,7 @@ from service.routing import RouteChoice
 from service.schemas import ChatRequest
 from service.tenants import Caller
 
-__all__ = ["Recorder", "Routed"]
+__all__ = ["Recorder", "Routed", "Turn"]
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -45,6 +48,18 @@ class Routed(msgspec.Struct, frozen=True):
     costs: np.ndarray | None = None  # (m,) expected USD of each model under the routed snapshot
 
 
+class Turn(msgspec.Struct, frozen=True):
+    """One request after routing: everything its records and its answer are made of."""
+
+    req: ChatRequest
+    caller: Caller
+    routed: Routed
+    decision_id: str
+    emb: bytes  # routed.embedding as little-endian float32, as recorded
+    started: float  # time.perf_counter() when the request arrived
+    asker: str = ""  # who would re-ask: the request's user, else its session header ("" unknown)
+
+
 class Recorder:
     def __init__(self, sink: EventSink, decisions: DecisionIndex, metrics: Registry, store_prompts: bool) -> None:
         self.sink = sink
@@ -52,9 +67,9 @@ class Recorder:
         self.metrics = metrics
         self.store_prompts = store_prompts
 
-    def decision(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                 **fields) -> DecisionMade:  # fmt: skip
-        """A decision record of this request; ``fields`` are the outcome (model, status, usage...)."""
+    def decision(self, turn: Turn, decision_id: str, **fields) -> DecisionMade:
+        """A decision record of ``turn`` under ``decision_id``; ``fields`` are the outcome (model, status, usage...)."""
+        req, caller, routed = turn.req, turn.caller, turn.routed
         keep = self.store_prompts or caller.tenant.store_prompts
         return DecisionMade(
             event_id=uuid7(),
@@ -69,15 +84,15 @@ class Recorder:
             margin=routed.choice.margin,
             prompt_hash=prompt_hash(routed.text),
             stream=req.stream,
-            embedding=emb,
+            embedding=turn.emb,
             prompt_text=routed.text if keep else "",
             **fields,
         )
 
-    def outcome(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                **fields) -> None:  # fmt: skip
+    def outcome(self, turn: Turn, **fields) -> None:
         """Emit the request's own decision: the policy's arm and propensity, and ``fields``."""
-        self.emit(self.decision(req, caller, routed, decision_id, emb, policy=routed.policy, arm=routed.arm,
+        routed = turn.routed
+        self.emit(self.decision(turn, turn.decision_id, policy=routed.policy, arm=routed.arm,
                                 propensity=routed.choice.propensity, **fields))  # fmt: skip
 
     def emit(self, decision: DecisionMade) -> None:
@@ -87,21 +102,21 @@ class Recorder:
             decision.user,
         )  # fmt: skip
 
-    def attempts(self, req: ChatRequest, caller: Caller, routed: Routed, decision_id: str, emb: bytes,
-                 attempts: Sequence[Attempt]) -> None:  # fmt: skip
+    def attempts(self, turn: Turn, attempts: Sequence[Attempt]) -> None:
         """Each failed attempt: its own decision record and an ``upstream_error`` reward of 0."""
         for i, a in enumerate(attempts):
             attempt_id = uuid7()
             self.emit(self.decision(
-                req, caller, routed, attempt_id, emb, policy="failover", arm=a.model, propensity=1.0, model=a.model,
+                turn, attempt_id, policy="failover", arm=a.model, propensity=1.0, model=a.model,
                 status="error", fallbacks=i, errors=(f"{a.model}: {a.error}",), latency_ms=a.latency_ms,
-                parent_decision_id=decision_id,
+                parent_decision_id=turn.decision_id,
             ))  # fmt: skip
-            self.negative(attempt_id, caller, req, "upstream_error")
+            self.negative(attempt_id, turn, "upstream_error")
             self.metrics.upstream_errors.inc(a.model)
 
-    def negative(self, decision_id: str, caller: Caller, req: ChatRequest, kind: str) -> None:
-        """Implicit feedback of reward 0 (``upstream_error``, ``re_request``) on a decision."""
+    def negative(self, decision_id: str, turn: Turn, kind: str) -> None:
+        """Implicit feedback of reward 0 (``upstream_error``, ``re_request``) on a decision of ``turn``'s caller."""
         self.sink.publish(FeedbackGiven(event_id=uuid7(), decision_id=decision_id, ts_ms=int(time.time() * 1000),
-                                        reward=0.0, kind=kind, tenant=caller.tenant.name, user=req.user or ""))  # fmt: skip
+                                        reward=0.0, kind=kind, tenant=turn.caller.tenant.name,
+                                        user=turn.req.user or ""))  # fmt: skip
         self.metrics.feedback.inc(kind)

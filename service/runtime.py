@@ -33,10 +33,14 @@ from service.chat import ChatService, PolicyWeights, PoolModel
 from service.clusters_about import prompt_scope
 from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
+from service.feedback_api import FeedbackDesk
 from service.gateway import build_tenants, chat_parts
 from learner.routing import Prices, RoutingParams
+from service.metrics import Registry
+from service.records import Recorder
 from service.routing import Router
 from service.settings import Settings
+from service.tenants import FeedbackCap
 from service.upstream import Upstream
 
 __all__ = [
@@ -259,23 +263,32 @@ class Runtime:
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
         policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})
+        metrics = Registry()
+        decisions = DecisionIndex(self.rows, settings.server.decision_cache)
+        parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3))
+        self.failover = parts.failover
         self.chat = ChatService(
-            embedder=self.embedder, router=self.router, sink=self.sink, upstreams=self.upstreams, pool=pool,
-            policies=policies, decisions=DecisionIndex(self.rows, settings.server.decision_cache),
-            rng=np.random.default_rng(settings.router.seed + 1), max_attempts=settings.router.max_attempts,
-            store_prompts=settings.server.store_prompts,
-            **chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3)),
+            embedder=self.embedder, router=self.router, pool=pool, upstreams=self.upstreams, policies=policies,
+            parts=parts, records=Recorder(self.sink, decisions, metrics, settings.server.store_prompts),
+            metrics=metrics, rng=np.random.default_rng(settings.router.seed + 1),
         )  # fmt: skip
+        cap = settings.feedback_cap
+        feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s))
         self.learner_log = ClickHouseLearnerLog(self.client) if self.client is not None else MemoryLearnerLog()
         self.cycle = LearningCycle(
             self.rows, self.snapshots, prior, learner_params(settings), np.random.default_rng(settings.router.seed + 2),
             publish=self.router.swap, before=lambda: self.sink.flush(30.0), learner_log=self.learner_log,
         )  # fmt: skip
         self.learner_enabled = learner
-        deps = Deps(self.chat, self.sink, extra_state=self.event_state, tenants=build_tenants(settings, prior.models))
-        deps.dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
-            name: b.state for name, b in self.chat.failover.breakers.items()}, drift=self.learner_log.drift_events,
+        dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
+            name: b.state for name, b in self.failover.breakers.items()}, drift=self.learner_log.drift_events,
             examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
+        deps = Deps(
+            chat=self.chat, router=self.router, metrics=metrics, breakers=self.failover.breakers, decisions=decisions,
+            feedback=feedback, pool=pool, policies=policies, aliases=parts.rules.aliases, upstreams=self.upstreams,
+            sink=self.sink, tenants=build_tenants(settings, prior.models), extra_state=self.event_state,
+            dashboard=dashboard,
+        )  # fmt: skip
         self.draining = deps.draining  # set by the server when the process stops (service/serving.py)
         self.app = create_app(settings, deps)
         self._scheduler: Any = None

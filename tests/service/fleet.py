@@ -42,12 +42,12 @@ class Gateway:
         return [e for e in self.events() if isinstance(e, FeedbackGiven)]
 
     def breaker(self, model: str) -> Any:
-        return self.runtime.chat.failover.breakers[model]
+        return self.runtime.failover.breakers[model]
 
     def freeze_breakers(self) -> "FakeClock":
         """Put every breaker on a clock that moves only when told to (open_s without sleeping)."""
         clock = FakeClock()
-        for b in self.runtime.chat.failover.breakers.values():
+        for b in self.runtime.failover.breakers.values():
             b.clock = clock
         return clock
 

@@ -11,7 +11,7 @@ from feedback.events import FeedbackGiven, uuid7
 from service.decisions import DecisionIndex
 from service.failover import Attempt
 from service.metrics import Registry
-from service.records import Recorder, Routed
+from service.records import Recorder, Routed, Turn
 from service.routing import RouteChoice
 from service.schemas import ChatRequest, Message
 from service.tenants import ANONYMOUS
@@ -36,8 +36,9 @@ def test_attempt_records_are_stored_linked_and_carry_the_negative_evidence(chdb_
                          expected_cost_usd=0.001)  # fmt: skip
     routed = Routed(choice, np.ones(4, dtype=np.float32) / 2, "hello", 3, "auto", ("a", "b"), 5, 2, "a")
     decision_id = uuid7()
-    rec.attempts(req, ANONYMOUS, routed, decision_id, b"", [Attempt("a", "HTTP 500", 500, 12.0)])
-    rec.outcome(req, ANONYMOUS, routed, decision_id, b"", model="b", fallbacks=1, errors=("a: HTTP 500",))
+    turn = Turn(req, ANONYMOUS, routed, decision_id, b"", started=0.0)
+    rec.attempts(turn, [Attempt("a", "HTTP 500", 500, 12.0)])
+    rec.outcome(turn, model="b", fallbacks=1, errors=("a: HTTP 500",))
     rows.insert(sink.events)
     got = client.query(
         "SELECT policy, arm, propensity, model, status, parent_decision_id, snapshot_version, clustering "
