@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--litellm-rates", default="10,20,30,40,50,75,100,150", help="request rates for LiteLLM")
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=2.0)
-    p.add_argument("--litellm", default="/work/litellm-venv/bin/litellm", help="LiteLLM's CLI ('' to skip)")
+    p.add_argument("--litellm", default=os.environ.get("LITELLM_BIN", "litellm"),
+                   help="LiteLLM's CLI, e.g. a litellm[proxy] install in its own virtualenv (default: $LITELLM_BIN, "
+                        "else litellm on PATH; '' to skip)")  # fmt: skip
     p.add_argument("--litellm-workers", type=int, default=2)
     p.add_argument("--topology", choices=("up", "kafka"), default="up",
                    help="up: one process with embedded ClickHouse (default); kafka: serve + broker + sink")
