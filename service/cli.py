@@ -161,7 +161,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         rt.stop()  # waits for the cycle in hand: its snapshot is saved, or it never started
         if probe is not None:
             probe.close()
-    print(f"turnout learn: stopped after {rt.cycles} cycles (last snapshot v{rt.router.view.snapshot.version})",
+    print(f"turnout learn: stopped after {rt.cycles} cycles that published a snapshot and {rt.idle_cycles} idle "
+          f"(last snapshot v{rt.router.view.snapshot.version})",
           flush=True)  # fmt: skip
     return 0
 

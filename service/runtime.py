@@ -236,6 +236,7 @@ class Runtime:
         self._learn_failures = 0
         self._learn_error = ""
         self.cycles = 0  # learning cycles that published a snapshot
+        self.idle_cycles = 0  # ... and those that found nothing new
         if rows is None or snapshots is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             prepare(self.client, settings.storage.retention())
@@ -332,6 +333,7 @@ class Runtime:
 
     def learn_safely(self) -> None:
         self._learn_attempt = time.monotonic()
+        before = self.router.view.snapshot.version
         try:
             snap = self.cycle.run()
         except Exception as exc:
@@ -340,8 +342,10 @@ class Runtime:
             log.exception("learning cycle failed; the live snapshot stays")
             return
         self._learn_failures, self._learn_error = 0, ""
+        published = snap.version > before
         self._learn_success, self._learn_version = time.monotonic(), snap.version
-        self.cycles += 1
+        self.cycles += published
+        self.idle_cycles += not published  # a cycle that found nothing new published nothing
 
     def _learn_details(self) -> dict[str, Any]:
         now = time.monotonic()
