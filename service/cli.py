@@ -99,7 +99,7 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
         if args.demo:
             from service.demo import Demo
 
-            demo = Demo(where, rt.prior.models, rt.pool)
+            demo = Demo(where, rt.prior.models, rt.pool, seed=settings.router.seed)  # one seed for the whole run
             demo.start()
 
     try:
