@@ -40,6 +40,13 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
 
 
+def _quiet_learner() -> None:
+    """An offline run's learning cycles are hundreds of lines of INFO: warnings only."""
+    import logging
+
+    logging.getLogger("turnout.learner").setLevel(logging.WARNING)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from simulations.experiment import decisions_path, embed_outcomes, run_replays, write_decisions
     from simulations.outcomes import load_outcomes
@@ -72,6 +79,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"turnout replay: {exc}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # the product's settings: --config, TURNOUT_ overrides, defaults
+    _quiet_learner()
     t0 = time.perf_counter()
     embedder = _embedder(deployment.embedder, deployment.embedding_dim)
     embeddings = embed_outcomes(outcomes, embedder)

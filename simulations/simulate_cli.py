@@ -11,6 +11,13 @@ import msgspec
 __all__ = ["add_simulate"]
 
 
+def _quiet_learner() -> None:
+    """An offline run's learning cycles are hundreds of lines of INFO: warnings only."""
+    import logging
+
+    logging.getLogger("turnout.learner").setLevel(logging.WARNING)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.environment import scenario
     from simulations.progress import Progress
@@ -34,6 +41,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"turnout simulate: {exc}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # Turnout as the service runs it: --config, overrides, defaults
+    _quiet_learner()
     if args.embedder == "hashing":
         from learner.embedding import HashingEmbedder
 
