@@ -22,9 +22,10 @@ __all__ = ["decisions_path", "embed_outcomes", "run_replays", "write_decisions"]
 
 
 def embed_outcomes(outcomes: Outcomes, embedder: Embedder) -> np.ndarray:
-    """Embeddings of every prompt, (n, d): one batch call over the distinct texts."""
+    """Embeddings of every prompt, (n, d): each distinct text embedded alone, as the service
+    embeds one request (a batch call can differ in the last bit, and decisions must not)."""
     texts = list(dict.fromkeys(outcomes.prompts))
-    vectors = embedder.embed(texts)
+    vectors = np.stack([embedder.embed([t])[0] for t in texts]) if texts else np.zeros((0, embedder.dim))
     where = {t: i for i, t in enumerate(texts)}
     return np.ascontiguousarray(vectors[[where[p] for p in outcomes.prompts]], dtype=np.float32)
 
