@@ -21,7 +21,7 @@ from learner.drift import Alarm, DriftParams, observe
 from learner.ports import DecisionStats, RewardRow, RewardStats
 from learner.recluster import ReclusterParams, carry_evidence, recluster
 from learner.reward import RewardWeights
-from learner.snapshot import ClusterDrift, Snapshot, centroid_array, validate
+from learner.snapshot import ClusterDrift, Snapshot, centroid_array, usage_table, validate
 
 __all__ = [
     "LearnerParams",
@@ -108,12 +108,6 @@ def align(snap: Snapshot, pool: PoolPrior) -> Snapshot:
         drift=drift,
         explore_share=pick(snap.explore_share, (1.0,) * len(pool.models)) if snap.explore_share else (),
     )
-
-
-def usage_table(snap: Snapshot, name: str) -> np.ndarray:
-    """``calls``, ``bill_sum`` or ``completion_sum`` of a snapshot as a (k, m) array (zeros if empty)."""
-    rows = getattr(snap, name)
-    return np.array(rows, dtype=np.float64) if rows else np.zeros((len(snap.n), len(snap.models)))
 
 
 def _rows(a: np.ndarray, cast: type = float) -> tuple:

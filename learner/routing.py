@@ -38,7 +38,7 @@ from scipy import stats
 
 from learner.clusters import assign
 from learner.hierarchy import hierarchical_posterior
-from learner.snapshot import Snapshot, SnapshotError, centroid_array
+from learner.snapshot import Snapshot, SnapshotError, centroid_array, usage_table
 
 __all__ = [
     "Prices", "RouteChoice", "RoutingParams", "View", "credible_interval", "decide", "fit_cells", "snapshot_posterior",
@@ -149,9 +149,9 @@ class View:
         self.price_in = np.array(prices.price_in_per_mtok, dtype=np.float64) / 1e6
         self.price_out = np.array(prices.price_out_per_mtok, dtype=np.float64) / 1e6
         self.priced = (self.price_in > 0) | (self.price_out > 0)
-        calls = _table(snapshot.calls, k, m)
-        tokens = fit_cells(_table(snapshot.completion_sum, k, m), calls, np.array(snapshot.completion_tokens))
-        bills = fit_cells(_table(snapshot.bill_sum, k, m), calls, None)
+        calls = usage_table(snapshot, "calls")
+        tokens = fit_cells(usage_table(snapshot, "completion_sum"), calls, np.array(snapshot.completion_tokens))
+        bills = fit_cells(usage_table(snapshot, "bill_sum"), calls, None)
         # the part of the cost that does not depend on the prompt's length: (k, m) USD
         self.fixed_cost = np.where(self.priced[None, :], tokens * self.price_out[None, :], bills)
         self.per_prompt_token = np.where(self.priced, self.price_in, 0.0)
@@ -198,14 +198,6 @@ class View:
     def costs(self, cluster: int, prompt_tokens: float) -> np.ndarray:
         """Expected USD of answering with each model: (m,)."""
         return self.fixed_cost[cluster] + prompt_tokens * self.per_prompt_token
-
-    def most_costly(self, prompt_tokens: float) -> np.ndarray:
-        """Each model's highest expected cost over the clusters (for cost ceilings before embedding)."""
-        return self.fixed_cost.max(axis=0) + prompt_tokens * self.per_prompt_token
-
-
-def _table(rows: tuple[tuple[float, ...], ...], k: int, m: int) -> np.ndarray:
-    return np.array(rows, dtype=np.float64) if rows else np.zeros((k, m))
 
 
 def decide(

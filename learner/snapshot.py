@@ -22,6 +22,7 @@ __all__ = [
     "encode_snapshot",
     "initial_snapshot",
     "rollback_snapshot",
+    "usage_table",
     "validate",
     "validate_pool",
 ]
@@ -108,6 +109,12 @@ def centroid_array(snapshot: Snapshot) -> np.ndarray:
     """Centroids as a read-only (k, dim) float32 array."""
     arr = np.frombuffer(snapshot.centroids, dtype="<f4").reshape(-1, snapshot.dim)
     return arr
+
+
+def usage_table(snap: Snapshot, name: str) -> np.ndarray:
+    """``calls``, ``bill_sum`` or ``completion_sum`` as a (k, m) float64 array (zeros when empty)."""
+    rows = getattr(snap, name)
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((len(snap.n), len(snap.models)))
 
 
 def validate(snap: Snapshot) -> None:
