@@ -51,12 +51,15 @@ DEFAULT_POOL: tuple[SimModel, ...] = (
              latency_s=0.005, completion_tokens=150),
 )  # fmt: skip
 
+# Each template reads plainly as its topic: the router learns per cluster of embeddings, so a
+# template that reads as another topic is routed as that one (a code template "Explain the time
+# complexity of an algorithm that ..." sat with math's "Explain why ..." in most clusterings).
 DEFAULT_TOPICS: tuple[Topic, ...] = (
     Topic("code", (
         "Write a Python function that {}.",
         "How do I {} in Python without a library?",
         "Fix the bug in my code: it should {} but raises an IndexError.",
-        "Explain the time complexity of an algorithm that {}.",
+        "Write unit tests for a function that {}.",
         "Refactor this JavaScript so that it can {}.",
     ), (
         "reverses a linked list", "parses a CSV file", "sorts a list of dictionaries by key",
