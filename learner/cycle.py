@@ -164,9 +164,10 @@ class LearningCycle:
                     done = self._rows.rewards(0, snap.watermark_ms, -1) if snap.watermark_ms else []
                     # sorted: the clustering depends on which prompts were seen, not on their arrival order
                     snap = rebuild_clusters(snap, _stack(sorted(embs)), done, p.n_clusters, self._rng, p.rewards)
-                    reason = "recluster"
+                    if snap.clustering != start.clustering:
+                        reason = "recluster"
             window = self.read(snap, until)
-            if snap is start and not window.rewards and not window.decisions and not window.stale:
+            if snap.clustered_at == start.clustered_at and not window.rewards and not window.decisions and not window.stale:
                 self.idle_runs += 1
                 log.info("learning cycle: nothing new since v%d, no new snapshot", snap.version)
                 return snap

@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from learner.budget import BudgetParams, BudgetTarget, budget_covers, dual_update, explore_share, start
-from learner.clusters import assign_many, kmeans
+from learner.clusters import assign_many, coherence, kmeans
 from learner.drift import Alarm, DriftParams, observe
 from learner.ports import DecisionStats, RewardRow, RewardStats
 from learner.recluster import ReclusterParams, carry_evidence, recluster
@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("turnout.learner")
+
+_STARTS = 8  # k-means runs per clustering of the traffic, the best kept
 
 
 class PoolPrior(msgspec.Struct, frozen=True):
@@ -125,9 +127,19 @@ def rebuild_clusters(
     refolded exactly onto the new clusters. A reward without an embedding is spread over the
     new clusters as its old cluster's prompts are; usage tables and decision counts follow
     the same overlap, so global totals are kept.
+
+    The new clustering is the best of ``_STARTS`` k-means runs, and it replaces the live one
+    only if it explains the same prompts better (higher ``coherence``): a re-clustering as
+    traffic grows must not trade a clean split of the topics for a worse local optimum. When
+    the live one stays, only ``clustered_at`` moves (the next growth step is judged afresh).
     """
     old = centroid_array(snap)
-    cents = np.ascontiguousarray(kmeans(embeddings, n_clusters, rng), dtype=np.float32)
+    cents = np.ascontiguousarray(kmeans(embeddings, n_clusters, rng, starts=_STARTS), dtype=np.float32)
+    clustered_at = max(snap.seen, len(embeddings), 1)  # the traffic it was built from
+    if coherence(embeddings, old) >= coherence(embeddings, cents):
+        log.info("re-clustering: the live clustering explains the traffic as well (%.4f >= %.4f), kept",
+                 coherence(embeddings, old), coherence(embeddings, cents))  # fmt: skip
+        return msgspec.structs.replace(snap, clustered_at=clustered_at)
     old_lab, _ = assign_many(embeddings, old)
     new_lab, _ = assign_many(embeddings, cents)
     overlap = np.zeros((len(old), len(cents)))
@@ -169,7 +181,7 @@ def rebuild_clusters(
         bill_sum=_rows(carry(usage_table(snap, "bill_sum"))),
         completion_sum=_rows(carry(usage_table(snap, "completion_sum"))),
         clustering=snap.clustering + 1,
-        clustered_at=max(snap.seen, len(embeddings), 1),  # the traffic it was built from
+        clustered_at=clustered_at,
         drift=(),
     )
 

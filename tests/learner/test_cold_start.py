@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import numpy as np
 
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.memory import MemoryRowStore, MemorySnapshotStore
+from learner.clusters import coherence, kmeans
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior
 from learner.embedding import normalize_rows
+from learner.fold import rebuild_clusters
+from learner.reward import RewardWeights
 from learner.snapshot import centroid_array, encode_snapshot, initial_snapshot
 
 
@@ -95,3 +99,27 @@ def test_clusters_are_rebuilt_as_traffic_grows_and_an_idle_cycle_publishes_nothi
     clock[0] += 1000
     assert cycle.run().version == version and cycle.idle_runs == 1
     assert len(snaps.list()) == version
+
+
+def test_a_growth_reclustering_keeps_the_live_clustering_when_it_explains_the_traffic_better():
+    """Best of several k-means starts, and a new clustering replaces the live one only if it scores
+    better on the same prompts (mean cosine to the nearest centre): a re-clustering as traffic
+    grows must not swap a clean split of the topics for a worse local optimum."""
+    rng = np.random.default_rng(4)
+    dim = 16
+    topics = normalize_rows(rng.normal(size=(6, dim)))
+    x = normalize_rows(topics[np.arange(1200) % 6] + 0.08 * rng.normal(size=(1200, dim))).astype(np.float32)
+    best = kmeans(x, 6, np.random.default_rng(0), starts=40)
+    single = [coherence(x, kmeans(x, 6, np.random.default_rng(s))) for s in range(20)]
+    assert min(single) < coherence(x, best) - 0.01  # one run alone does end in a worse optimum here
+    assert coherence(x, kmeans(x, 6, np.random.default_rng(1), starts=8)) >= max(single[:8]) - 1e-6
+    live = initial_snapshot(models=("a", "b"), centroids=best, prior_mean=(0.5, 0.5), completion_tokens=(10.0, 10.0),
+                            latency_s=(0.1, 0.1), prior_strength=2.0, shrink_strength=0.0, created_at_ms=0)  # fmt: skip
+    live = msgspec.structs.replace(live, seen=1200, clustered_at=600)
+    for seed in range(5):
+        after = rebuild_clusters(live, x, [], 6, np.random.default_rng(seed), RewardWeights())
+        assert after.clustering == live.clustering and after.centroids == live.centroids
+        assert after.clustered_at == 1200  # judged afresh at the next growth step
+    # a clustering that is worse than what the traffic shows is replaced
+    worse = msgspec.structs.replace(live, centroids=normalize_rows(rng.normal(size=(6, dim))).astype("<f4").tobytes())
+    assert rebuild_clusters(worse, x, [], 6, np.random.default_rng(0), RewardWeights()).clustering == live.clustering + 1

@@ -25,10 +25,11 @@ WINDOW = 400  # some 100 requests of each topic
 WANT = {"code": "sim-coder", "cooking": "sim-chat", "travel": "sim-chat"}
 
 
-@pytest.fixture
-def settings(settings):
-    """Router seed 1 (the demo's users take the same seed)."""
-    return msgspec.structs.replace(settings, router=msgspec.structs.replace(settings.router, seed=1))
+@pytest.fixture(params=[1, 3])
+def settings(request, settings):
+    """Router seeds 1 and 3 (the demo's users take the same seed; seed 3 lost code to sim-chat after a
+    re-clustering that explained the traffic worse than the live one)."""
+    return msgspec.structs.replace(settings, router=msgspec.structs.replace(settings.router, seed=request.param))
 
 
 def drive(base_url: str, users: DemoUsers, learn, requests: int, learn_every: int) -> list[Answered]:
