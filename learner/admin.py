@@ -18,6 +18,7 @@ from learner.snapshot import BudgetState, Snapshot, decode_snapshot, encode_snap
 
 __all__ = [
     "CycleSeen",
+    "LearnedNow",
     "LearnerStatus",
     "ModelSeen",
     "Rollback",
@@ -78,6 +79,14 @@ class Rollback(msgspec.Struct, frozen=True):
     version: int  # the new snapshot
     routes_as: int  # the version it routes as
     parent: int  # the latest before it
+
+
+class LearnedNow(msgspec.Struct, frozen=True):
+    """What one learning cycle asked for by an operator ended on."""
+
+    version: int  # the snapshot the cycle ended on
+    watermark_ms: int
+    published: bool  # False: nothing new arrived, the live snapshot stays
 
 
 class ModelSeen(msgspec.Struct, frozen=True):

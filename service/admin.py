@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from learner.admin import (
-    LearnerStatus, Rollback, SnapshotDetail, SnapshotList, list_snapshots, load_snapshot, roll_back, snapshot_detail,
+    LearnedNow, LearnerStatus, Rollback, SnapshotDetail, SnapshotList, list_snapshots, load_snapshot, roll_back, snapshot_detail,
 )  # fmt: skip
 from learner.ports import LearnerLog, SnapshotStore
 from learner.snapshot import Snapshot
@@ -66,10 +66,12 @@ class Admin:
             self.router.swap(self._align(snap))
         return Rollback(snap.version, version, snap.parent)
 
-    def learn(self) -> Snapshot:
+    def learn(self) -> LearnedNow:
         """One learning cycle now (as ``turnout learn --once``): the snapshot it ends on."""
         with self._lock:
-            return self._learn()
+            before = self.live
+            snap = self._learn()
+        return LearnedNow(snap.version, snap.watermark_ms, snap.version > before)
 
     def clusters(self, since_ms: int, until_ms: int) -> list[ClusterAbout]:
         """What each cluster of the live snapshot is about (stored prompts from [since_ms, until_ms))."""

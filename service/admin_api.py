@@ -23,7 +23,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 
-from learner.admin import LearnerStatus, Rollback, SnapshotDetail, SnapshotList
+from learner.admin import LearnedNow, LearnerStatus, Rollback, SnapshotDetail, SnapshotList
 from learner.snapshot import SnapshotError
 from service.admin import Admin
 from service.bodies import decode_body
@@ -32,16 +32,10 @@ from service.errors import ApiError
 from service.openapi import body_operation
 from service.tenants import AdminGate
 
-__all__ = ["LearnedNow", "admin_routes"]
+__all__ = ["admin_routes"]
 
 _enc = msgspec.json.Encoder()
 _TAGS = ["admin"]
-
-
-class LearnedNow(msgspec.Struct, frozen=True):
-    version: int  # the snapshot the cycle ended on
-    watermark_ms: int
-    published: bool  # False: nothing new arrived, the live snapshot stays
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -107,9 +101,7 @@ def admin_routes(admin: Admin, gate: AdminGate, clock_ms: Callable[[], int] = la
           responses=_spec(LearnedNow, "the snapshot the cycle ended on"))  # fmt: skip
     async def cycle(request: Request) -> Response:
         guard(request)
-        before = admin.live
-        snap = await off_loop(admin.learn)
-        return _json(LearnedNow(snap.version, snap.watermark_ms, snap.version > before))
+        return _json(await off_loop(admin.learn))
 
     routes = [snapshots, snapshot, rollback, learner, cycle]
     if admin.ope is not None and admin.candidate is not None:

@@ -171,7 +171,9 @@ def _ope_from_clickhouse(args: argparse.Namespace):
     admin = getattr(args, "admin", None)
     remote = admin(args) if admin is not None else None
     if remote is not None:
-        return remote.ope(candidate)
+        from simulations.ope import OpeReport
+
+        return msgspec.convert(remote.ope(candidate), OpeReport)
     from feedback.clickhouse import ClickHouseSnapshotStore, connect
 
     data_dir = args.data_dir or os.environ.get("TURNOUT_STORAGE__DATA_DIR", ".turnout")
