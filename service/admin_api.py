@@ -74,8 +74,9 @@ def admin_routes(admin: Admin, gate: AdminGate, clock_ms: Callable[[], int] = la
 
     @get("/v1/admin/snapshots/{version:int}", tags=_TAGS, summary="One snapshot: posteriors, traffic, budgets, drift",
          responses=_spec(SnapshotDetail, "the snapshot"))  # fmt: skip
-    async def snapshot(request: Request, version: int) -> Response:
+    async def snapshot(request: Request) -> Response:
         guard(request)
+        version = request.path_params["version"]
         try:
             return _json(await off_loop(admin.snapshot, version))
         except (LookupError, SnapshotError) as exc:
@@ -84,8 +85,9 @@ def admin_routes(admin: Admin, gate: AdminGate, clock_ms: Callable[[], int] = la
     @post("/v1/admin/snapshots/{version:int}/rollback", tags=_TAGS, status_code=200,
           summary="Publish a new snapshot that routes as {version} did; live in this process at once",
           responses=_spec(Rollback, "the new snapshot"))  # fmt: skip
-    async def rollback(request: Request, version: int) -> Response:
+    async def rollback(request: Request) -> Response:
         guard(request)
+        version = request.path_params["version"]
         try:
             return _json(await off_loop(admin.rollback, version))
         except (LookupError, SnapshotError) as exc:
