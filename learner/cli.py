@@ -9,6 +9,7 @@ the ClickHouse adapter. Either way the same ``learner.admin`` structs are printe
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -40,6 +41,9 @@ def print_list(listing: SnapshotList) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        print(f"turnout snapshot list: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
     remote = _remote(args)
     if remote is not None:
         print_list(remote.snapshots(args.limit))
