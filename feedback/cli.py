@@ -41,19 +41,26 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the batch in hand settled, exit 0
     settings = args.load_settings(args)
-    client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
-    prepare(client, settings.storage.retention())
-    sink = build_sink(settings, ClickHouseRowStore(client), ClickHouseDeadLetterStore(client))
+    port = args.health_port if args.health_port is not None else settings.probes.sink_port
+    probe = sink = None
+    if port is not None:  # a taken port is said (ProbeListenError) before the store is opened
+        from feedback.probe import ProbeServer
+
+        checks = {"/healthz": lambda: sink.liveness(), "/readyz": stop.gate(lambda: sink.readiness())}
+        probe = ProbeServer(settings.probes.host, port, checks)
+    try:
+        client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
+        prepare(client, settings.storage.retention())
+        sink = build_sink(settings, ClickHouseRowStore(client), ClickHouseDeadLetterStore(client))
+    except BaseException:
+        if probe is not None:
+            probe.close()
+        raise
     ev = settings.events
     print(f"turnout sink: {ev.bootstrap_servers} [{ev.decisions_topic}, {ev.feedback_topic}] -> "
           f"{settings.storage.dsn()} (group {ev.sink_group}); SIGTERM stops", flush=True)  # fmt: skip
-    port = args.health_port if args.health_port is not None else settings.probes.sink_port
-    probe = None
-    if port is not None:
-        from feedback.probe import ProbeServer
-
-        checks = {"/healthz": sink.liveness, "/readyz": stop.gate(sink.readiness)}
-        probe = ProbeServer(settings.probes.host, port, checks).start()
+    if probe is not None:
+        probe.start()
         print(f"turnout sink: probes on http://{settings.probes.host}:{probe.port}/healthz and /readyz", flush=True)
     try:
         sink.run(stop.event)  # on the event: the batch in hand is stored and committed, or left uncommitted

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from feedback.chdb_lock import StoreLocked, holder_pid
 from feedback.clickhouse_dedup import TableRows, insert_once
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
@@ -37,6 +38,7 @@ def connect(dsn: str, database: str = "") -> Any:
 
     ``database`` is created if missing (one chDB engine path per process can hold many
     databases). For a server, user and password come from TURNOUT_CLICKHOUSE_USER / _PASSWORD.
+    A chDB directory another process holds raises ``StoreLocked`` (``feedback.chdb_lock``).
     """
     import clickhouse_connect
 
@@ -44,6 +46,9 @@ def connect(dsn: str, database: str = "") -> Any:
     if dsn.startswith("chdb://"):
         path = dsn[len("chdb://") :]
         if path:
+            pid = holder_pid(path)
+            if pid is not None:  # the engine would print its own error and raise a long traceback
+                raise StoreLocked(path, pid)
             Path(path).mkdir(parents=True, exist_ok=True)
     else:
         if os.environ.get("TURNOUT_CLICKHOUSE_USER"):

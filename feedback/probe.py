@@ -11,6 +11,7 @@ touches the work the process does, so a slow batch or cycle cannot make it time 
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,11 +19,15 @@ from typing import Any, Callable, Mapping
 
 import msgspec
 
-__all__ = ["Check", "ProbeServer"]
+__all__ = ["Check", "ProbeListenError", "ProbeServer"]
 
 log = logging.getLogger("turnout.probe")
 
 Check = Callable[[], "tuple[bool, dict[str, Any]]"]
+
+
+class ProbeListenError(Exception):
+    """The probe port cannot be listened on (in use, no permission): a user's mistake, one line."""
 
 
 class ProbeServer:
@@ -52,7 +57,11 @@ class ProbeServer:
             def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no log line each
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+            raise ProbeListenError(f"cannot serve health probes on {host}:{port}: {reason}") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="turnout-probe", daemon=True)
 
@@ -66,6 +75,7 @@ class ProbeServer:
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve loop: never started, none to wait for
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)

@@ -5,6 +5,7 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/feedback``, ``GET /v1/models``
 process is stopping), ``GET /metrics`` (Prometheus text) and the OpenAPI document at
 ``/schema/openapi.json``. With API keys configured, the ``/v1`` routes need
 ``Authorization: Bearer``; ``/healthz``, ``/readyz``, ``/metrics`` and ``/schema`` do not.
+The admin API (``/v1/admin/...``, ``service/admin_api.py``) has keys of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import msgspec
 from litestar import Litestar, Request, Response, asgi, get, post
 
 from feedback.ports import EventSink
+from service.admin import Admin
+from service.admin_api import admin_routes
 from service.chat import ChatService, PolicyWeights, PoolModel
 from service.dashboard import DashboardSources, dashboard_routes
 from service.decisions import DecisionIndex
@@ -31,7 +34,7 @@ from service.routing import Router
 from service.schemas import ChatRequest, FeedbackRequest
 from service.settings import Settings
 from service.state import router_state
-from service.tenants import Caller, TenantDirectory
+from service.tenants import AdminGate, Caller, TenantDirectory
 from service.upstream import Upstream
 
 __all__ = ["Deps", "create_app"]
@@ -58,6 +61,8 @@ class Deps(msgspec.Struct, frozen=True, kw_only=True):
     tenants: TenantDirectory = msgspec.field(default_factory=lambda: TenantDirectory([]))
     extra_state: Callable[[], dict[str, Any]] = lambda: {}
     dashboard: DashboardSources | None = None  # issue 7: what /dashboard reads (service/dashboard.py)
+    admin: Admin | None = None  # issue 11: what /v1/admin/... does (service/admin.py); None: no admin API
+    admin_gate: AdminGate = msgspec.field(default_factory=lambda: AdminGate(()))
     # set when the process stops: /readyz answers 503 (service/serving.py)
     draining: threading.Event = msgspec.field(default_factory=threading.Event)
 
@@ -179,7 +184,8 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
 
     app = Litestar(
         route_handlers=[chat_completions, feedback, models, healthz, readyz, state, metrics,
-                        *dashboard_routes(router, deps.dashboard, caller_of)],  # issue 7: /dashboard, /v1/router/history
+                        *dashboard_routes(router, deps.dashboard, caller_of),  # issue 7: /dashboard, /v1/router/history
+                        *(admin_routes(deps.admin, deps.admin_gate) if deps.admin else ())],  # issue 11: /v1/admin/...
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),

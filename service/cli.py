@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,15 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
               f"({', '.join(rt.prior.models)})", flush=True)  # fmt: skip
     demo: Any = None
 
+    note = settings.storage.dsn().startswith("chdb://")  # the store is ours alone: say where our admin API is
+
     def listening() -> None:
         nonlocal demo
+        if note:
+            from service.holder import Holder, write_holder
+
+            write_holder(settings.storage.data_dir, Holder(where, os.getpid(), "up" if learner else "serve",
+                                                           int(time.time() * 1000)))  # fmt: skip
         print(f"turnout: listening on {where}  (ClickHouse: {settings.storage.dsn()}, "
               f"learning every {settings.learner.interval_s:g} s)" if learner else
               f"turnout: listening on {where} (service only; snapshots polled from ClickHouse)", flush=True)  # fmt: skip
@@ -108,6 +116,10 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
             serve(rt.app, sock, stop=stop.event, draining=rt.draining, delay_s=server.shutdown_delay_s,
                   grace_s=server.shutdown_grace_s, on_listening=listening)  # fmt: skip
     finally:
+        if note:
+            from service.holder import remove_holder
+
+            remove_holder(settings.storage.data_dir, os.getpid())
         if demo is not None:
             demo.stop()
         sock.close()
@@ -133,27 +145,42 @@ def cmd_learn(args: argparse.Namespace) -> int:
     # the learner publishes no events: no Kafka producer (nor spill journal) in this process
     settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(settings.events, backend="inprocess"))
     if args.once:
-        rt = Runtime(settings, learner=True)
-        snap = rt.cycle.run(reason="manual")
-        print(f"snapshot v{snap.version} published (watermark {snap.watermark_ms})")
-        rt.sink.close()
+        remote = _admin(args, must_exist=False)
+        if remote is not None:  # the running service holds the store: its cycle, in its process
+            done = remote.learn()
+            version, watermark, published = done.version, done.watermark_ms, done.published
+        else:
+            rt = Runtime(settings, learner=True)
+            before = rt.router.view.snapshot.version
+            snap = rt.cycle.run(reason="manual")
+            rt.sink.close()
+            version, watermark, published = snap.version, snap.watermark_ms, snap.version > before
+        print(f"snapshot v{version} published (watermark {watermark})" if published else
+              f"nothing new since snapshot v{version} (watermark {watermark}): no snapshot published")  # fmt: skip
         return 0
     stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the cycle in hand finishes, exit 0
     if args.interval_s:
         settings = msgspec.structs.replace(
             settings, learner=msgspec.structs.replace(settings.learner, interval_s=args.interval_s)
         )
-    rt = Runtime(settings, learner=True)
     port = args.health_port if args.health_port is not None else settings.probes.learner_port
-    probe = None
+    probe = rt = None
+    if port is not None:  # a taken port is said before anything slow starts
+        from feedback.probe import ProbeServer
+
+        checks = {"/healthz": lambda: rt.learner_liveness(), "/readyz": stop.gate(lambda: rt.learner_readiness())}
+        probe = ProbeServer(settings.probes.host, port, checks)
+    try:
+        rt = Runtime(settings, learner=True)
+    except BaseException:
+        if probe is not None:
+            probe.close()
+        raise
     try:
         rt.start()
         print(f"turnout learn: a cycle every {rt.settings.learner.interval_s:g} s; SIGTERM or Ctrl-C stops", flush=True)
-        if port is not None:
-            from feedback.probe import ProbeServer
-
-            checks = {"/healthz": rt.learner_liveness, "/readyz": stop.gate(rt.learner_readiness)}
-            probe = ProbeServer(settings.probes.host, port, checks).start()
+        if probe is not None:
+            probe.start()
             where = f"http://{settings.probes.host}:{probe.port}"
             print(f"turnout learn: probes on {where}/healthz and {where}/readyz", flush=True)
         stop.event.wait()
@@ -180,6 +207,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace, must_exist: bool = True):  # -> service.admin_client.AdminClient | None
+    """The admin API of the running service that holds the store (or ``--url``'s); None: open it
+    here. Raises ``AdminError`` for a read command on a data directory that does not exist."""
+    from service.admin_client import reach
+
+    settings = _settings(args)
+    dsn = getattr(args, "clickhouse_dsn", None) or settings.storage.dsn()
+    return reach(getattr(args, "url", None), dsn, settings.storage.data_dir, os.environ, must_exist=must_exist)
+
+
 def _deployment(args: argparse.Namespace):  # -> simulations.replay.Deployment
     from service.runtime import deployment
 
@@ -199,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(load_settings=_settings)  # for commands registered by other packages (turnout sink)
     parser.set_defaults(load_deployment=_deployment)  # for turnout replay / simulate: the product's own settings
     parser.set_defaults(open_stores=_open_stores)  # for learner.cli (turnout snapshot), which may not import service
+    parser.set_defaults(admin=_admin)  # turnout snapshot, ope: the running service's admin API, when it holds the store
 
     up = sub.add_parser("up", help="service, event bus, ClickHouse and learner in one process")
     _serve_args(up)
@@ -215,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--once", action="store_true", help="run one cycle and exit")
     learn.add_argument("--interval-s", type=float, help="seconds between cycles")
     learn.add_argument("--health-port", type=int, help="serve GET /healthz and /readyz on this port (0: a free one)")
+    learn.add_argument("--url", help="--once: the admin API of a running service (default: the one that holds "
+                                     "--data-dir, if any)")
     learn.set_defaults(func=cmd_learn)
 
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
@@ -257,13 +297,24 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     for noisy in ("apscheduler", "httpx", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from feedback.chdb_lock import StoreLocked
+    from feedback.probe import ProbeListenError
+    from service.admin_client import AdminError, held_by
+
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, AdminError, ProbeListenError) as exc:  # a user's mistake: one line, no traceback
         print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    except StoreLocked as exc:
+        print(f"turnout: the embedded ClickHouse in {exc.path} is in use by {held_by(str(Path(exc.path).parent), exc.pid)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): nothing left to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

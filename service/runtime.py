@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ from learner.ports import LearnerLog, RowStore, SnapshotStore
 from learner.recluster import ReclusterParams
 from learner.reward import RewardWeights
 from learner.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot, initial_snapshot
+from learner.admin import LearnerStatus, last_window, recent_windows
+from service.admin import Admin
 from service.app import Deps, create_app
 from service.chat import ChatService, PolicyWeights, PoolModel
 from service.clusters_about import prompt_scope
+from service.config_view import effective_config
 from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.feedback_api import FeedbackDesk
@@ -40,7 +44,7 @@ from service.metrics import Registry
 from service.records import Recorder
 from service.routing import Router
 from service.settings import Settings
-from service.tenants import FeedbackCap
+from service.tenants import AdminGate, FeedbackCap
 from service.upstream import Upstream
 
 __all__ = [
@@ -231,6 +235,8 @@ class Runtime:
         self.client: Any = None
         self._started: float | None = None
         self._learn_attempt: float | None = None
+        self._learn_attempt_ms: int | None = None
+        self.writing = threading.Lock()  # one writer of the snapshot line here: a cycle or a rollback
         self._learn_success: float | None = None
         self._learn_version = 0
         self._learn_failures = 0
@@ -284,11 +290,17 @@ class Runtime:
         dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
             name: b.state for name, b in self.failover.breakers.items()}, drift=self.learner_log.drift_events,
             examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
+        tenants = build_tenants(settings, prior.models)
+        admin = Admin(router=self.router, snapshots=self.snapshots, learner_log=self.learner_log,
+                      align=lambda snap: align(snap, prior), learn=lambda: self.cycle.run(reason="manual"),
+                      status=self.learner_status, config=lambda: effective_config(settings, os.environ),
+                      about=dashboard.about, write_lock=self.writing,
+                      **self._ope_parts())  # fmt: skip
         deps = Deps(
             chat=self.chat, router=self.router, metrics=metrics, breakers=self.failover.breakers, decisions=decisions,
             feedback=feedback, pool=pool, policies=policies, aliases=parts.rules.aliases, upstreams=self.upstreams,
-            sink=self.sink, tenants=build_tenants(settings, prior.models), extra_state=self.event_state,
-            dashboard=dashboard,
+            sink=self.sink, tenants=tenants, extra_state=self.event_state, dashboard=dashboard, admin=admin,
+            admin_gate=AdminGate(settings.server.admin_key_sha256, [h for t in settings.tenants for h in t.api_key_sha256]),
         )  # fmt: skip
         self.draining = deps.draining  # set by the server when the process stops (service/serving.py)
         self.app = create_app(settings, deps)
@@ -331,11 +343,45 @@ class Runtime:
             if snap.version > self.router.view.snapshot.version:
                 self.router.swap(snap)
 
+    def _ope_parts(self) -> dict[str, Any]:
+        """The admin API's off-policy evaluation, on this process's store (``simulations.candidate``):
+        only where the rows are in ClickHouse (the store this process holds, or a server)."""
+        if self.client is None:
+            return {}
+        from simulations.candidate import Candidate, evaluate_candidate
+
+        dep: list[Any] = []  # the offline deployment, built on first use (it reads the pool once more)
+
+        def ope(candidate: Candidate) -> Any:
+            if not dep:
+                dep.append(deployment(self.settings))
+            return evaluate_candidate(self.client, self.snapshots, dep[0], candidate, int(time.time() * 1000))
+
+        return {"candidate": Candidate, "ope": ope}
+
+    def learner_status(self) -> LearnerStatus:
+        """The learner as an operator asks about it (``GET /v1/admin/learner``)."""
+        live = self.router.view.snapshot
+        job = self._scheduler.get_job("learn") if self._scheduler is not None else None
+        upcoming = getattr(job, "next_run_time", None)
+        return LearnerStatus(
+            learner_here=self.learner_enabled, interval_s=self.settings.learner.interval_s, live_version=live.version,
+            watermark_ms=live.watermark_ms, last_cycle_at_ms=self._learn_attempt_ms,
+            last_cycle_version=self._learn_version, last_error=self._learn_error,
+            consecutive_failures=self._learn_failures,
+            next_cycle_at_ms=int(upcoming.timestamp() * 1000) if upcoming is not None else None,
+            cycles=self.cycles, idle_cycles=self.idle_cycles,
+            last_window=last_window(recent_windows(self.learner_log, live.version)),
+            drift_events=list(self.learner_log.drift_events(20)),
+        )  # fmt: skip
+
     def learn_safely(self) -> None:
         self._learn_attempt = time.monotonic()
+        self._learn_attempt_ms = int(time.time() * 1000)
         before = self.router.view.snapshot.version
         try:
-            snap = self.cycle.run()
+            with self.writing:
+                snap = self.cycle.run()
         except Exception as exc:
             self._learn_failures += 1
             self._learn_error = f"{type(exc).__name__}: {exc}"

@@ -50,6 +50,10 @@ class ServerSettings(_Config):
     # docs/pipeline.md, "What a stop guarantees")
     shutdown_delay_s: float = 0.0
     shutdown_grace_s: float = 20.0
+    # who may use /v1/admin/... (snapshots, learner, OPE, config): SHA-256 hex digests of admin
+    # keys, never the keys. None configured: the admin API is open while no tenant has a key, and
+    # closed (403) once one has; a tenant's key never opens it.
+    admin_key_sha256: tuple[str, ...] = ()
 
 
 class StorageSettings(_Config):

@@ -107,5 +107,10 @@ def _check_gateway(s: Settings, source: str) -> None:
         hashes += t.api_key_sha256
     if len(set(hashes)) != len(hashes):
         raise bad("[[tenants]]", "share an api key")
+    for h in s.server.admin_key_sha256:
+        if not re.fullmatch(r"[0-9a-f]{64}", h):
+            raise bad("server.admin_key_sha256", "must hold lowercase SHA-256 hex digests of keys, not keys")
+        if h in hashes:
+            raise bad("server.admin_key_sha256", "holds a tenant's api key: an admin key must be its own")
     if not 0.0 < s.rerequest.min_cosine <= 1.0:
         raise bad("rerequest.min_cosine", "must be in (0, 1]")

@@ -1,6 +1,7 @@
 """Tenants: API keys (kept as SHA-256 digests) to tenants, per-key rate limits, feedback caps.
 
 When no tenant has a key, the service is open and every request belongs to ``default``.
+The admin API (``/v1/admin/...``) has keys of its own (``AdminGate``): a tenant's never opens it.
 When any has, ``Authorization: Bearer <key>`` is required (401 otherwise). A key is looked up
 by its digest, so the process never holds a key it was not just sent, and logs only carry
 ``key_id`` (the first 8 hex digits of the digest).
@@ -18,7 +19,7 @@ import msgspec
 
 from service.errors import ApiError
 
-__all__ = ["ANONYMOUS", "Caller", "FeedbackCap", "RateLimiter", "Tenant", "TenantDirectory", "hash_key"]
+__all__ = ["ANONYMOUS", "AdminGate", "Caller", "FeedbackCap", "RateLimiter", "Tenant", "TenantDirectory", "hash_key"]
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,3 +135,37 @@ class TenantDirectory:
         if wait > 0:
             raise ApiError(429, f"rate limit of {t.rate_limit_rps:g} requests/s for this key exceeded",
                            code="rate_limit_exceeded", headers={"retry-after": str(max(1, math.ceil(wait)))})  # fmt: skip
+
+
+class AdminGate:
+    """Who may call ``/v1/admin/...``: the holders of an admin key (digests, as for tenants).
+
+    No admin key configured: open while the service is open (no tenant has a key), closed once
+    a tenant has one (an operator must choose an admin key, a tenant's never counts). A tenant's
+    key gets 403 (it is known, and not allowed), an unknown or missing one 401.
+    """
+
+    def __init__(self, admin_digests: Sequence[str], tenant_digests: Sequence[str] = ()) -> None:
+        self._admin = frozenset(admin_digests)
+        self._tenants = frozenset(tenant_digests)
+
+    @property
+    def open(self) -> bool:
+        return not self._admin and not self._tenants
+
+    def check(self, authorization: str | None) -> str:
+        """The ``key_id`` of the admin key sent ("" when open); raises ``ApiError`` 401 or 403."""
+        if self.open:
+            return ""
+        if not self._admin:
+            raise ApiError(403, "the admin API is closed: API keys are configured and no server.admin_key_sha256",
+                           code="admin_key_required")  # fmt: skip
+        if not authorization or not authorization[:7].lower() == "bearer ":
+            raise ApiError(401, "missing admin key: send 'Authorization: Bearer <admin key>'", code="invalid_api_key",
+                           headers={"www-authenticate": "Bearer"})  # fmt: skip
+        digest = hash_key(authorization[7:].strip())
+        if digest in self._admin:
+            return digest[:8]
+        if digest in self._tenants:
+            raise ApiError(403, "a tenant's API key cannot use the admin API", code="admin_key_required")
+        raise ApiError(401, "invalid admin key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})

@@ -131,13 +131,16 @@ def cmd_ope(args: argparse.Namespace) -> int:
 
     try:
         if args.file:
-            logged = from_rounds(read_rounds(args.file))
+            _positive("--clip", args.clip)
+            if not 0.0 < args.level < 1.0:
+                raise ValueError(f"--level must be in (0, 1), got {args.level:g}")
+            report = estimate(from_rounds(read_rounds(args.file)), clip=args.clip, level=args.level,
+                              min_ess=args.min_ess)  # fmt: skip
         else:
-            logged = _logged_from_clickhouse(args)
-    except (OSError, ValueError) as exc:
+            report = _ope_from_clickhouse(args)
+    except (OSError, ValueError, msgspec.ValidationError) as exc:
         print(f"turnout ope: {exc}", file=sys.stderr)
         return 2
-    report = estimate(logged, clip=args.clip, level=args.level, min_ess=args.min_ess)
     if args.json:
         _print_json(report)
     else:
@@ -155,32 +158,36 @@ def cmd_ope(args: argparse.Namespace) -> int:
     return 0
 
 
-def _logged_from_clickhouse(args: argparse.Namespace):
+def _ope_from_clickhouse(args: argparse.Namespace):
+    """The candidate evaluated by the running process that holds the store (its admin API), or
+    here on a store no process holds (``simulations.candidate``: one code path for both)."""
+    from simulations.candidate import Candidate, evaluate_candidate
+
+    candidate = Candidate(snapshot=args.snapshot, cost_weight=args.cost_weight,
+                          exclude_models=tuple(args.exclude_model), since_ms=_ms(args.since, 0),
+                          until_ms=_ms(args.until, 0) or None, tenant=args.tenant, clip=args.clip,
+                          level=args.level, min_ess=args.min_ess)  # fmt: skip
+    candidate.check()
+    admin = getattr(args, "admin", None)
+    remote = admin(args) if admin is not None else None
+    if remote is not None:
+        from simulations.ope import OpeReport
+
+        return msgspec.convert(remote.ope(candidate), OpeReport)
     from feedback.clickhouse import ClickHouseSnapshotStore, connect
-    from learner.snapshot import decode_snapshot
-    from simulations.logs import candidate_target, read_decisions, to_logged
 
     data_dir = args.data_dir or os.environ.get("TURNOUT_STORAGE__DATA_DIR", ".turnout")
     dsn = args.clickhouse_dsn or os.environ.get("TURNOUT_STORAGE__CLICKHOUSE_DSN") or \
         "chdb://" + str((Path(data_dir) / "clickhouse").resolve())  # fmt: skip
     database = args.database or os.environ.get("TURNOUT_STORAGE__CLICKHOUSE_DATABASE", "turnout")
     client = connect(dsn, database)
-    store = ClickHouseSnapshotStore(client)
-    blob = store.get(args.snapshot) if args.snapshot else store.latest()
-    if blob is None:
-        raise ValueError(f"no snapshot {args.snapshot or '(latest)'} in {dsn} / {database}")
-    snap = decode_snapshot(blob)
-    logs = read_decisions(client, _ms(args.since, 0), _ms(args.until, int(time.time() * 1000)), args.tenant)
-    if not logs.arms:
-        raise ValueError("no routed decisions with feedback in that time range")
-    dep = args.load_deployment(args)
-    if dep.pool_prices is None or dep.pool_prices.models != snap.models:
-        raise ValueError(f"snapshot v{snap.version} routes {', '.join(snap.models)}, the configured pool differs: "
-                         f"pass the --config the service runs with")  # fmt: skip
-    weight = dep.cost_weight if args.cost_weight is None else args.cost_weight
-    target = candidate_target(logs, snap, dep.pool_prices, dep.routing, weight, dep.latency_weight,
-                              exclude=tuple(args.exclude_model))  # fmt: skip
-    return to_logged(logs, snap.models, target)
+    try:
+        return evaluate_candidate(client, ClickHouseSnapshotStore(client), args.load_deployment(args), candidate,
+                                  int(time.time() * 1000))  # fmt: skip
+    except ValueError as exc:
+        if "no snapshot" in str(exc):
+            raise ValueError(f"{exc} ({dsn} / {database})") from None
+        raise
 
 
 def _replay_parser(sub: argparse._SubParsersAction) -> None:
@@ -230,6 +237,8 @@ def _ope_parser(sub: argparse._SubParsersAction) -> None:
     ch.add_argument("--cost-weight", type=float, help="candidate's cost weight (default: router.cost_weight)")
     ch.add_argument("--exclude-model", action="append", default=[], help="remove a model from the candidate's pool")
     ch.add_argument("--config", help="the service's TOML configuration (pool prices, router settings)")
+    ch.add_argument("--url", help="the admin API of a running service, which evaluates with its own configuration "
+                                  "(default: the one that holds --data-dir, if any)")
     p.set_defaults(func=cmd_ope)
 
 

@@ -1,4 +1,4 @@
-"""deploy/README.md and docs/dashboard.md name only commands, settings, values and metrics that exist."""
+"""deploy/README.md, docs/dashboard.md and docs/operations.md name only commands, settings, values and metrics that exist."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from service.settings import Settings
 from tests.deploy.checks import DEPLOY, ROOT, parse_command
 
-DOCS = [DEPLOY / "README.md", ROOT / "docs" / "dashboard.md"]
+DOCS = [DEPLOY / "README.md", ROOT / "docs" / "dashboard.md", ROOT / "docs" / "operations.md"]
 
 
 def _spans(text: str) -> list[str]:

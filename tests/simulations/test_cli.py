@@ -138,3 +138,24 @@ def test_progress_bar_draws_to_its_stream_only_when_enabled():
     with Progress(10, "replay", stream=quiet) as bar:  # a StringIO is not a terminal
         bar.advance(10)
     assert quiet.getvalue() == ""
+
+
+def test_progress_writes_a_line_every_few_seconds_where_stderr_is_no_terminal():
+    import io
+
+    from simulations.progress import Progress
+
+    ticks = iter(range(0, 1000, 2))  # each reading of the clock is 2 s later
+    buf = io.StringIO()
+    with Progress(10, "replay", stream=buf, every_s=5.0, clock=lambda: float(next(ticks))) as bar:
+        for _ in range(10):
+            bar.advance()
+    lines = buf.getvalue().splitlines()
+    # a line at the first reading 5 s or more after the last one, and one at the end
+    assert lines == ["replay: 3/10 (30%), 6 s, eta 14 s", "replay: 6/10 (60%), 12 s, eta 8 s",
+                     "replay: 9/10 (90%), 18 s, eta 2 s", "replay: 10/10 (100%), 22 s, eta 0 s"]
+    assert "\r" not in buf.getvalue()  # no bar drawn into a log
+    nothing = io.StringIO()
+    with Progress(10, "replay", stream=nothing, enabled=False, clock=lambda: float(next(ticks))) as bar:
+        bar.advance(10)
+    assert nothing.getvalue() == ""

@@ -1,0 +1,72 @@
+"""A user's mistake on the command line: exit code 2, one line naming it, no traceback, nothing created.
+
+Each row runs ``turnout`` as a process, as a user would (the long-running commands install
+signal handlers, which a test process must not get).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT
+
+MISSING = "no/such/data-dir"
+
+
+def _turnout(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    env.update(TURNOUT_ROUTER__EMBEDDER="hashing", TURNOUT_SERVER__LOG_FORMAT="text")
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=cwd)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def taken_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def outcome_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("outcomes") / "o.jsonl"
+    path.write_text('{"id": "1", "prompt": "hi", "models": {"a": {"score": 1.0, "cost_usd": 0.1}}}\n')
+    return path
+
+
+# (args, what the one line must say); PORT, FILE and DIR are filled in per test
+BAD = [
+    (["learn", "--health-port", "PORT", "--data-dir", "DIR/learn"], "cannot serve health probes on 127.0.0.1:PORT: address already in use"),
+    (["sink", "--health-port", "PORT", "--data-dir", "DIR/sink"], "cannot serve health probes on 127.0.0.1:PORT: address already in use"),
+    (["snapshot", "list", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
+    (["snapshot", "show", "1", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
+    (["snapshot", "rollback", "1", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
+    (["ope", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
+    (["snapshot", "list", "--limit", "0", "--data-dir", MISSING], "--limit must be >= 1"),
+    (["ope", "--data-dir", MISSING, "--cost-weight", "-1"], "cost_weight must be a finite number >= 0"),
+    (["ope", "--data-dir", MISSING, "--clip", "0"], "clip must be > 0"),
+    (["ope", "FILE", "--level", "1.5"], "--level must be in (0, 1)"),
+    (["replay", "FILE", "--passes", "0"], "--passes must be > 0"),
+    (["replay", "DIR/missing.jsonl"], "missing.jsonl"),
+    (["simulate", "--scenario", "stationary", "--steps", "0"], "--steps"),
+    (["simulate", "--scenario", "stationary", "--seeds", "0"], "--seeds"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
+def test_a_bad_flag_is_one_line_and_exit_2(args, needle, tmp_path, taken_port, outcome_file):
+    fill = lambda s: s.replace("PORT", str(taken_port)).replace("FILE", str(outcome_file)).replace("DIR", str(tmp_path))  # noqa: E731
+    proc = _turnout([fill(a) for a in args], tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("turnout") and fill(needle) in lines[0], proc.stderr
+    assert not (tmp_path / "no").exists() and not (tmp_path / ".turnout").exists()  # nothing created
+    assert not (ROOT / MISSING).exists()
