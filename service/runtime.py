@@ -292,7 +292,7 @@ class Runtime:
             examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
         tenants = build_tenants(settings, prior.models)
         admin = Admin(router=self.router, snapshots=self.snapshots, learner_log=self.learner_log,
-                      align=lambda snap: align(snap, prior), learn=lambda: self.cycle.run(reason="manual"),
+                      align=lambda snap: align(snap, prior), learn=lambda: self.learn_now(reason="manual"),
                       status=self.learner_status, config=lambda: effective_config(settings, os.environ),
                       about=dashboard.about, write_lock=self.writing,
                       **self._ope_parts())  # fmt: skip
@@ -375,23 +375,31 @@ class Runtime:
             drift_events=list(self.learner_log.drift_events(20)),
         )  # fmt: skip
 
-    def learn_safely(self) -> None:
+    def learn_now(self, reason: str = "scheduled") -> Snapshot:
+        """One learning cycle, counted in the learner's status (scheduled, or on demand through the
+        admin API, which holds ``writing`` already). Raises what the cycle raised."""
         self._learn_attempt = time.monotonic()
         self._learn_attempt_ms = int(time.time() * 1000)
         before = self.router.view.snapshot.version
         try:
-            with self.writing:
-                snap = self.cycle.run()
+            snap = self.cycle.run(reason=reason)
         except Exception as exc:
             self._learn_failures += 1
             self._learn_error = f"{type(exc).__name__}: {exc}"
-            log.exception("learning cycle failed; the live snapshot stays")
-            return
+            raise
         self._learn_failures, self._learn_error = 0, ""
         published = snap.version > before
         self._learn_success, self._learn_version = time.monotonic(), snap.version
         self.cycles += published
         self.idle_cycles += not published  # a cycle that found nothing new published nothing
+        return snap
+
+    def learn_safely(self) -> None:
+        try:
+            with self.writing:
+                self.learn_now()
+        except Exception:
+            log.exception("learning cycle failed; the live snapshot stays")
 
     def _learn_details(self) -> dict[str, Any]:
         now = time.monotonic()

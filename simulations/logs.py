@@ -124,7 +124,7 @@ def candidate_target(
         raise ValueError(f"logged embeddings have dim {logs.embeddings.shape[1]}, the snapshot {snapshot.dim}")
     unknown = [name for name in exclude if name not in snapshot.models]
     if unknown:
-        raise ValueError(f"--exclude-model: {', '.join(unknown)} not in the snapshot's pool ({', '.join(snapshot.models)})")
+        raise ValueError(f"excluded model {', '.join(unknown)} is not in the snapshot's pool ({', '.join(snapshot.models)})")
     allowed = np.array([name not in exclude for name in snapshot.models])
     if not allowed.any():
         raise ValueError("the candidate excludes every model")

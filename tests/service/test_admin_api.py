@@ -65,6 +65,9 @@ def test_learner_status_and_a_cycle_on_demand(live, runtime):
     assert seen["version"] == done["version"] and seen["decisions"] == 8 and seen["feedback"] == 8
     assert sum(m["decisions"] for m in seen["models"].values()) == 8
     assert status["drift_events"] == [] and status["next_cycle_at_ms"] is None  # the fixture starts no scheduler
+    # cycles on demand count in the status like scheduled ones
+    assert (status["cycles"], status["idle_cycles"], status["last_cycle_version"]) == (1, 1, done["version"])
+    assert status["last_cycle_at_ms"] is not None
 
 
 def test_ope_of_a_candidate_is_computed_by_the_service(live, runtime):
