@@ -16,9 +16,12 @@ entries of one *context* (everything but the last user message: the model or pol
 the system prompt, the conversation before, sampling parameters) and one cluster of the live
 clustering form a bucket, so the search never crosses contexts and only reads a small matrix.
 A bucket is cut into cells of at most ``cell_rows`` rows (a cell that grows past that is split
-in two by 2-means); a lookup scans the ``probe`` cells whose centres are nearest the prompt.
-Precision is exact (a hit has cosine >= ``similarity``); recall is approximate (a neighbour just
-across a cell boundary can be missed: a miss, never a wrong answer).
+in two by 2-means) holding the embeddings (or, with ``index_dim``, a projection of them); a lookup
+scans the ``probe`` cells whose centres are nearest the prompt and compares the ``verify`` best of
+each in full. Precision is exact (a hit has cosine >= ``similarity`` in full); recall is approximate (a
+neighbour across a cell boundary, or ranked low by the projection, can be missed: a miss, never a
+wrong answer). References: Jegou, Douze & Schmid, Product quantization for nearest neighbor
+search (2011), for the inverted file of cells; Johnson & Lindenstrauss (1984) for the projection.
 
 **Bounds.** An entry expires ``ttl_s`` after it was stored; the cache holds at most
 ``max_entries`` entries and ``max_bytes`` bytes (text + embedding + keys + a fixed overhead),
@@ -50,8 +53,13 @@ class CacheParams(msgspec.Struct, frozen=True):
     max_bytes: int = 256_000_000
     similarity: float = 0.95  # cosine a semantic hit needs
     semantic: bool = True
-    cell_rows: int = 256  # rows of one cell of a bucket before it is split
+    cell_rows: int = 128  # rows of one cell of a bucket before it is split (bench/overhead.py chose it)
     probe: int = 2  # cells scanned per semantic lookup
+    # the cells may hold embeddings projected to fewer dimensions, the ``verify`` best of each cell
+    # then compared in full; on the 2-core machine of bench/overhead.py the projection cost more
+    # than it saved (and lost recall: 95% at 128 dimensions against 95% in full, 90% at 64)
+    index_dim: int = 0  # 0: cells hold the embeddings as they are
+    verify: int = 1
     max_hit_ids: int = 200_000  # decision ids of hits remembered, for feedback on them
 
 
@@ -140,22 +148,34 @@ class _Bucket:
             del self.cells[i]
             self.centres = np.delete(self.centres, i, axis=0)
 
-    def nearest(self, emb: np.ndarray, probe: int) -> tuple[str, float] | None:
-        """The closest entry among the ``probe`` nearest cells: (source id, cosine)."""
+    def candidates(self, emb: np.ndarray, probe: int, k: int) -> tuple[list[str], list[float]]:
+        """The ``k`` closest entries (in the index's space) of each of the ``probe`` nearest cells,
+        with their cosines there (exact when the cells hold the embeddings as they are)."""
         if len(self.cells) == 1:
             cells = self.cells
         else:
-            near = np.argsort(-(self.centres @ emb))[:probe]
-            cells = [self.cells[i] for i in near]
-        best, best_id = -2.0, ""
+            sims = self.centres @ emb
+            cells = []
+            for _ in range(min(probe, len(sims))):  # probe is small: argmax a few times beats a sort
+                i = int(sims.argmax())
+                cells.append(self.cells[i])
+                sims[i] = -np.inf
+        ids: list[str] = []
+        cos: list[float] = []
         for cell in cells:
             n = len(cell.ids)
-            if n:
-                sims = cell.rows[:n] @ emb
-                j = int(np.argmax(sims))
-                if sims[j] > best:
-                    best, best_id = float(sims[j]), cell.ids[j]
-        return (best_id, best) if best_id else None
+            if not n:
+                continue
+            sims = cell.rows[:n] @ emb
+            if k == 1:
+                j = int(sims.argmax())
+                ids.append(cell.ids[j])
+                cos.append(float(sims[j]))
+            else:
+                top = np.argpartition(sims, n - k)[n - k :] if n > k else range(n)
+                ids += [cell.ids[j] for j in top]
+                cos += [float(sims[j]) for j in top]
+        return ids, cos
 
     def _split(self, i: int) -> None:
         """Cut cell ``i`` in two by 2-means (deterministic: seeded by its farthest rows)."""
@@ -222,10 +242,15 @@ class Space:
         bucket = self._buckets.get((context_key, clustering, cluster))
         if bucket is None:
             return None
-        found = bucket.nearest(embedding, p.probe)
-        if found is None or found[1] < p.similarity:
+        ids, sims = bucket.candidates(self._cache._index(embedding), p.probe, p.verify)
+        if not ids:
             return None
-        return self._fresh(found[0], "semantic", found[1], now_s)
+        if self._cache._index_dim(len(embedding)) != len(embedding):  # projected: the full cosines decide
+            sims = list(np.stack([self._entries[i].embedding for i in ids]) @ embedding)
+        j = max(range(len(ids)), key=sims.__getitem__)
+        if sims[j] < p.similarity:
+            return None
+        return self._fresh(ids[j], "semantic", float(sims[j]), now_s)
 
     def _fresh(self, sid: str, kind: Literal["exact", "semantic"], sim: float, now_s: float) -> Hit | None:
         entry = self._entries[sid]
@@ -248,8 +273,9 @@ class Space:
         key = (entry.context_key, entry.clustering, entry.cluster)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(len(entry.embedding), self._cache.params.cell_rows)
-        bucket.add(sid, np.asarray(entry.embedding, dtype=np.float32))
+            bucket = self._buckets[key] = _Bucket(self._cache._index_dim(len(entry.embedding)),
+                                                  self._cache.params.cell_rows)  # fmt: skip
+        bucket.add(sid, self._cache._index(entry.embedding))
         self._cache._added(self, entry)
         return True
 
@@ -286,6 +312,7 @@ class AnswerCache:
         self._hits: collections.OrderedDict[str, str] = collections.OrderedDict()  # hit decision id -> source id
         self.bytes = 0
         self.evicted: dict[str, int] = {r: 0 for r in EVICTION_REASONS}
+        self._proj: dict[int, np.ndarray] = {}  # embedding dim -> (dim, index_dim) projection
 
     def __len__(self) -> int:
         return len(self._order)
@@ -325,6 +352,25 @@ class AnswerCache:
         return dropped
 
     # -- bookkeeping, called by ``Space`` ------------------------------------------------------
+
+    def _index_dim(self, dim: int) -> int:
+        k = self.params.index_dim
+        return dim if k <= 0 or k >= dim else k
+
+    def _index(self, emb: np.ndarray) -> np.ndarray:
+        """The embedding (d,) as the cells hold it: a fixed random projection to ``index_dim``
+        dimensions, unit norm (Johnson-Lindenstrauss: near neighbours stay near), so a lookup
+        reads a quarter of the bytes; candidates are then compared in full."""
+        emb = np.asarray(emb, dtype=np.float32)
+        d = len(emb)
+        k = self._index_dim(d)
+        if k == d:
+            return emb
+        proj = self._proj.get(d)
+        if proj is None:  # seeded: the same projection in every process and run
+            proj = self._proj[d] = (np.random.default_rng(14).standard_normal((d, k)) / np.sqrt(k)).astype(np.float32)
+        low = emb @ proj
+        return low / max(float(np.linalg.norm(low)), 1e-12)
 
     def _touch(self, sid: str) -> None:
         self._order.move_to_end(sid)

@@ -10,7 +10,8 @@ module decides, per request:
 - **where**: the namespace of the authenticated caller's tenant (and user), nothing else.
 - **the keys**: the request body without ``stream``, ``stream_options`` and ``user``, message
   texts with their whitespace collapsed, encoded with sorted keys (exact key); the same with the
-  last user message left out (context key: semantic hits must agree on everything else).
+  last user message left out but its numbers kept (context key: semantic hits must agree on
+  everything else, and on every number asked about: embeddings barely see a changed digit).
 - **admission**: an answer is offered only when it finished (``stop``), and kept only when the
   model that gave it has a posterior mean of at least ``min_quality`` in the prompt's cluster of
   the live view. A hit is served only if its model is still among the request's candidates (rules,
@@ -39,7 +40,7 @@ from service.tenants import Caller
 
 __all__ = ["Ask", "ResponseCache"]
 
-_WS = re.compile(r"\s+")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _dict_dec = msgspec.json.Decoder(dict)
 _enc = msgspec.json.Encoder(order="sorted")
 _NOT_KEYED = ("stream", "stream_options", "user")
@@ -56,7 +57,7 @@ class Ask(msgspec.Struct, frozen=True):
 
 def _norm(content: Any) -> Any:
     if isinstance(content, str):
-        return _WS.sub(" ", content).strip()
+        return " ".join(content.split())
     if isinstance(content, list):
         return [dict(p, text=_norm(p["text"])) if isinstance(p, dict) and isinstance(p.get("text"), str) else p
                 for p in content]  # fmt: skip
@@ -72,7 +73,10 @@ def request_keys(raw: bytes) -> tuple[bytes, bytes]:
     body["messages"] = messages
     exact = hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
     last = max(i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user")
-    body["messages"] = messages[:last] + [{"role": "user", "content": None}] + messages[last + 1 :]
+    # the numbers of the question stay in the context: "3x + 7 = 22" and "3x + 7 = 25" embed alike
+    content = messages[last].get("content")
+    numbers = _NUMBER.findall(content if isinstance(content, str) else _enc.encode(content).decode())
+    body["messages"] = messages[:last] + [{"role": "user", "content": None, "numbers": numbers}] + messages[last + 1 :]
     return exact, hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
 
 

@@ -152,7 +152,7 @@ def test_a_space_emptied_meanwhile_still_stores_where_lookups_read():
 
 def test_cells_split_and_lookups_still_find_near_duplicates():
     rng = np.random.default_rng(0)
-    base = rng.standard_normal((3000, 64)).astype(np.float32)
+    base = rng.standard_normal((3000, 256)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     cache = AnswerCache(CacheParams(similarity=0.9, cell_rows=64))
     space = cache.space("a")
@@ -169,3 +169,16 @@ def test_cells_split_and_lookups_still_find_near_duplicates():
     for i in range(0, 3000, 2):
         space.drop(f"d{i}", "feedback")
     assert len(space) == 1500 and sum(len(c.ids) for c in bucket.cells) == 1500
+
+
+def test_a_projected_index_still_judges_hits_in_full():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((600, 256)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    cache = AnswerCache(CacheParams(similarity=0.99, cell_rows=32, index_dim=32, verify=4))
+    space = cache.space("a")
+    for i, e in enumerate(base):
+        space.store(entry(f"d{i}", f"p{i}", emb=e))
+    found = [space.lookup(b"none", b"ctx", 0, 0, e, 0.0) for e in base]
+    assert sum(h is not None and h.entry.source_decision_id == f"d{i}" for i, h in enumerate(found)) >= 0.9 * 600
+    assert all(h is None or h.similarity >= 0.99 for h in found)
