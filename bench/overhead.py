@@ -88,10 +88,12 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
 
     # distinct prompts: the topics' sentences, each with two words of RouterBench's vocabulary (near
     # neighbours of one another: the worst case for the semantic search); no digits, which the keys keep
-    words = sorted({w for f in Path("data/routerbench").glob("*.jsonl") for w in re.findall(r"[a-z]{5,}", f.read_text())})
-    rng = np.random.default_rng(2)
-    texts = list(dict.fromkeys(f"{p} Mention {words[a]} and {words[b]}." for p, (a, b) in
-                               zip(_prompts(2 * (entries + lookups), seed=2), rng.integers(len(words), size=(2 * (entries + lookups), 2)))))[: entries + lookups]  # fmt: skip
+    corpus = Path(__file__).resolve().parents[1] / "data" / "routerbench"
+    words = sorted({w for f in corpus.glob("*.jsonl") for w in re.findall(r"[a-z]{5,}", f.read_text())})
+    n = 2 * (entries + lookups)  # drawn twice over: duplicates are dropped
+    pairs = np.random.default_rng(2).integers(len(words), size=(n, 2))
+    made = (f"{p} Mention {words[a]} and {words[b]}." for p, (a, b) in zip(_prompts(n, seed=2), pairs))
+    texts = list(dict.fromkeys(made))[: entries + lookups]
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_CACHE__ENABLED": "true",
                                         "TURNOUT_CACHE__MAX_ENTRIES": str(entries),
@@ -105,9 +107,10 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
         callers = [Caller(Tenant(name=f"tenant-{t}")) for t in range(tenants)]
         for i, (text, emb, c) in enumerate(zip(stored, embs, clusters)):
             exact, context = request_keys(body(text))
-            cache.cache.space(callers[i % tenants].tenant.name).store(Entry(source_decision_id=f"d{i}", exact_key=exact, context_key=context,
-                              clustering=view.snapshot.clustering, cluster=int(c), embedding=emb, model=view.models[0],
-                              text="a cached answer " * 20, stored_at_s=cache.clock()))  # fmt: skip
+            entry = Entry(source_decision_id=f"d{i}", exact_key=exact, context_key=context,
+                          clustering=view.snapshot.clustering, cluster=int(c), embedding=emb, model=view.models[0],
+                          text="a cached answer " * 20, stored_at_s=cache.clock())  # fmt: skip
+            cache.cache.space(callers[i % tenants].tenant.name).store(entry)
         rng = np.random.default_rng(3)
         picks = rng.integers(entries, size=lookups // 2)
         asked = [(stored[int(j)], callers[int(j) % tenants]) for j in picks]  # stored: hits, by their tenant
@@ -133,7 +136,7 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
             routed = rt.chat.route(ChatRequest(model="auto", temperature=0, messages=[Message(role="user", content=text)]))
             ask = cache.ask(raw, 0, callers[i % tenants], "", {})
             t0 = time.perf_counter()
-            cache.offer(ask, routed, view, f"n{i}", view.models[0], "a fresh answer", "stop", 10, 20, 0.001)  # type: ignore[arg-type]
+            cache.offer(ask, routed, view, f"n{i}", view.models[0], "an answer", "stop", 10, 20, 0.001)  # type: ignore
             offers.append(time.perf_counter() - t0)
         cells = [len(b.cells) for s in cache.cache._spaces.values() for b in s._buckets.values()]
         rt.stop()

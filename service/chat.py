@@ -303,7 +303,8 @@ class ChatService:
         turn = self._begin(raw, caller, headers, started)
         ask, hit = self._cached(turn, raw, headers)
         if hit is not None:  # answered without calling any provider
-            return Answer(ResponseCache.body(hit, turn.decision_id, turn.routed.prompt_tokens), self._hit_headers(turn, hit))
+            body = ResponseCache.body(hit, turn.decision_id, turn.routed.prompt_tokens)
+            return Answer(body, self._hit_headers(turn, hit))
         upstream_hist = self.metrics.upstream
 
         async def call(name: str) -> Completion:
@@ -390,7 +391,6 @@ class ChatService:
         status, prompt_tokens, completion_tokens = "ok", 0, 0
         errors = [f"{a.model}: {a.error}" for a in attempts]
         texts: list[str] = []  # the answer, for the response cache
-        finish = ""
         yield frame(Delta(role="assistant", content=""))
         try:
             chunk: Chunk | None = first
