@@ -1,6 +1,7 @@
 """Gateway overhead, side by side: Turnout and LiteLLM's proxy in front of the same upstream.
 
     python -m bench.gateway [--rates 50,100,200,300,400] [--litellm-rates 10,20,50,100] [--duration-s 10]
+    python -m bench.gateway --cache [--rates ...]     # repeated prompts: the response cache
 
 1. A zero-latency OpenAI-compatible upstream (``bench.upstream``) in its own process.
 2. Turnout (``turnout up``: service, in-process event bus, embedded ClickHouse, learner) with three
@@ -11,6 +12,12 @@
    highest whose p99 overhead stays under 1 s (beyond, it queues) is its saturation rate.
 CPU per request is read from /proc for each gateway's processes. The machine may be shared:
 run twice and compare ratios, not absolute figures.
+
+``--cache``: Turnout with ``[cache] enabled`` (``min_quality = 0.5``, so every model of the bench
+pool may be cached) and no LiteLLM. The same eight prompts at temperature 0 go through it twice
+at each rate: with ``x-turnout-cache: off`` (the uncached path, every request calls the
+upstream) and without (after the warm-up every request is a hit). The upstream calls Turnout
+made during the cached runs are read from its ``/metrics`` and printed (0: hits call no provider).
 """
 
 from __future__ import annotations
@@ -121,7 +128,7 @@ def _tansu() -> str:
     return str(path) if path.exists() else (shutil.which("tansu") or "tansu")
 
 
-def _start_turnout(port: int, upstream: int, tmp: Path, topology: str) -> list[subprocess.Popen]:
+def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bool = False) -> list[subprocess.Popen]:
     """``up``: one process (service, in-process event bus into embedded ClickHouse, learner).
     ``kafka``: ``turnout serve`` publishing events to a Tansu broker, and ``turnout sink`` storing
     them (the production shape: no ClickHouse work in the service process). First process: the
@@ -141,6 +148,8 @@ def _start_turnout(port: int, upstream: int, tmp: Path, topology: str) -> list[s
                                        "--storage-engine", "memory://tansu/"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
         events = f'[events]\nbackend = "kafka"\nbootstrap_servers = "127.0.0.1:{broker}"\n\n'
+    if cache:
+        events += "[cache]\nenabled = true\nmin_quality = 0.5\n\n"
     (tmp / "turnout.toml").write_text(
         f'[server]\nlog_format = "text"\n\n{events}[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
     )
@@ -170,6 +179,14 @@ def _start_litellm(binary: str, port: int, upstream: int, tmp: Path, workers: in
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "litellm.log", "w"))  # fmt: skip
 
 
+def _metric(port: int, prefix: str) -> float:
+    """The sum of the series of Turnout's /metrics whose line starts with ``prefix``."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def _stop(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -185,7 +202,7 @@ def _overhead(target: Target, direct: Target, rate: float, p: float) -> float:
     return target.results[rate].pct_ms(p) - direct.results[rate].pct_ms(p)
 
 
-def _report(direct: Target, gateways: list[Target], rates: list[float]) -> dict:
+def _report(direct: Target, gateways: list[Target], rates: list[float], against_litellm: bool = True) -> dict:
     print(f"\n{'rate/s':>7} {'target':<9} {'ok':>6} {'err':>4} " + " ".join(f"{'p' + str(p) + ' ms':>9}" for p in P_LEVELS)
           + " " + " ".join(f"{'ovh p' + str(p):>9}" for p in P_LEVELS) + f" {'cpu ms/req':>10}")  # fmt: skip
     summary: dict = {"rates": {}, "sustained": {}}
@@ -213,7 +230,7 @@ def _report(direct: Target, gateways: list[Target], rates: list[float]) -> dict:
           + ", ".join(f"{n} {r:g}/s" for n, r in summary["sustained"].items()))  # fmt: skip
     print(f"highest rate kept up with (p99 overhead < {KEEPS_UP_MS / 1000:g} s, no errors): "
           + ", ".join(f"{n} {r:g}/s" for n, r in summary["keeps_up"].items()))  # fmt: skip
-    if len(gateways) == 2:
+    if len(gateways) == 2 and against_litellm:
         t, other = gateways
         at = 50.0
         if at in t.results and at in other.results:
@@ -241,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topology", choices=("up", "kafka"), default="up",
                    help="up: one process with embedded ClickHouse (default); kafka: serve + broker + sink")
     p.add_argument("--json", help="also write the summary here")
+    p.add_argument("--cache", action="store_true",
+                   help="repeated prompts through Turnout's response cache, beside its uncached path (no LiteLLM)")
     args = p.parse_args(argv)
+    if args.cache:
+        args.litellm = ""
     rates = [float(r) for r in args.rates.split(",")]
     litellm_rates = [float(r) for r in args.litellm_rates.split(",")]
     procs: list[subprocess.Popen] = []
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             up_port, t_port, l_port = _free_port(), _free_port(), _free_port()
             procs.append(_start_upstream(up_port))
-            turnout_procs = _start_turnout(t_port, up_port, tmp, args.topology)
+            turnout_procs = _start_turnout(t_port, up_port, tmp, args.topology, args.cache)
             turnout = turnout_procs[0]
             procs += turnout_procs
             litellm = None
@@ -263,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError:
                 print((tmp / "turnout.log").read_text()[-3000:], file=sys.stderr)
                 raise
-            body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}]})
+            body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}],
+                                        **({"temperature": 0} if args.cache else {})})  # fmt: skip
             direct = Target("direct", up_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"bench"), {})
             auth = {"authorization": f"Bearer {BENCH_KEY}"}
-            gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth,
-                               turnout, turnout_procs[1:], rates)]  # fmt: skip
+            gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"),
+                               {**auth, "x-turnout-cache": "off"} if args.cache else auth, turnout,
+                               turnout_procs[1:], rates)]  # fmt: skip
+            if args.cache:  # the same requests, answered from the cache after the warm-up
+                gateways.append(Target("cached", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"),
+                                       auth, turnout, turnout_procs[1:], rates))  # fmt: skip
+            upstream_calls: dict[float, float] = {}
             if litellm is not None:
                 try:
                     _wait_http(l_port, "/health/liveliness", proc=litellm)
@@ -291,14 +318,24 @@ def main(argv: list[str] | None = None) -> int:
                 for t in gateways:
                     if t.name in saturated or rate not in t.rates:
                         continue
+                    calls = _metric(t_port, "turnout_upstream_latency_seconds_count") if t.name == "cached" else 0.0
                     res = t.run(rate, args.duration_s, args.warmup_s)
+                    if t.name == "cached":
+                        upstream_calls[rate] = _metric(t_port, "turnout_upstream_latency_seconds_count") - calls
+                        print(f"  {rate:g}/s cached: {res.sent} requests, {upstream_calls[rate]:g} upstream calls",
+                              flush=True)  # fmt: skip
                     ovh = _overhead(t, direct, rate, 99)
                     print(f"  {rate:g}/s {t.name}: p99 overhead {ovh:.2f} ms, errors {res.errors}", flush=True)
                     if ovh > 3 * KEEPS_UP_MS or res.errors > res.sent // 10:
                         saturated.add(t.name)  # far past saturation: higher rates say nothing more
                     time.sleep(1.0)
-            summary = _report(direct, gateways, all_rates)
+            summary = _report(direct, gateways, all_rates, against_litellm=not args.cache)
             summary["topology"] = args.topology
+            if args.cache:
+                summary["cached_upstream_calls"] = {str(r): n for r, n in upstream_calls.items()}
+                summary["cache_hits"] = _metric(t_port, 'turnout_cache_lookups_total{result="hit_')
+                print(f"cache hits in all: {summary['cache_hits']:g}; upstream calls during the cached runs: "
+                      + ", ".join(f"{n:g} at {r:g}/s" for r, n in upstream_calls.items()))  # fmt: skip
             summary["cpu_count"] = os.cpu_count()
             summary["load_avg"] = os.getloadavg()
             if args.json:

@@ -1,6 +1,6 @@
 """Routing overhead: the in-process decision, and the HTTP round trip at a fixed request rate.
 
-    python -m bench.overhead [--rate 200] [--duration-s 20] [--decisions 20000]
+    python -m bench.overhead [--rate 200] [--duration-s 20] [--decisions 20000] [--cache-entries 100000]
 
 1. Decision in-process: embed (wordllama) + nearest centroid + Thompson sample with its
    propensity, through the service's own ``ChatService.route`` on a loaded snapshot.
@@ -10,17 +10,26 @@
    run, the floor: ``bench.floor_app`` (a bare ASGI answer on the same uvicorn stack) under the
    same generator, which is what the machine, the loopback and the generator cost by themselves
    (on a shared 2-core VM its p99 alone is several milliseconds).
-Targets on a 2-core machine: decision p99 < 0.5 ms; HTTP p99 < 5 ms at 200 requests/s.
+3. Response cache lookup: what the cache adds to a request (its keys from the body, the exact
+   and the semantic lookup, the posterior check: ``ResponseCache.ask`` + ``lookup``) with
+   ``--cache-entries`` answers stored over ``--cache-tenants`` tenants (1, the default, is the
+   worst case: one namespace whose buckets, one per cluster, hold tens of thousands of prompts of
+   the simulated topics), for prompts stored (hits) and prompts never seen (misses); and storing
+   one (``offer``).
+Targets on a 2-core machine: decision p99 < 0.5 ms; HTTP p99 < 5 ms at 200 requests/s; cache
+lookup p99 < 0.1 ms with 100,000 entries.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,6 +70,84 @@ def bench_decision(n: int) -> dict[str, float]:
         rt.stop()
     out = {f"decision_{k}_ms": v for k, v in percentiles(times).items()}
     out.update({f"embed_{k}_ms": v for k, v in percentiles(embed_times).items()})
+    return out
+
+
+def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[str, float]:
+    from feedback.memory import MemoryRowStore, MemorySnapshotStore
+    from learner.cache import Entry
+    from learner.clusters import assign_many
+    from service.caching import request_keys
+    from service.runtime import Runtime
+    from service.schemas import ChatRequest, Message
+    from service.settings import load_settings
+    from service.tenants import Caller, Tenant
+
+    def body(text: str) -> bytes:
+        return msgspec.json.encode({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": text}]})
+
+    # distinct prompts: the topics' sentences, each with two words of RouterBench's vocabulary (near
+    # neighbours of one another: the worst case for the semantic search); no digits, which the keys keep
+    corpus = Path(__file__).resolve().parents[1] / "data" / "routerbench"
+    words = sorted({w for f in corpus.glob("*.jsonl") for w in re.findall(r"[a-z]{5,}", f.read_text())})
+    n = 2 * (entries + lookups)  # drawn twice over: duplicates are dropped
+    pairs = np.random.default_rng(2).integers(len(words), size=(n, 2))
+    made = (f"{p} Mention {words[a]} and {words[b]}." for p, (a, b) in zip(_prompts(n, seed=2), pairs))
+    texts = list(dict.fromkeys(made))[: entries + lookups]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_CACHE__ENABLED": "true",
+                                        "TURNOUT_CACHE__MAX_ENTRIES": str(entries),
+                                        "TURNOUT_CACHE__MIN_QUALITY": "0"})  # fmt: skip
+        rt = Runtime(settings, rows=MemoryRowStore(), snapshots=MemorySnapshotStore(), learner=False,
+                     sim_latency_scale=0.0)  # (one chDB engine a process: bench_decision's holds it)
+        cache, view = rt.chat.cache, rt.router.view
+        stored = texts[:entries]
+        embs = np.concatenate([rt.embedder.embed(stored[i : i + 4096]) for i in range(0, entries, 4096)])
+        clusters, _ = assign_many(embs, view.centroids)
+        callers = [Caller(Tenant(name=f"tenant-{t}")) for t in range(tenants)]
+        for i, (text, emb, c) in enumerate(zip(stored, embs, clusters)):
+            exact, context = request_keys(body(text))
+            entry = Entry(source_decision_id=f"d{i}", exact_key=exact, context_key=context,
+                          clustering=view.snapshot.clustering, cluster=int(c), embedding=emb, model=view.models[0],
+                          text="a cached answer " * 20, stored_at_s=cache.clock())  # fmt: skip
+            cache.cache.space(callers[i % tenants].tenant.name).store(entry)
+        rng = np.random.default_rng(3)
+        picks = rng.integers(entries, size=lookups // 2)
+        asked = [(stored[int(j)], callers[int(j) % tenants]) for j in picks]  # stored: hits, by their tenant
+        asked += [(text, callers[i % tenants]) for i, text in enumerate(texts[entries : entries + lookups // 2])]
+        times: dict[str, list[float]] = {"hit": [], "miss": [], "back_to_back": []}
+        requests = []
+        for text, caller in asked:  # as served: each lookup right after its request was routed
+            raw = body(text)
+            routed = rt.chat.route(ChatRequest(model="auto", temperature=0, messages=[Message(role="user", content=text)]))
+            requests.append((raw, caller, routed))
+            t0 = time.perf_counter()
+            ask = cache.ask(raw, 0, caller, "", {})
+            hit = cache.lookup(ask, routed, view) if ask is not None else None
+            times["hit" if hit is not None else "miss"].append(time.perf_counter() - t0)
+        for raw, caller, routed in requests:  # the same lookups back to back: the cache's own work, warm
+            t0 = time.perf_counter()
+            ask = cache.ask(raw, 0, caller, "", {})
+            cache.lookup(ask, routed, view) if ask is not None else None
+            times["back_to_back"].append(time.perf_counter() - t0)
+        offers = []
+        for i, text in enumerate(texts[entries:entries + 2000]):
+            raw = body(text)
+            routed = rt.chat.route(ChatRequest(model="auto", temperature=0, messages=[Message(role="user", content=text)]))
+            ask = cache.ask(raw, 0, callers[i % tenants], "", {})
+            t0 = time.perf_counter()
+            cache.offer(ask, routed, view, f"n{i}", view.models[0], "an answer", "stop", 10, 20, 0.001)  # type: ignore
+            offers.append(time.perf_counter() - t0)
+        cells = [len(b.cells) for s in cache.cache._spaces.values() for b in s._buckets.values()]
+        rt.stop()
+    out: dict[str, float] = {"cache_entries": float(entries), "cache_tenants": float(tenants),
+                             "cache_buckets": float(len(cells)),
+                             "cache_cells": float(sum(cells)), "cache_hits": float(len(times["hit"]))}  # fmt: skip
+    out.update({f"cache_lookup_{k}_ms": v for k, v in percentiles(times["hit"] + times["miss"]).items()})
+    out.update({f"cache_hit_{k}_ms": v for k, v in percentiles(times["hit"]).items()})
+    out.update({f"cache_miss_{k}_ms": v for k, v in percentiles(times["miss"]).items()})
+    out.update({f"cache_back_to_back_{k}_ms": v for k, v in percentiles(times["back_to_back"]).items()})
+    out.update({f"cache_store_{k}_ms": v for k, v in percentiles(offers).items()})
     return out
 
 
@@ -118,8 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=20.0)
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--cache-entries", type=int, default=100_000, help="answers stored for the cache lookup (0: skip)")
+    p.add_argument("--cache-tenants", type=int, default=1,
+                   help="tenants the answers are spread over (1: one namespace, the worst case)")
     args = p.parse_args(argv)
     figures = bench_decision(args.decisions)
+    if args.cache_entries > 0:
+        figures.update(bench_cache(args.cache_entries, args.cache_tenants))
     if not args.skip_http:
         figures.update(bench_http(args.rate, args.duration_s))
     width = max(len(k) for k in figures)

@@ -86,6 +86,9 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     # was an attempt of. Its own decision_id carries the "upstream_error" feedback of that model,
     # so the policy's arm and propensity stay on the parent alone.
     parent_decision_id: str = ""
+    # set on a response-cache hit (policy, arm and model "cache", cost 0): the decision whose
+    # stored answer was served, so feedback on the hit can be traced to the answer it judges
+    source_decision_id: str = ""
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

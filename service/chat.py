@@ -22,12 +22,14 @@ from learner.budget import tenant_budget_key
 from learner.costs import request_tokens
 from learner.embedding import Embedder
 from service.bodies import decode_body
+from service.caching import Ask, ResponseCache
 from service.errors import ApiError
 from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
 from service.records import Recorder, Routed, Turn
 from service.rerequest import RerequestTracker
 from learner.clusters import assign
+from learner.cache import Hit
 from learner.routing import RouteChoice, View, decide
 from service.routing import Router
 from service.rules import NoCandidate, Rules
@@ -69,6 +71,7 @@ class ChatParts(msgspec.Struct, frozen=True):
     rerequests: RerequestTracker | None = None  # None: re-requests are not detected
     session_header: str = "x-session-id"  # names the asker of a request without ``user``
     log_requests: bool = False
+    cache: ResponseCache | None = None  # None: no response cache (service/caching.py)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -114,6 +117,7 @@ class ChatService:
         self.rerequests = parts.rerequests
         self.session_header = parts.session_header
         self.log_requests = parts.log_requests
+        self.cache = parts.cache
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -220,6 +224,8 @@ class ChatService:
             previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.embedding)
             if previous is not None:
                 self.records.negative(previous, turn, "re_request")
+                if self.cache is not None:  # the answer re-asked leaves the cache (before this lookup)
+                    self.cache.rerequest(caller.tenant.name, previous)
         self.metrics.overhead.observe(time.perf_counter() - started)
         return turn
 
@@ -257,6 +263,36 @@ class ChatService:
             "x-turnout-fallbacks": str(fallbacks),
         }
 
+    def _cached(self, turn: Turn, raw: bytes, headers: Mapping[str, str]) -> tuple[Ask | None, Hit | None]:
+        """The request's way into the response cache, and a hit it may be served (recorded as a
+        decision of model "cache", cost 0, naming the decision whose answer it serves)."""
+        if self.cache is None:
+            return None, None
+        ask = self.cache.ask(raw, turn.req.temperature, turn.caller, turn.asker, headers)
+        hit = None if ask is None else self.cache.lookup(ask, turn.routed, self.router.view)
+        if hit is not None:
+            self.cache.served(hit, turn.decision_id)
+            self.records.emit(self.records.decision(
+                turn, turn.decision_id, policy="cache", arm="cache", propensity=1.0, model="cache",
+                prompt_tokens=turn.routed.prompt_tokens, completion_tokens=hit.entry.completion_tokens,
+                cost_usd=0.0, latency_ms=(time.perf_counter() - turn.started) * 1000.0,
+                source_decision_id=hit.entry.source_decision_id,
+            ))  # fmt: skip
+            self.metrics.requests.inc("cache", "cache", "ok")
+        return ask, hit
+
+    def _hit_headers(self, turn: Turn, hit: Hit) -> dict[str, str]:
+        h = self._headers(turn, "cache", 0.0, 0)
+        h["x-turnout-cache"] = "hit-" + hit.kind
+        h["x-turnout-cache-source"] = hit.entry.source_decision_id
+        return h
+
+    def _offer(self, ask: Ask | None, turn: Turn, model: str, text: str, finish: str, prompt_tokens: int,
+               completion_tokens: int, cost_usd: float) -> None:  # fmt: skip
+        if ask is not None and self.cache is not None:
+            self.cache.offer(ask, turn.routed, self.router.view, turn.decision_id, model, text, finish,
+                             prompt_tokens, completion_tokens, cost_usd)  # fmt: skip
+
     def _call(self, req: ChatRequest, raw: bytes, model: str) -> UpstreamCall:
         return UpstreamCall(req, raw, self.pool[self.by_name[model]].upstream_model)
 
@@ -265,6 +301,10 @@ class ChatService:
     async def complete(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
                        started: float | None = None) -> Answer:  # fmt: skip
         turn = self._begin(raw, caller, headers, started)
+        ask, hit = self._cached(turn, raw, headers)
+        if hit is not None:  # answered without calling any provider
+            body = ResponseCache.body(hit, turn.decision_id, turn.routed.prompt_tokens)
+            return Answer(body, self._hit_headers(turn, hit))
         upstream_hist = self.metrics.upstream
 
         async def call(name: str) -> Completion:
@@ -290,6 +330,7 @@ class ChatService:
             latency_ms=latency_ms,
         )  # fmt: skip
         self.metrics.requests.inc(turn.routed.policy, name, "ok")
+        self._offer(ask, turn, name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, cost)
         if self.log_requests:
             log.info("answered", extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name,
                                         "model": name, "fallbacks": len(attempts),
@@ -309,6 +350,11 @@ class ChatService:
                      started: float | None = None) -> StreamAnswer:  # fmt: skip
         """Fail over only until the first chunk: the response (and its headers) starts after it."""
         turn = self._begin(raw, caller, headers, started)
+        ask, hit = self._cached(turn, raw, headers)
+        if hit is not None:  # replayed as a normal stream, without calling any provider
+            usage = bool(turn.req.stream_options and turn.req.stream_options.include_usage)
+            frames = ResponseCache.frames(hit, turn.decision_id, turn.routed.prompt_tokens, usage)
+            return StreamAnswer(frames, self._hit_headers(turn, hit))
 
         async def call(name: str) -> tuple[Chunk, AsyncIterator[Chunk]]:
             agen = self.upstreams[name].stream(self._call(turn.req, raw, name))
@@ -329,11 +375,11 @@ class ChatService:
             self.metrics.fallbacks.inc(name)
         model = self.pool[self.by_name[name]]
         estimate = float(turn.routed.costs[self.by_name[name]])
-        body = self._sse(turn, model, attempts, first, agen)
+        body = self._sse(turn, model, attempts, first, agen, ask)
         return StreamAnswer(body, self._headers(turn, name, estimate, len(attempts)))
 
     async def _sse(self, turn: Turn, model: PoolModel, attempts: list[Attempt], first: Chunk,
-                   agen: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:  # fmt: skip
+                   agen: AsyncIterator[Chunk], ask: Ask | None = None) -> AsyncIterator[bytes]:  # fmt: skip
         cid = "chatcmpl-" + turn.decision_id.replace("-", "")
         created = int(time.time())
 
@@ -344,12 +390,14 @@ class ChatService:
 
         status, prompt_tokens, completion_tokens = "ok", 0, 0
         errors = [f"{a.model}: {a.error}" for a in attempts]
+        texts: list[str] = []  # the answer, for the response cache
         yield frame(Delta(role="assistant", content=""))
         try:
             chunk: Chunk | None = first
             finish = "stop"
             while chunk is not None:
                 if chunk.text:
+                    texts.append(chunk.text)
                     yield frame(Delta(content=chunk.text))
                 if chunk.finish_reason:
                     finish = chunk.finish_reason
@@ -379,6 +427,9 @@ class ChatService:
                 log.warning("stream of %s failed mid-way", model.name,
                             extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name})  # fmt: skip
             self.metrics.requests.inc(turn.routed.policy, model.name, status)
+        if status == "ok":  # streamed to its end (a client that left stops the generator above)
+            self._offer(ask, turn, model.name, "".join(texts), finish, prompt_tokens, completion_tokens,
+                        _cost(model, prompt_tokens, completion_tokens))  # fmt: skip
         req = turn.req
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)

@@ -8,6 +8,7 @@ user's feedback is admitted up to the cap per window (``service.tenants.Feedback
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import msgspec
 
@@ -38,11 +39,13 @@ def parse_feedback(raw: bytes) -> FeedbackRequest:
 
 class FeedbackDesk:
     def __init__(self, sink: EventSink, decisions: DecisionIndex, metrics: Registry,
-                 cap: FeedbackCap | None = None) -> None:  # fmt: skip
+                 cap: FeedbackCap | None = None,
+                 on_feedback: Callable[[str, str, float], None] | None = None) -> None:  # fmt: skip
         self.sink = sink
         self.decisions = decisions
         self.metrics = metrics
         self.cap = cap
+        self.on_feedback = on_feedback  # (tenant, decision id, reward) of each accepted: the response cache
 
     def accept(self, body: FeedbackRequest, ref: DecisionRef | None, caller: Caller = ANONYMOUS) -> FeedbackAccepted:
         """Accept feedback on a decision of the caller's own tenant (any other id is 'unknown')."""
@@ -67,4 +70,6 @@ class FeedbackDesk:
         )
         self.sink.publish(event)
         self.metrics.feedback.inc("explicit")
+        if self.on_feedback is not None:
+            self.on_feedback(ref.tenant, body.decision_id, reward)
         return FeedbackAccepted(event.event_id, body.decision_id, reward)

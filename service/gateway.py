@@ -10,14 +10,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from learner.cache import AnswerCache, CacheParams
+from service.caching import ResponseCache
 from service.chat import ChatParts
+from service.metrics import Registry
 from service.failover import CircuitBreaker, Failover, RetryPolicy
 from service.rerequest import RerequestTracker
 from service.rules import Rules
 from service.settings import ModelSettings, Settings
 from service.tenants import Tenant, TenantDirectory
 
-__all__ = ["build_tenants", "chat_parts", "openai_upstream", "unset_keys"]
+__all__ = ["build_tenants", "chat_parts", "openai_upstream", "response_cache", "unset_keys"]
 
 
 def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> Any:
@@ -33,8 +36,22 @@ def unset_keys(models: tuple[ModelSettings, ...], env: Mapping[str, str]) -> lis
     return [(m.name, m.api_key_env) for m in models if m.api_key_env and not env.get(m.api_key_env)]
 
 
-def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> ChatParts:
-    """The request path's failover (``rng`` draws its backoff jitter), rules and re-request tracking."""
+def response_cache(settings: Settings, metrics: Registry) -> ResponseCache | None:
+    """The response cache of ``[cache]``, or None when it is not enabled."""
+    c = settings.cache
+    if not c.enabled:
+        return None
+    params = CacheParams(ttl_s=c.ttl_s, max_entries=c.max_entries, max_bytes=c.max_bytes, similarity=c.similarity,
+                         semantic=c.semantic, max_hit_ids=settings.server.decision_cache)  # fmt: skip
+    cache = AnswerCache(params, on_evict=lambda reason: metrics.cache_evictions.inc(reason))
+    return ResponseCache(cache, min_quality=c.min_quality, evict_below=c.evict_below, per_user=c.per_user,
+                         header=c.header, metrics=metrics)  # fmt: skip
+
+
+def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
+               cache: ResponseCache | None = None) -> ChatParts:  # fmt: skip
+    """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking
+    and response cache (``response_cache``)."""
     b, r = settings.breaker, settings.retry
     breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
     policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
@@ -45,6 +62,7 @@ def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator) -> Cha
         rerequests=RerequestTracker(rr.window_s, rr.min_cosine, rr.capacity) if rr.enabled else None,
         session_header=rr.session_header.lower(),
         log_requests=settings.server.log_requests,
+        cache=cache,
     )
 
 
@@ -59,6 +77,7 @@ def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDir
         tenant = Tenant(name=t.name, policy=t.policy, cost_weight=t.cost_weight, budget_usd=t.budget_usd,
                         max_cost_usd=t.max_cost_usd,
                         exploration_cap=t.exploration_cap, models=t.models, rate_limit_rps=t.rate_limit_rps,
-                        rate_limit_burst=t.rate_limit_burst, store_prompts=t.store_prompts)  # fmt: skip
+                        rate_limit_burst=t.rate_limit_burst, store_prompts=t.store_prompts,
+                        cache=t.cache)  # fmt: skip
         out.append((tenant, t.api_key_sha256))
     return TenantDirectory(out)

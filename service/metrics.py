@@ -108,8 +108,18 @@ class Registry:
         self.fallbacks = Counter("turnout_fallbacks_total", "Requests answered by a fallback model.", ("model",))
         self.rejected = Counter("turnout_rejected_total", "Requests refused before routing, by reason.", ("reason",))
         self.feedback = Counter("turnout_feedback_total", "Feedback events emitted, by kind.", ("kind",))
+        # the response cache (service/caching.py): hit rate, money not spent, what entered and what left
+        self.cache_lookups = Counter("turnout_cache_lookups_total",
+                                     "Response cache lookups, by result: hit_exact, hit_semantic, miss.", ("result",))  # fmt: skip
+        self.cache_saved = Counter("turnout_cache_saved_usd_total",
+                                   "USD not spent: at each cache hit, what its answer cost when it was made.")  # fmt: skip
+        self.cache_admissions = Counter("turnout_cache_admissions_total", "Answers offered to the response cache, "
+                                        "by outcome: stored, below_quality, unfinished, present.", ("outcome",))  # fmt: skip
+        self.cache_evictions = Counter("turnout_cache_evictions_total", "Response cache entries evicted, by reason: "
+                                       "expired, capacity, feedback, re_request, judge, quality.", ("reason",))  # fmt: skip
         self._metrics: list = [self.requests, self.overhead, self.upstream, self.upstream_errors, self.fallbacks,
-                               self.rejected, self.feedback]  # fmt: skip
+                               self.rejected, self.feedback, self.cache_lookups, self.cache_saved,
+                               self.cache_admissions, self.cache_evictions]  # fmt: skip
 
     def add_gauge(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         self._metrics.append(Gauge(name, help, labels, read))

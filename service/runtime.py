@@ -38,7 +38,7 @@ from service.config_view import effective_config
 from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.feedback_api import FeedbackDesk
-from service.gateway import build_tenants, chat_parts
+from service.gateway import build_tenants, chat_parts, response_cache
 from learner.routing import Prices, RoutingParams
 from service.metrics import Registry
 from service.records import Recorder
@@ -272,7 +272,8 @@ class Runtime:
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})
         metrics = Registry()
         decisions = DecisionIndex(self.rows, settings.server.decision_cache)
-        parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3))
+        cache = response_cache(settings, metrics)  # issue 14: None unless [cache] enabled
+        parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3), cache)
         self.failover = parts.failover
         self.chat = ChatService(
             embedder=self.embedder, router=self.router, pool=pool, upstreams=self.upstreams, policies=policies,
@@ -280,7 +281,8 @@ class Runtime:
             metrics=metrics, rng=np.random.default_rng(settings.router.seed + 1),
         )  # fmt: skip
         cap = settings.feedback_cap
-        feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s))
+        feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s),
+                                on_feedback=cache.feedback if cache is not None else None)  # fmt: skip
         self.learner_log = ClickHouseLearnerLog(self.client) if self.client is not None else MemoryLearnerLog()
         self.cycle = LearningCycle(
             self.rows, self.snapshots, prior, learner_params(settings), np.random.default_rng(settings.router.seed + 2),

@@ -16,6 +16,7 @@ from service.settings_check import ConfigError, check
 
 __all__ = [
     "BudgetSettings",
+    "CacheSettings",
     "ConfigError",
     "DriftSettings",
     "EventsSettings",
@@ -272,6 +273,7 @@ class TenantSettings(_Config):
     rate_limit_rps: float = 0.0  # per key; 0 = unlimited
     rate_limit_burst: int = 0  # bucket size; 0 = max(1, rate_limit_rps)
     store_prompts: bool = False  # opt in to keeping prompt text with decisions
+    cache: bool = True  # may use the response cache when [cache] is enabled (false: opt out)
 
 
 class RerequestSettings(_Config):
@@ -282,6 +284,22 @@ class RerequestSettings(_Config):
     min_cosine: float = 0.9
     session_header: str = "x-session-id"  # identifies the asker when the body has no ``user``
     capacity: int = 100_000  # askers remembered
+
+
+class CacheSettings(_Config):
+    """[cache]: the response cache (docs/cache.md). Off by default: serving a stored answer instead
+    of a fresh one is a product decision (answers can go stale, repeat askers get the same text)."""
+
+    enabled: bool = False
+    ttl_s: float = 3600.0  # an entry's life from when it was stored
+    max_entries: int = 100_000  # across all tenants; the least recently used go first
+    max_bytes: int = 256_000_000  # text + embedding + keys + overhead, across all tenants
+    semantic: bool = True  # also serve an answer to a prompt of the same meaning (same context)
+    similarity: float = 0.95  # cosine of the prompt embeddings a semantic hit needs
+    min_quality: float = 0.7  # posterior mean of the answering model in the cluster, to be kept
+    evict_below: float = 0.5  # explicit feedback (reward) below this evicts: a thumbs-down is 0
+    per_user: bool = False  # one namespace per (tenant, user) instead of per tenant
+    header: str = "x-turnout-cache"  # "on": cache this request whatever its sampling; "off": skip
 
 
 class FeedbackCapSettings(_Config):
@@ -317,6 +335,7 @@ class Settings(_Config):
     tenants: tuple[TenantSettings, ...] = ()
     rerequest: RerequestSettings = RerequestSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
+    cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()
 
 

@@ -114,3 +114,20 @@ def _check_gateway(s: Settings, source: str) -> None:
             raise bad("server.admin_key_sha256", "holds a tenant's api key: an admin key must be its own")
     if not 0.0 < s.rerequest.min_cosine <= 1.0:
         raise bad("rerequest.min_cosine", "must be in (0, 1]")
+    _check_cache(s, bad)
+
+
+def _check_cache(s: Settings, bad) -> None:
+    c = s.cache
+    if not (math.isfinite(c.ttl_s) and c.ttl_s > 0):
+        raise bad("cache.ttl_s", "must be a finite number of seconds > 0")
+    if c.max_entries < 1 or c.max_bytes < 1:
+        raise bad("cache.max_entries" if c.max_entries < 1 else "cache.max_bytes", "must be >= 1")
+    if not 0.0 < c.similarity <= 1.0:
+        raise bad("cache.similarity", "must be in (0, 1]")
+    if not 0.0 <= c.min_quality < 1.0:
+        raise bad("cache.min_quality", "must be in [0, 1)")
+    if not 0.0 < c.evict_below <= 1.0:
+        raise bad("cache.evict_below", "must be in (0, 1]")
+    if not re.fullmatch(r"[A-Za-z0-9-]+", c.header):
+        raise bad("cache.header", "must be an HTTP header name")

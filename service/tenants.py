@@ -33,6 +33,7 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_rps: float = 0.0
     rate_limit_burst: int = 0
     store_prompts: bool = False
+    cache: bool = True  # may use the response cache (when [cache] is enabled)
 
 
 class Caller(msgspec.Struct, frozen=True):

@@ -35,6 +35,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} must be at least {least}, got {value}")
         if args.cost_weight is not None and not args.cost_weight >= 0:
             raise ValueError(f"--cost-weight must be >= 0, got {args.cost_weight:g}")
+        for flag, share in (("--repeat", args.repeat), ("--paraphrase", args.paraphrase)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{flag} must be a share in [0, 1], got {share:g}")
+        if args.repeat + args.paraphrase > 1.0:
+            raise ValueError("--repeat and --paraphrase together must be at most 1")
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out} exists and is not a directory")
     except ValueError as exc:
@@ -51,6 +56,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         embedder = WordLlamaEmbedder(256)
     weight = deployment.cost_weight if args.cost_weight is None else args.cost_weight
+    if args.cache:
+        return _simulate_cache(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
     with Progress(args.steps * args.seeds * len(names), f"simulate {sc.name}") as bar:
         report = simulate(sc, embedder, deployment, weight, steps=args.steps, seeds=args.seeds, policies=names,
                           base_seed=args.seed, learn_every=args.learn_every, progress=bar.advance)  # fmt: skip
@@ -77,6 +84,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_cache(args: argparse.Namespace, sc, embedder, deployment) -> int:
+    """``--cache``: Turnout with the response cache of ``[cache]`` (similarity, TTL, bounds,
+    min_quality; enabled or not) against Turnout alone."""
+    from learner.cache import CacheParams
+    from simulations.cache_sim import markdown, simulate_cache
+    from simulations.progress import Progress
+
+    c = args.load_settings(args).cache  # the deployment's [cache], as the service would run it
+    params = CacheParams(ttl_s=c.ttl_s, max_entries=c.max_entries, max_bytes=c.max_bytes, similarity=c.similarity,
+                         semantic=c.semantic)  # fmt: skip
+    with Progress(args.steps * args.seeds * 2, f"simulate {sc.name} --cache") as bar:
+        report = simulate_cache(sc, embedder, deployment, params, c.min_quality, steps=args.steps, seeds=args.seeds,
+                                base_seed=args.seed, learn_every=args.learn_every, repeat=args.repeat,
+                                paraphrase=args.paraphrase, progress=bar.advance)  # fmt: skip
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(markdown(report))
+    return 0
+
+
 def add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="compare policies on simulated traffic (named scenarios), over seeds",
                        description="Every policy routes the same simulated stream per seed; regret against the "
@@ -93,4 +121,9 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedder", choices=("wordllama", "hashing"), default="wordllama")
     p.add_argument("--out", help="directory for PNG plots (regret curves, cost-quality plane)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cache", action="store_true",
+                   help="Turnout with the response cache ([cache] of --config) against no cache, on traffic whose "
+                        "users repeat and paraphrase earlier questions: cost saved, users pleased, hit rates")
+    p.add_argument("--repeat", type=float, default=0.3, help="--cache: share of prompts repeated word for word")
+    p.add_argument("--paraphrase", type=float, default=0.2, help="--cache: share of prompts asked again in other words")
     p.set_defaults(func=cmd_simulate)

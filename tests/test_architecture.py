@@ -17,7 +17,7 @@ PACKAGES = ("service", "learner", "feedback", "simulations", "bench")
 CORE = (
     "learner/routing.py", "learner/hierarchy.py", "learner/costs.py", "learner/fold.py", "learner/clusters.py",
     "learner/reward.py", "learner/snapshot.py", "learner/embedding.py", "learner/drift.py", "learner/recluster.py",
-    "learner/budget.py", "learner/describe.py",
+    "learner/budget.py", "learner/describe.py", "learner/cache.py",
 )  # fmt: skip
 ADAPTER_LIBS = {"clickhouse_connect", "chdb", "kafka", "httpx", "litestar", "uvicorn", "apscheduler", "service"}
 

@@ -1,4 +1,5 @@
-"""deploy/README.md, docs/dashboard.md and docs/operations.md name only commands, settings, values and metrics that exist."""
+"""deploy/README.md, docs/dashboard.md, docs/operations.md and docs/cache.md name only commands, settings, values
+and metrics that exist."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import yaml
 from service.settings import Settings
 from tests.deploy.checks import DEPLOY, ROOT, parse_command
 
-DOCS = [DEPLOY / "README.md", ROOT / "docs" / "dashboard.md", ROOT / "docs" / "operations.md"]
+DOCS = [DEPLOY / "README.md", ROOT / "docs" / "dashboard.md", ROOT / "docs" / "operations.md",
+        ROOT / "docs" / "cache.md"]
 
 
 def _spans(text: str) -> list[str]:

@@ -134,7 +134,7 @@ def test_an_existing_store_upgrades_and_keeps_its_rows(chdb_dir, ch_database, tm
     evs = events(20)
     client.command("INSERT INTO decisions (event_id, decision_id) VALUES " +
                    ", ".join(f"('{e.event_id}', '{e.decision_id}')" for e in evs[0::2]))  # fmt: skip
-    assert migrate(client) == ["040_exactly_once.sql"]
+    assert migrate(client)[0] == "040_exactly_once.sql"  # (and the migrations after it)
     ddl = client.query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
                        "AND name = 'decisions'").result_rows[0][0]  # fmt: skip
     assert "non_replicated_deduplication_window = 10000" in ddl
