@@ -55,13 +55,21 @@ def connect(dsn: str, database: str = "") -> Any:
             kwargs["username"] = os.environ["TURNOUT_CLICKHOUSE_USER"]
         if os.environ.get("TURNOUT_CLICKHOUSE_PASSWORD"):
             kwargs["password"] = os.environ["TURNOUT_CLICKHOUSE_PASSWORD"]
-    if database:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
-            raise ValueError(f"clickhouse database name {database!r} is not a plain identifier")
-        admin = clickhouse_connect.get_client(**kwargs)
-        admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        kwargs["database"] = database
-    return clickhouse_connect.get_client(**kwargs)
+    if database and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+        raise ValueError(f"clickhouse database name {database!r} is not a plain identifier")
+    try:
+        if database:
+            admin = clickhouse_connect.get_client(**kwargs)
+            admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+            kwargs["database"] = database
+        return clickhouse_connect.get_client(**kwargs)
+    except Exception as exc:
+        # the race the check above cannot close: another process locked the directory between
+        # the check and the engine's open (two services starting at once)
+        path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else ""
+        if path and ("Cannot lock file" in str(exc) or holder_pid(path) is not None):
+            raise StoreLocked(path, holder_pid(path) or 0) from None
+        raise
 
 
 def _ts(ms: int) -> datetime:

@@ -124,7 +124,7 @@ class LearnerStatus(msgspec.Struct, frozen=True):
 
 def load_snapshot(snapshots: SnapshotStore, version: int) -> Snapshot:
     """Raises ``LookupError`` for a version not stored, ``SnapshotError`` for one that does not validate."""
-    blob = snapshots.get(version)
+    blob = snapshots.get(version) if 1 <= version < 2**63 else None  # versions start at 1, stored as UInt64
     if blob is None:
         raise LookupError(f"snapshot v{version} does not exist")
     return decode_snapshot(blob)

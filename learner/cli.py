@@ -85,8 +85,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             _, snapshots, learner_log = args.open_stores(args)
             detail = snapshot_detail(load_snapshot(snapshots, args.version), learner_log.drift_events(1000))
     except (LookupError, SnapshotError) as exc:
-        print(f"turnout snapshot show: {exc}")
-        return 1
+        print(f"turnout snapshot show: {exc}", file=sys.stderr)
+        return 2
     print_detail(detail)
     return 0
 
@@ -102,8 +102,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             snap = roll_back(snapshots, args.version, int(time.time() * 1000))
             new, parent, where = snap.version, snap.parent, "services pick it up at their next poll"
     except (LookupError, SnapshotError) as exc:
-        print(f"turnout snapshot rollback: {exc}")
-        return 1
+        print(f"turnout snapshot rollback: {exc}", file=sys.stderr)
+        return 2
     print(f"snapshot v{new} routes as v{args.version} did (parent v{parent}); {where}, "
           "the learner continues from it")  # fmt: skip
     return 0

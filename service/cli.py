@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from service.settings import ConfigError, Settings, load_settings
+from service.settings_check import check
 
 __all__ = ["main"]
 
@@ -38,12 +39,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     server = settings.server
     if getattr(args, "host", None):
         server = msgspec.structs.replace(server, host=args.host)
-    if getattr(args, "port", None):
+    if getattr(args, "port", None) is not None:  # 0: a free port the system picks
         server = msgspec.structs.replace(server, port=args.port)
     learner = settings.learner
-    if getattr(args, "learn_interval_s", None):
+    if getattr(args, "learn_interval_s", None) is not None:
         learner = msgspec.structs.replace(learner, interval_s=args.learn_interval_s)
-    return msgspec.structs.replace(settings, server=server, learner=learner)
+    settings = msgspec.structs.replace(settings, server=server, learner=learner)
+    flags = [f for f in ("--port", "--learn-interval-s")
+             if getattr(args, f[2:].replace("-", "_"), None) is not None]  # fmt: skip
+    if flags:  # a flag's value passes the same checks as the file's (server.port, learner.interval_s)
+        check(settings, " and ".join(flags))
+    return settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -73,7 +79,7 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     # Background threads (event writer, learner) must not hold the GIL for the default 5 ms
     # while a request waits: switch more often, the request path is short.
     sys.setswitchinterval(0.0005)
-    if args.demo and not args.learn_interval_s:
+    if args.demo and args.learn_interval_s is None:
         settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
     server = settings.server
     try:

@@ -30,6 +30,17 @@ def check(s: Settings, source: str) -> None:
             raise ConfigError(f"config error in {source}: models[{i}].tier must be in (0, 1)")
         if m.provider == "openai" and not m.base_url:
             raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
+    if not 0 <= s.server.port <= 65535:
+        raise ConfigError(f"config error in {source}: server.port must be in 0-65535 (0: a free port), got {s.server.port}")
+    if not (math.isfinite(s.learner.interval_s) and s.learner.interval_s > 0):
+        raise ConfigError(f"config error in {source}: learner.interval_s must be a finite number of seconds > 0")
+    weights = [("router", s.router.cost_weight, s.router.latency_weight)]
+    weights += [(f"policies[{i}]", p.cost_weight, p.latency_weight) for i, p in enumerate(s.policies)]
+    weights += [(f"tenants[{i}]", t.cost_weight, 0.0) for i, t in enumerate(s.tenants) if t.cost_weight is not None]
+    for where, cost, latency in weights:
+        for key, value in (("cost_weight", cost), ("latency_weight", latency)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"config error in {source}: {where}.{key} must be a finite number >= 0, got {value:g}")
     for key in ("shutdown_delay_s", "shutdown_grace_s"):
         value = getattr(s.server, key)
         if not (math.isfinite(value) and value >= 0):
@@ -37,6 +48,14 @@ def check(s: Settings, source: str) -> None:
     for key in ("retention_days", "dead_letter_retention_days"):
         if getattr(s.storage, key) < 0:
             raise ConfigError(f"config error in {source}: storage.{key} must be >= 0 (0 keeps rows forever)")
+    if names:  # a configured pool: a tenant or a pin naming a model outside it is this file's mistake
+        for i, t in enumerate(s.tenants):
+            unknown = sorted(set(t.models) - set(names))
+            if unknown:
+                raise ConfigError(f"config error in {source}: tenants[{i}].models names {unknown}, not in [[models]]")
+        for i, pin in enumerate(s.rules.pins):
+            if pin.model not in names:
+                raise ConfigError(f"config error in {source}: rules.pins[{i}].model names '{pin.model}', not in [[models]]")
     policy_names = {p.name for p in s.policies} | {"auto"}
     if policy_names & set(names):
         raise ConfigError(f"config error in {source}: a policy and a model share a name")

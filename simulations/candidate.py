@@ -36,6 +36,8 @@ class Candidate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the field that is out of range."""
+        if self.snapshot is not None and not 1 <= self.snapshot < 2**63:
+            raise ValueError(f"snapshot must be a version >= 1, got {self.snapshot}")
         if self.cost_weight is not None and not (math.isfinite(self.cost_weight) and self.cost_weight >= 0):
             raise ValueError(f"cost_weight must be a finite number >= 0, got {self.cost_weight:g}")
         if self.clip is not None and not (self.clip > 0):

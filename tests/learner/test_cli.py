@@ -46,5 +46,5 @@ def test_list_show_and_rollback(tmp_path, chdb_dir, ch_database, capsys):
     back = decode_snapshot(snapshots.latest())
     assert (back.version, back.parent, back.reason, back.n, back.watermark_ms) == (3, 2, "rollback", first.n, 5_000)
 
-    assert _turnout(["snapshot", "show", "9", "--config", str(config)]) == 1
-    assert "does not exist" in capsys.readouterr().out
+    assert _turnout(["snapshot", "show", "9", "--config", str(config)]) == 2  # a user's mistake: one line, exit 2
+    assert "does not exist" in capsys.readouterr().err

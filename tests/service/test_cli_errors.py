@@ -57,6 +57,10 @@ BAD = [
     (["replay", "DIR/missing.jsonl"], "missing.jsonl"),
     (["simulate", "--scenario", "stationary", "--steps", "0"], "--steps"),
     (["simulate", "--scenario", "stationary", "--seeds", "0"], "--seeds"),
+    (["up", "--port", "70000", "--data-dir", "DIR/up"], "--port: server.port must be in 0-65535"),
+    (["serve", "--port", "-1", "--data-dir", "DIR/serve"], "--port: server.port must be in 0-65535"),
+    (["up", "--learn-interval-s", "-5", "--data-dir", "DIR/up"], "--learn-interval-s: learner.interval_s must be"),
+    (["up", "--learn-interval-s", "0", "--data-dir", "DIR/up"], "--learn-interval-s: learner.interval_s must be"),
 ]  # fmt: skip
 
 

@@ -30,6 +30,13 @@ def test_env_overrides_are_converted():
         ("[[models]]\nname = \"a\"\nprovider = \"openai\"\n", "models[0].base_url"),
         ("[[models]]\nname = \"a\"\nbase_url = \"http://x\"\ntier = 1.5\n", "models[0].tier"),
         ("[router\n", "not valid TOML"),
+        ("[router]\ncost_weight = -5.0\n", "router.cost_weight must be a finite number >= 0"),
+        ("[router]\ncost_weight = nan\n", "router.cost_weight must be a finite number >= 0"),
+        ('[[policies]]\nname = "thrifty"\ncost_weight = -200.0\n', "policies[0].cost_weight must be"),
+        ("[server]\nport = 70000\n", "server.port must be in 0-65535"),
+        ("[learner]\ninterval_s = 0.0\n", "learner.interval_s must be"),
+        ('[[models]]\nname = "a"\nbase_url = "http://x"\n[[tenants]]\nname = "t"\nmodels = ["gpt-4o"]\n',
+         "tenants[0].models names ['gpt-4o'], not in [[models]]"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needle):
