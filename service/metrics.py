@@ -46,6 +46,10 @@ class Counter:
     def inc(self, *values: str, by: float = 1.0) -> None:
         self.values[values] = self.values.get(values, 0.0) + by
 
+    def known(self, *values: str) -> None:
+        """Show this label set at 0 before it first counts (an alert on rate() needs the series)."""
+        self.values.setdefault(values, 0.0)
+
     def render(self) -> Iterable[str]:
         for values, v in sorted(self.values.items()):
             yield f"{self.name}{_labels(self.labels, values)} {_num(v)}"
@@ -120,6 +124,16 @@ class Registry:
         self._metrics: list = [self.requests, self.overhead, self.upstream, self.upstream_errors, self.fallbacks,
                                self.rejected, self.feedback, self.cache_lookups, self.cache_saved,
                                self.cache_admissions, self.cache_evictions]  # fmt: skip
+
+    def for_pool(self, models: Iterable[str]) -> "Registry":
+        """Every series whose labels are known in advance, at 0: per pool model, and the reasons."""
+        for m in models:
+            self.upstream_errors.known(m)
+            self.fallbacks.known(m)
+        for reason in ("unauthorized", "rate_limited", "content_policy", "context_length_exceeded", "cost_cap_exceeded",
+                       "model_not_allowed"):
+            self.rejected.known(reason)
+        return self
 
     def add_gauge(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         self._metrics.append(Gauge(name, help, labels, read))

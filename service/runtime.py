@@ -270,7 +270,7 @@ class Runtime:
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
         policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})
-        metrics = Registry()
+        metrics = Registry().for_pool(prior.models)
         decisions = DecisionIndex(self.rows, settings.server.decision_cache)
         cache = response_cache(settings, metrics)  # issue 14: None unless [cache] enabled
         parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3), cache)

@@ -83,3 +83,6 @@ def test_metrics_cover_requests_overhead_upstreams_posteriors_and_events(fleet, 
     assert 0 < samples['turnout_posterior_mean{cluster="0",model="a"}'] < 1
     assert "turnout_event_backlog" in samples and "turnout_event_spill_bytes" in samples
     assert "# TYPE turnout_routing_overhead_seconds histogram" in text
+    # series that counted nothing yet are there at 0 (an alert on rate() needs them)
+    assert samples['turnout_upstream_errors_total{model="b"}'] == 0 and samples['turnout_fallbacks_total{model="a"}'] == 0
+    assert samples['turnout_rejected_total{reason="rate_limited"}'] == 0
