@@ -183,9 +183,10 @@ class LearningCycle:
             events = _events(snap, new, alarms, now)
             self._log.record(new.version, _windows(new.version, window), events)
             self.save(new)  # the commit point
-            for e in events:
-                log.warning("drift (%s) in clusters %s%s: %.3f -> %.3f, %s", e.kind, e.clusters,
-                            f" for {e.model}" if e.model else "", e.old_value, e.new_value, e.action)  # fmt: skip
+            for e in events:  # an alarm the learner acted on is a warning; one it only recorded is not
+                (log.warning if e.action != "none" else log.info)(
+                    "drift (%s) in clusters %s%s: %.3f -> %.3f, %s", e.kind, e.clusters,
+                    f" for {e.model}" if e.model else "", e.old_value, e.new_value, e.action)  # fmt: skip
             log.info(
                 "learning cycle: snapshot v%d (%s), %d feedback groups, %d decision groups, %d clusters",
                 new.version, new.reason, len(window.rewards), len(window.decisions), len(new.n),
