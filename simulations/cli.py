@@ -115,12 +115,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return status
 
 
-def _ms(text: str | None, default: int) -> int:
+def _ms(text: str | None, default: int, flag: str = "") -> int:
     if not text:
         return default
     if text.lstrip("-").isdigit():
         return int(text)
-    dt = datetime.fromisoformat(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is neither an ISO date-time (2026-11-01T00:00) nor milliseconds") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
@@ -164,8 +167,8 @@ def _ope_from_clickhouse(args: argparse.Namespace):
     from simulations.candidate import Candidate, evaluate_candidate
 
     candidate = Candidate(snapshot=args.snapshot, cost_weight=args.cost_weight,
-                          exclude_models=tuple(args.exclude_model), since_ms=_ms(args.since, 0),
-                          until_ms=_ms(args.until, 0) or None, tenant=args.tenant, clip=args.clip,
+                          exclude_models=tuple(args.exclude_model), since_ms=_ms(args.since, 0, "--since"),
+                          until_ms=_ms(args.until, 0, "--until") or None, tenant=args.tenant, clip=args.clip,
                           level=args.level, min_ess=args.min_ess)  # fmt: skip
     candidate.check()
     admin = getattr(args, "admin", None)

@@ -53,6 +53,7 @@ BAD = [
     (["ope", "--data-dir", MISSING, "--cost-weight", "-1"], "cost_weight must be a finite number >= 0"),
     (["ope", "--data-dir", MISSING, "--clip", "0"], "clip must be > 0"),
     (["ope", "FILE", "--level", "1.5"], "--level must be in (0, 1)"),
+    (["ope", "--data-dir", MISSING, "--since", "yesterday"], "--since: 'yesterday' is neither an ISO date-time"),
     (["replay", "FILE", "--passes", "0"], "--passes must be > 0"),
     (["replay", "DIR/missing.jsonl"], "missing.jsonl"),
     (["simulate", "--scenario", "stationary", "--steps", "0"], "--steps"),
