@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from simulations.plots import PlotsUnavailable, pyplot
 from simulations.replay import ReplayConfig
 
 __all__ = ["register"]
@@ -75,7 +76,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 warm_outcomes = warm_outcomes.select_models([m for m in names if m in warm_outcomes.models])
         config = ReplayConfig(cost_weight=args.cost_weight, budget_usd=args.budget_usd, passes=args.passes,
                               learn_every=args.learn_every, seed=args.seed)  # fmt: skip
-    except (OSError, ValueError, msgspec.ValidationError) as exc:
+        if args.plot:  # said before the run, not after it
+            pyplot()
+    except (OSError, ValueError, msgspec.ValidationError, PlotsUnavailable) as exc:
         print(f"turnout replay: {exc}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # the product's settings: --config, TURNOUT_ overrides, defaults
@@ -102,7 +105,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"turnout replay: --decisions-out: {exc}", file=sys.stderr)
         status = 2
     if args.plot:
-        from simulations.plots import PlotsUnavailable, plot_frontier
+        from simulations.plots import plot_frontier
 
         try:
             print(f"plot: {plot_frontier(report, args.plot)}", file=sys.stderr if args.json else sys.stdout)

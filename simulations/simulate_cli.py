@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from simulations.plots import PlotsUnavailable, pyplot
+
 __all__ = ["add_simulate"]
 
 
@@ -42,7 +44,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise ValueError("--repeat and --paraphrase together must be at most 1")
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out} exists and is not a directory")
-    except ValueError as exc:
+        if args.out:  # said before the run, not after it
+            pyplot()
+    except (ValueError, PlotsUnavailable) as exc:
         print(f"turnout simulate: {exc}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # Turnout as the service runs it: --config, overrides, defaults
@@ -69,7 +73,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(markdown(report))
         print(f"\n{report.seeds * report.steps * len(names)} decisions in {report.seconds:.1f} s")
     if args.out:  # results first: a plot that fails below loses nothing
-        from simulations.plots import PlotsUnavailable
         from simulations.simulate_plots import plot_simulation
 
         try:
