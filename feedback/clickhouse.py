@@ -1,4 +1,5 @@
-"""ClickHouse adapters (clickhouse-connect): the connection, row store, snapshot store, learner log.
+"""ClickHouse adapters (clickhouse-connect): row store, snapshot store, learner log (the connection:
+``feedback.clickhouse_client``, re-exported here).
 
 The schema (migrations, retention) is ``feedback.clickhouse_schema``.
 
@@ -10,16 +11,13 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
-import re
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from feedback.chdb_lock import StoreLocked, holder_pid
+from feedback.clickhouse_client import connect
 from feedback.clickhouse_dedup import TableRows, insert_once
 from feedback.deadletters import DeadLetter
 from feedback.events import DecisionMade, Event, FeedbackGiven
@@ -32,45 +30,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger("turnout.clickhouse")
-
-def connect(dsn: str, database: str = "") -> Any:
-    """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://host:port``.
-
-    ``database`` is created if missing (one chDB engine path per process can hold many
-    databases). For a server, user and password come from TURNOUT_CLICKHOUSE_USER / _PASSWORD.
-    A chDB directory another process holds raises ``StoreLocked`` (``feedback.chdb_lock``).
-    """
-    import clickhouse_connect
-
-    kwargs: dict[str, Any] = {"dsn": dsn}
-    if dsn.startswith("chdb://"):
-        path = dsn[len("chdb://") :]
-        if path:
-            pid = holder_pid(path)
-            if pid is not None:  # the engine would print its own error and raise a long traceback
-                raise StoreLocked(path, pid)
-            Path(path).mkdir(parents=True, exist_ok=True)
-    else:
-        if os.environ.get("TURNOUT_CLICKHOUSE_USER"):
-            kwargs["username"] = os.environ["TURNOUT_CLICKHOUSE_USER"]
-        if os.environ.get("TURNOUT_CLICKHOUSE_PASSWORD"):
-            kwargs["password"] = os.environ["TURNOUT_CLICKHOUSE_PASSWORD"]
-    if database and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
-        raise ValueError(f"clickhouse database name {database!r} is not a plain identifier")
-    try:
-        if database:
-            admin = clickhouse_connect.get_client(**kwargs)
-            admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-            kwargs["database"] = database
-        return clickhouse_connect.get_client(**kwargs)
-    except Exception as exc:
-        # the race the check above cannot close: another process locked the directory between
-        # the check and the engine's open (two services starting at once)
-        path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else ""
-        if path and ("Cannot lock file" in str(exc) or holder_pid(path) is not None):
-            raise StoreLocked(path, holder_pid(path) or 0) from None
-        raise
-
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)

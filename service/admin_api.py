@@ -72,26 +72,24 @@ def admin_routes(admin: Admin, gate: AdminGate, clock_ms: Callable[[], int] = la
         guard(request)
         return _json(await off_loop(admin.snapshots, _int(request, "limit", 20, 1, 10_000)))
 
+    async def _on_version(request: Request, op: Callable[[int], Any]) -> Response:
+        """``op`` on the snapshot version of the path; an unknown or unreadable version is a 404."""
+        guard(request)
+        try:
+            return _json(await off_loop(op, request.path_params["version"]))
+        except (LookupError, SnapshotError) as exc:
+            raise ApiError(404, str(exc).strip("'\""), param="version", code="not_found") from None
+
     @get("/v1/admin/snapshots/{version:int}", tags=_TAGS, summary="One snapshot: posteriors, traffic, budgets, drift",
          responses=_spec(SnapshotDetail, "the snapshot"))  # fmt: skip
     async def snapshot(request: Request) -> Response:
-        guard(request)
-        version = request.path_params["version"]
-        try:
-            return _json(await off_loop(admin.snapshot, version))
-        except (LookupError, SnapshotError) as exc:
-            raise ApiError(404, str(exc).strip("'\""), param="version", code="not_found") from None
+        return await _on_version(request, admin.snapshot)
 
     @post("/v1/admin/snapshots/{version:int}/rollback", tags=_TAGS, status_code=200,
           summary="Publish a new snapshot that routes as {version} did; live in this process at once",
           responses=_spec(Rollback, "the new snapshot"))  # fmt: skip
     async def rollback(request: Request) -> Response:
-        guard(request)
-        version = request.path_params["version"]
-        try:
-            return _json(await off_loop(admin.rollback, version))
-        except (LookupError, SnapshotError) as exc:
-            raise ApiError(404, str(exc).strip("'\""), param="version", code="not_found") from None
+        return await _on_version(request, admin.rollback)
 
     @get("/v1/admin/learner", tags=_TAGS, summary="The learner: last and next cycle, watermark, last window, drift",
          responses=_spec(LearnerStatus, "the learner's status"))  # fmt: skip
