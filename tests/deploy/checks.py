@@ -49,10 +49,10 @@ def turnout_env(env: Mapping[str, Any]) -> dict[str, str]:
 def check_env(env: Mapping[str, str]) -> None:
     """Every TURNOUT_ variable is a setting override or a credential the code reads."""
     credentials = {"TURNOUT_CLICKHOUSE_USER", "TURNOUT_CLICKHOUSE_PASSWORD"}
-    source = (ROOT / "feedback" / "clickhouse.py").read_text()
+    source = (ROOT / "feedback" / "clickhouse_client.py").read_text()
     for key in env:
         if key in credentials:
-            assert f'"{key}"' in source, f"{key} is no longer read by feedback/clickhouse.py"
+            assert f'"{key}"' in source, f"{key} is no longer read by feedback/clickhouse_client.py"
         else:
             assert "__" in key, f"{key} is neither TURNOUT_SECTION__KEY nor a known credential"
 
