@@ -241,7 +241,7 @@ def decide(
     penalty = [cw * c + lw * t for c, t in zip(costs, view._latency)]
     mean_utility = [q - p for q, p in zip(view._mean_rows[cluster], penalty)]
     m = len(costs)
-    by_mean = tuple(sorted(range(m), key=lambda j: -mean_utility[j]))  # stable: ties keep the pool's order
+    by_mean = tuple(sorted(range(m), key=mean_utility.__getitem__, reverse=True))  # stable: ties keep the pool's order
     ok = None if allowed is None else allowed.tolist()
     utility = view.columns(cluster) - np.array(penalty)[:, None]  # (m, S): one sample row is one column
     if ok is not None:
