@@ -77,6 +77,20 @@ class RouteChoice(msgspec.Struct, frozen=True):
     expected_cost_usd: float
 
 
+class _Wins(msgspec.Struct, frozen=True):
+    """What a decision reads off the sample matrix for one (cluster, penalty, allowed): a pure
+    function of the view and that key, so a view keeps it for the next request with the same key
+    (the same cluster, prompt length and weights)."""
+
+    by_mean: tuple[int, ...]  # the models, best posterior-mean utility first
+    order: tuple[int, ...]  # the order ties are broken in (``by_mean``, or the pool's with satisfice 0)
+    top: np.ndarray  # (S,) uint8: m - the place in ``order`` of each row's winner
+    propensities: tuple[float, ...]  # (m,) the share of rows each model wins
+
+
+_MEMO_ENTRIES = 4096  # keys a view remembers (about 1 KB each with 1024 samples); later ones are recomputed
+
+
 def fit_cells(total: np.ndarray, count: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
     """Per-cell means shrunk toward a two-way fit: (k, m) sums and counts -> (k, m) estimates.
 
@@ -130,7 +144,10 @@ class View:
 
     Draws are made per cluster, seeded by (seed, version, cluster), when first needed
     (``draw_all`` makes them all at once, as the service does on a swap), so every replica
-    and every offline run holds the same draws for a version.
+    and every offline run holds the same draws for a version. What a decision reads off a
+    cluster's draws depends only on the penalty and the allowed models, so the view keeps it
+    per (cluster, penalty, allowed) for the requests that come with the same key (the same
+    cluster, prompt length and weights); a decision from it is the one computed afresh.
     """
 
     def __init__(self, snapshot: Snapshot, prices: Prices, params: RoutingParams) -> None:
@@ -171,6 +188,7 @@ class View:
         self._per_token = self.per_prompt_token.tolist()
         self._latency = self.latency_s.tolist()
         self._ranks: dict[tuple[int, ...], np.ndarray] = {}
+        self._wins: dict[tuple, _Wins] = {}  # (cluster, penalty, allowed) -> the rows' winners
 
     @property
     def version(self) -> int:
@@ -235,14 +253,38 @@ def decide(
     prompt's (cluster, margin) on this view when the caller already assigned it.
     """
     cluster, margin = assign(embedding, view.centroids) if placed is None else placed
-    # per model, in Python floats (m is small): cost, penalty, posterior-mean utility
+    # per model, in Python floats (m is small): cost and penalty
     tokens, cw, lw = float(prompt_tokens), float(cost_weight), float(latency_weight)
     costs = [f + tokens * p for f, p in zip(view._fixed_rows[cluster], view._per_token)]
-    penalty = [cw * c + lw * t for c, t in zip(costs, view._latency)]
+    penalty = tuple([cw * c + lw * t for c, t in zip(costs, view._latency)])
+    ok = None if allowed is None else tuple(allowed.tolist())
+    key = (cluster, penalty, ok)
+    wins = view._wins.get(key)
+    if wins is None:
+        wins = _wins(view, cluster, penalty, ok)
+        if len(view._wins) < _MEMO_ENTRIES:
+            view._wins[key] = wins
+    top = wins.top
+    arm = wins.order[len(costs) - int(top[row % len(top)])]
+    return RouteChoice(
+        cluster=int(cluster),
+        margin=float(margin),
+        arm=arm,
+        propensity=wins.propensities[arm],
+        propensities=wins.propensities,
+        fallback_order=tuple(j for j in wins.by_mean if j != arm and (ok is None or ok[j])),
+        expected_cost_usd=costs[arm],
+    )
+
+
+def _wins(view: View, cluster: int, penalty: tuple[float, ...], ok: tuple[bool, ...] | None) -> _Wins:
+    """Each sample row's winner among the allowed models and the share of rows each wins.
+
+    penalty: (m,) utility subtracted from each model's draws; ok: (m,) allowed, or None for all.
+    """
+    m = len(penalty)
     mean_utility = [q - p for q, p in zip(view._mean_rows[cluster], penalty)]
-    m = len(costs)
     by_mean = tuple(sorted(range(m), key=mean_utility.__getitem__, reverse=True))  # stable: ties keep the pool's order
-    ok = None if allowed is None else allowed.tolist()
     utility = view.columns(cluster) - np.array(penalty)[:, None]  # (m, S): one sample row is one column
     if ok is not None:
         for j in range(m):
@@ -268,17 +310,7 @@ def decide(
     won = np.bincount(top, minlength=m + 1).tolist()
     if won[0]:
         raise ValueError("a sample row with no eligible model (a NaN utility)")
-    n_rows = len(top)
     props = [0.0] * m
     for place, j in enumerate(order):
-        props[j] = won[m - place] / n_rows
-    arm = order[m - int(top[row % n_rows])]
-    return RouteChoice(
-        cluster=int(cluster),
-        margin=float(margin),
-        arm=arm,
-        propensity=props[arm],
-        propensities=tuple(props),
-        fallback_order=tuple(j for j in by_mean if j != arm and (ok is None or ok[j])),
-        expected_cost_usd=costs[arm],
-    )
+        props[j] = won[m - place] / len(top)
+    return _Wins(by_mean, order, top, tuple(props))

@@ -177,10 +177,11 @@ def test_decide_is_exactly_the_plain_decision_over_the_sample_matrix(seed, weigh
     share = tuple(float(x) for x in np.where(rng.random(3) < 0.5, rng.uniform(0.01, 1.0, 3), 1.0))
     snap = _snap(n=tuple(map(tuple, n)), reward_sum=tuple(map(tuple, n * rng.random((2, 3)))), explore_share=share)
     view = View(snap, PRICES, RoutingParams(n_samples=n_samples, seed=seed % 1000, satisfice=satisfice))
-    e = rng.standard_normal(4).astype(np.float32)
-    for allowed in (None, rng.random(3) < 0.5, np.array([False, True, False])):
+    masks = (None, rng.random(3) < 0.5, np.array([False, True, False]))
+    for i in range(24):  # keys met again come from the view's memo
+        allowed, tokens, r = masks[i % 3], (120, 120, 4000, 0)[i % 4], row + i // 2
         if allowed is not None and not allowed.any():
             continue
-        choice = decide(view, e / np.linalg.norm(e), 120, weight, 0.5, allowed, row)
+        choice = decide(view, np.eye(4, dtype=np.float32)[i // 12], tokens, weight, 0.5, allowed, r)  # cluster i // 12
         got = (choice.arm, choice.propensity, choice.propensities, choice.fallback_order, choice.expected_cost_usd)
-        assert got == _reference(view, choice.cluster, 120, weight, 0.5, allowed, row)
+        assert got == _reference(view, choice.cluster, tokens, weight, 0.5, allowed, r)
