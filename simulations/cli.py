@@ -158,7 +158,9 @@ def cmd_ope(args: argparse.Namespace) -> int:
         if report.skipped_pinned:
             print(f"\n{report.skipped_pinned} decisions made by a rule (pinned or passthrough) left out: not the policy's")
         print(f"\nrounds {report.n}, effective sample size {report.ess:.1f}, logged mean reward {report.logged_reward:.4f}"
-              + (f", weights capped at {report.clip:g} in {report.clipped} rounds" if report.clip else ""))  # fmt: skip
+              + (f", weights capped at {report.clip:g} in {report.clipped} rounds" if report.clip else "")
+              + (f", candidate's share where the logging policy never chose {report.unsupported:.1%}"
+                 if report.unsupported is not None else ""))  # fmt: skip
     if report.warning:
         print(f"turnout ope: warning: {report.warning}", file=sys.stderr)
     return 0
