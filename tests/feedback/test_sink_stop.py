@@ -14,7 +14,8 @@ import threading
 from typing import Callable, Iterator
 
 from feedback.events import DecisionMade
-from feedback.kafka import KafkaEventSink, build_client
+from feedback.kafka import KafkaEventSink
+from feedback.kafka_client import build_client
 from feedback.spill import SpillJournal
 from tests.feedback.pipeline import events
 from tests.feedback.test_pipeline_faults import _env
