@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import msgspec
 
 from feedback.events import DecisionMade, Event, encode_event
-from feedback.kafka_client import build_client
+from feedback.kafka_client import build_client, close_producer
 from feedback.spill import SpillJournal
 
 __all__ = ["KafkaEventSink", "Producer", "ensure_topics"]
@@ -99,21 +99,17 @@ class Producer:
             log.warning("Kafka flush failed: %s", exc)
         acked = [f.is_done and f.succeeded() for f in futures] + [False] * (len(records) - len(futures))
         if not all(acked):
-            self.reset()
+            self.close()
         return acked
 
-    def reset(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the kafka-python producer with its thread and sockets; the next send makes a new one.
+
+        What it still holds is dropped: ``send_all`` has already reported it as not acknowledged.
+        """
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            try:
-                producer.close(timeout=0)
-            except Exception:  # closing a broken producer may complain; it is gone either way
-                log.debug("closing a failed producer", exc_info=True)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=timeout_s)
-            self._producer = None
+            close_producer(producer, timeout_s)
 
 
 def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int = 4) -> None:
