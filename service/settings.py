@@ -21,6 +21,7 @@ __all__ = [
     "DriftSettings",
     "EventsSettings",
     "FeedbackWeights",
+    "LanguageSettings",
     "LearnerSettings",
     "ModelSettings",
     "PolicySettings",
@@ -140,6 +141,18 @@ class RouterSettings(_Config):
     thompson_samples: int = 1024
     max_attempts: int = 3
     seed: int = 0
+
+
+class LanguageSettings(_Config):
+    """[language]: the prompt's language, detected offline on the request path (learner/language.py).
+
+    Recorded with each decision, matched by rules (``[[rules.languages]]``, a pin's ``language``),
+    and, with ``weight`` > 0, part of the routing context: the embedding moved toward its
+    language's direction, so the learner's clusters keep to one language (docs/learner.md).
+    """
+
+    detector: Literal["cld2", "none"] = "cld2"  # "none": every language is "" (unknown)
+    weight: float = 0.0  # how far the routing context moves toward the language; 0: not at all
 
 
 class FeedbackWeights(_Config):
@@ -325,6 +338,7 @@ class Settings(_Config):
     storage: StorageSettings = StorageSettings()
     events: EventsSettings = EventsSettings()
     router: RouterSettings = RouterSettings()
+    language: LanguageSettings = LanguageSettings()
     learner: LearnerSettings = LearnerSettings()
     models: tuple[ModelSettings, ...] = ()
     policies: tuple[PolicySettings, ...] = ()
