@@ -249,6 +249,16 @@ class PinRule(_Config):
     header_value: str = ""  # ... and the value it must have
     requested_model: str = ""  # the ``model`` the client asked for (an alias such as "gpt-4o")
     pattern: str = ""  # a regular expression searched in the last user message
+    language: str = ""  # the last user message's language, ISO 639-1 ("zh"); see [language]
+
+
+class LanguageRule(_Config):
+    """[[rules.languages]]: prompts in one of ``languages`` (ISO 639-1 codes, "" for a language
+    not detected) may only be served by ``models`` (empty: any), and never by ``forbid``."""
+
+    languages: tuple[str, ...]
+    models: tuple[str, ...] = ()
+    forbid: tuple[str, ...] = ()
 
 
 class SafetyClass(_Config):
@@ -260,10 +270,11 @@ class SafetyClass(_Config):
 
 
 class RulesSettings(_Config):
-    """[rules]: checks before the bandit, in order: pins, safety, context window, cost cap."""
+    """[rules]: checks before the bandit: safety, languages, context window, cost cap, then pins."""
 
     pins: tuple[PinRule, ...] = ()
     safety: tuple[SafetyClass, ...] = ()
+    languages: tuple[LanguageRule, ...] = ()
     max_cost_usd: float = 0.0  # per request, expected from prices; 0 = no cap
     answer_reserve_tokens: int = 256  # room left for the answer when the request sets no max_tokens
     escalation_margin: float = 0.0  # a cluster margin below this escalates ...
