@@ -233,6 +233,7 @@ class ChatService:
                 if self.cache is not None:  # the answer re-asked leaves the cache (before this lookup)
                     self.cache.rerequest(caller.tenant.name, previous)
         self.metrics.overhead.observe(time.perf_counter() - started)
+        self.metrics.languages.inc(routed.language)
         return turn
 
     def _failed(self, turn: Turn, exc: AllFailed) -> ApiError:

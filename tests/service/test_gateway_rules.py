@@ -60,6 +60,9 @@ def test_language_is_detected_recorded_answered_and_ruled_on(fleet, embedder):
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_allowed"
         langs = {d.decision_id: d.language for d in gw.decisions()}
         assert {langs[r.headers["x-turnout-decision-id"]] for r in (zh, fr, de, en)} == {"zh", "fr", "de", "en"}
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert 'turnout_request_languages_total{language="zh"} 1' in metrics  # the refused one was not routed
+        assert 'turnout_request_languages_total{language="fr"} 1' in metrics
 
 
 def test_context_window_and_cost_cap(fleet, embedder):
