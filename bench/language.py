@@ -2,6 +2,7 @@
 
     python -m bench.language [--data DIR] [--per-file 500]
     python -m bench.language --replay [--weights 0,0.5,1] [--seeds 1,2,3] [--workers 2]
+    python -m bench.language --separation [--weights 0,0.5,1]
 
 Candidates (each measured only if its package is installed; all ship their model in the wheel):
 py3langid (langid.py's model, numpy), lingua-language-detector (Rust; low- and high-accuracy
@@ -21,6 +22,11 @@ seed, bandit feedback, a learning cycle every 10 prompts) with ``[language] weig
 ``--weights`` (0: no language step), and the share of the quality gap between the best single
 model and the oracle captured, overall and per language (the language of the file: cmmlu is
 Chinese, the rest English), mean over the seeds.
+
+``--separation``: how far apart the languages already are. 1,500 prompts drawn from the three
+``multilingual7`` files, their routing contexts at each weight: mean cosine within Chinese, within
+English and between the two, and, for k-means with k = 4 and 8 (the learner's ``kmeans``, 4
+starts), how many prompts sit in a cluster whose majority is the other language.
 """
 
 from __future__ import annotations
@@ -203,16 +209,43 @@ def replay_table(data: Path, weights: list[float], seeds: list[int], workers: in
     return "\n".join(rows + ["", *per_seed])
 
 
+def separation(data: Path, weights: list[float], n: int = 1500) -> str:
+    from learner.clusters import assign_many, kmeans
+    from learner.language import Cld2Detector, routing_context
+    from learner.wordllama import WordLlamaEmbedder
+
+    out = load_outcomes(sorted(glob.glob(str(data / "multilingual7" / "*.jsonl"))))
+    idx = np.random.default_rng(0).choice(len(out), min(n, len(out)), replace=False)
+    zh = np.array([_FILE_LANGUAGE.get(out.tasks[i]) == "zh" for i in idx])
+    emb, det = WordLlamaEmbedder(256), Cld2Detector()
+    rows = ["| weight | cos zh-zh | cos en-en | cos zh-en | k=4: prompts among the other language | k=8 |",
+            "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for w in weights:
+        x = np.stack([routing_context(out.prompts[i], emb, det, w)[2] for i in idx])
+        sims = x @ x.T
+        mixed = []
+        for k in (4, 8):
+            lab, _ = assign_many(x, kmeans(x, k, np.random.default_rng(1), starts=4))
+            mixed.append(sum(min(int(zh[lab == j].sum()), int((~zh[lab == j]).sum())) for j in np.unique(lab)))
+        rows.append(f"| {w:g} | {sims[zh][:, zh].mean():.3f} | {sims[~zh][:, ~zh].mean():.3f} | "
+                    f"{sims[zh][:, ~zh].mean():.3f} | {mixed[0]} of {len(idx)} | {mixed[1]} of {len(idx)} |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data"), help="directory holding multilingual7/")
     parser.add_argument("--per-file", type=int, default=500)
     parser.add_argument("--replay", action="store_true", help="gap share per language with and without the step")
+    parser.add_argument("--separation", action="store_true", help="how far apart the languages' contexts are")
     parser.add_argument("--weights", default="0,0.5,1")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--learn-every", type=int, default=10)
     args = parser.parse_args(argv)
+    if args.separation:
+        print(separation(Path(args.data), [float(w) for w in args.weights.split(",")]))
+        return 0
     if args.replay:
         import logging
 
