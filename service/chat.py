@@ -1,6 +1,7 @@
 """The chat-completions use case: parse, screen (rules), route, dispatch with failover, answer, record.
 
-Per request ``ChatService`` decodes the body, runs the rules, embeds the last user message, takes
+Per request ``ChatService`` decodes the body, detects the last user message's language and embeds
+it (``learner.language.routing_context``), runs the rules, takes
 one Thompson decision from the live snapshot (``learner.routing.decide`` on the one view it read),
 calls the provider (failing over by the posterior, ``service/failover.py``), encodes the answer
 and records what happened. After routing, the request travels as one ``Turn``
