@@ -286,9 +286,12 @@
       htmlEl("td", {}, tr, l.language || "unknown");
       htmlEl("td", {}, tr, compact(l.decisions));
       htmlEl("td", {}, tr, (100 * l.share).toFixed(1) + "%");
-      htmlEl("td", { "class": "models" }, tr, Object.keys(l.models).slice(0, 3).map(function (m) {
-        return m + " " + Math.round(100 * l.models[m]) + "%";
-      }).join(", "));
+      var models = htmlEl("td", { "class": "models", "colspan": "3" }, htmlEl("tr", {}, body));
+      Object.keys(l.models).slice(0, 3).forEach(function (m) {
+        var text = m + " " + Math.round(100 * l.models[m]) + "%";
+        htmlEl("span", { "title": text }, models, text);
+        models.appendChild(document.createTextNode(" "));
+      });
     });
   }
 
