@@ -1,9 +1,13 @@
 """Routing overhead: the in-process decision, and the HTTP round trip at a fixed request rate.
 
     python -m bench.overhead [--rate 200] [--duration-s 20] [--decisions 20000] [--cache-entries 100000]
+                             [--language-detector cld2|none]
 
-1. Decision in-process: embed (wordllama) + nearest centroid + Thompson sample with its
-   propensity, through the service's own ``ChatService.route`` on a loaded snapshot.
+1. Decision in-process: language detection (``[language] detector``, cld2 by default) + embed
+   (wordllama) + rules + nearest centroid + Thompson sample with its propensity, through the
+   service's own ``ChatService.route`` on a loaded snapshot; beside it the embedding alone and the
+   language detection alone (on the same prompts and on ``bench.language``'s short prompts in 14
+   languages).
 2. HTTP: ``turnout up`` in its own process on a zero-latency simulated pool (so the whole round
    trip is Turnout's overhead: parsing, routing, answering, emitting the event), driven open-loop
    at a fixed rate with latency counted from each request's due time. Beside it, in the same
@@ -45,13 +49,13 @@ def _prompts(n: int, seed: int = 0) -> list[str]:
     return [make_prompt(DEFAULT_TOPICS[rng.integers(len(DEFAULT_TOPICS))], rng) for _ in range(n)]
 
 
-def bench_decision(n: int) -> dict[str, float]:
+def bench_decision(n: int, detector: str = "cld2") -> dict[str, float]:
     from service.runtime import Runtime
     from service.schemas import ChatRequest, Message
     from service.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp})
+        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_LANGUAGE__DETECTOR": detector})
         rt = Runtime(settings, learner=False, sim_latency_scale=0.0)
         reqs = [ChatRequest(model="auto", messages=[Message(role="user", content=p)]) for p in _prompts(n)]
         for r in reqs[:500]:
@@ -67,10 +71,25 @@ def bench_decision(n: int) -> dict[str, float]:
             t0 = time.perf_counter()
             rt.embedder.embed([text])
             embed_times.append(time.perf_counter() - t0)
+        language = _detection(rt.chat.language, [str(r.messages[0].content) for r in reqs])
         rt.stop()
     out = {f"decision_{k}_ms": v for k, v in percentiles(times).items()}
     out.update({f"embed_{k}_ms": v for k, v in percentiles(embed_times).items()})
+    out.update({f"language_{k}_ms": v for k, v in language.items()})
     return out
+
+
+def _detection(detector, prompts: list[str]) -> dict[str, float]:
+    """The language detector alone: the decision's prompts, then short prompts in 14 languages."""
+    from bench.language import HAND
+
+    texts = prompts[:5000] + [p for ps in HAND.values() for p in ps] * 20
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        detector.detect(text)
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
 
 
 def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[str, float]:
@@ -205,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=20.0)
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--language-detector", default="cld2", help="[language] detector of the decision: cld2 or none")
     p.add_argument("--cache-entries", type=int, default=100_000, help="answers stored for the cache lookup (0: skip)")
     p.add_argument("--cache-tenants", type=int, default=1,
                    help="tenants the answers are spread over (1: one namespace, the worst case)")
     args = p.parse_args(argv)
-    figures = bench_decision(args.decisions)
+    figures = bench_decision(args.decisions, args.language_detector)
     if args.cache_entries > 0:
         figures.update(bench_cache(args.cache_entries, args.cache_tenants))
     if not args.skip_http:

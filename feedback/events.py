@@ -89,6 +89,9 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     # set on a response-cache hit (policy, arm and model "cache", cost 0): the decision whose
     # stored answer was served, so feedback on the hit can be traced to the answer it judges
     source_decision_id: str = ""
+    # the last user message's language, ISO 639-1 ("en", "zh"), "" when not detected
+    # ([language] detector "none", or too little text); what rules matched and the dashboard counts
+    language: str = ""
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

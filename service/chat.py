@@ -1,6 +1,7 @@
 """The chat-completions use case: parse, screen (rules), route, dispatch with failover, answer, record.
 
-Per request ``ChatService`` decodes the body, runs the rules, embeds the last user message, takes
+Per request ``ChatService`` decodes the body, detects the last user message's language and embeds
+it (``learner.language.routing_context``), runs the rules, takes
 one Thompson decision from the live snapshot (``learner.routing.decide`` on the one view it read),
 calls the provider (failing over by the posterior, ``service/failover.py``), encodes the answer
 and records what happened. After routing, the request travels as one ``Turn``
@@ -21,6 +22,7 @@ from feedback.events import uuid7
 from learner.budget import tenant_budget_key
 from learner.costs import request_tokens
 from learner.embedding import Embedder
+from learner.language import LanguageDetector, NoDetector, routing_context
 from service.bodies import decode_body
 from service.caching import Ask, ResponseCache
 from service.errors import ApiError
@@ -72,6 +74,8 @@ class ChatParts(msgspec.Struct, frozen=True):
     session_header: str = "x-session-id"  # names the asker of a request without ``user``
     log_requests: bool = False
     cache: ResponseCache | None = None  # None: no response cache (service/caching.py)
+    language: LanguageDetector = NoDetector()  # the prompt's language (learner/language.py)
+    language_weight: float = 0.0  # [language] weight: its part in the routing context
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -118,6 +122,8 @@ class ChatService:
         self.session_header = parts.session_header
         self.log_requests = parts.log_requests
         self.cache = parts.cache
+        self.language = parts.language
+        self.language_weight = parts.language_weight
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -137,7 +143,7 @@ class ChatService:
         return req
 
     def route(self, req: ChatRequest, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS) -> Routed:
-        """Rules, then embedding, then one Thompson decision among the models the rules allow."""
+        """Language, embedding and rules, then one Thompson decision among the models the rules allow."""
         tenant = caller.tenant
         text = next(message_text(m) for m in reversed(req.messages) if m.role == "user")
         prompt_tokens = request_tokens([message_text(m) for m in req.messages])
@@ -149,7 +155,7 @@ class ChatService:
             cost_weight = view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
         elif tenant.cost_weight is None:  # a policy's budget: the live snapshot's weight for this policy
             cost_weight = view.cost_weight(policy, cost_weight)
-        embedding = self.embedder.embed([text])[0]
+        language, said, embedding = routing_context(text, self.embedder, self.language, self.language_weight)
         cluster, margin = assign(embedding, view.centroids)
         costs = view.costs(cluster, prompt_tokens)
         try:
@@ -157,6 +163,7 @@ class ChatService:
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
                 costs=lambda: costs, requested=req.model, tenant=tenant.name,
                 tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
+                language=language,
             )  # fmt: skip
         except NoCandidate as exc:
             self.metrics.rejected.inc(exc.code)
@@ -169,7 +176,7 @@ class ChatService:
             policy = "passthrough" if screen.rule == "requested" else "pinned"
             name = self.pool[screen.pinned].name
             return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
-                          view.snapshot.clustering, name, screen.safety_class, costs)  # fmt: skip
+                          view.snapshot.clustering, name, screen.safety_class, costs, language, said)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
         row = int(self.rng.integers(1 << 30))
         choice = decide(view, embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
@@ -182,7 +189,7 @@ class ChatService:
                                            allowed, tenant.exploration_cap)  # fmt: skip
         names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
-                      view.snapshot.clustering, names[0], screen.safety_class, costs)
+                      view.snapshot.clustering, names[0], screen.safety_class, costs, language, said)
 
     def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
         if not models:
@@ -221,12 +228,13 @@ class ChatService:
         turn = Turn(req, caller, routed, uuid7(), np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes(),
                     started, req.user or headers.get(self.session_header, ""))  # fmt: skip
         if self.rerequests is not None:
-            previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.embedding)
+            previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.said)
             if previous is not None:
                 self.records.negative(previous, turn, "re_request")
                 if self.cache is not None:  # the answer re-asked leaves the cache (before this lookup)
                     self.cache.rerequest(caller.tenant.name, previous)
         self.metrics.overhead.observe(time.perf_counter() - started)
+        self.metrics.languages.inc(routed.language)
         return turn
 
     def _failed(self, turn: Turn, exc: AllFailed) -> ApiError:
@@ -261,6 +269,7 @@ class ChatService:
             "x-turnout-cluster": str(turn.routed.choice.cluster),
             "x-turnout-cost-usd": f"{cost_usd:.8f}",
             "x-turnout-fallbacks": str(fallbacks),
+            "x-turnout-language": turn.routed.language,
         }
 
     def _cached(self, turn: Turn, raw: bytes, headers: Mapping[str, str]) -> tuple[Ask | None, Hit | None]:

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from learner.cache import AnswerCache, CacheParams
+from learner.language import build_detector
 from service.caching import ResponseCache
 from service.chat import ChatParts
 from service.metrics import Registry
@@ -50,8 +51,8 @@ def response_cache(settings: Settings, metrics: Registry) -> ResponseCache | Non
 
 def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
                cache: ResponseCache | None = None) -> ChatParts:  # fmt: skip
-    """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking
-    and response cache (``response_cache``)."""
+    """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking,
+    response cache (``response_cache``) and language step."""
     b, r = settings.breaker, settings.retry
     breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
     policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
@@ -63,6 +64,8 @@ def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
         session_header=rr.session_header.lower(),
         log_requests=settings.server.log_requests,
         cache=cache,
+        language=build_detector(settings.language.detector),
+        language_weight=settings.language.weight,
     )
 
 

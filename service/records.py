@@ -36,7 +36,7 @@ class Routed(msgspec.Struct, frozen=True):
     """What routing decided for one request, under which snapshot."""
 
     choice: RouteChoice
-    embedding: np.ndarray  # (d,) float32, unit norm
+    embedding: np.ndarray  # (d,) float32, unit norm: the routing context, what was routed on and is recorded
     text: str  # the last user message
     prompt_tokens: int
     policy: str  # a policy name, "passthrough" (model asked by name) or "pinned" (a rule)
@@ -46,6 +46,14 @@ class Routed(msgspec.Struct, frozen=True):
     arm: str  # the model the policy chose (candidates[0])
     safety_class: str = ""
     costs: np.ndarray | None = None  # (m,) expected USD of each model under the routed snapshot
+    language: str = ""  # ISO 639-1 code of the last user message, "" unknown (learner/language.py)
+    text_embedding: np.ndarray | None = None  # (d,) the text's own embedding when it differs from ``embedding``
+
+    @property
+    def said(self) -> np.ndarray:
+        """The text's own embedding (without the language step): what similarity of two prompts
+        is judged on (re-requests, the response cache's semantic match)."""
+        return self.embedding if self.text_embedding is None else self.text_embedding
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -82,6 +90,7 @@ class Recorder:
             clustering=routed.clustering,
             cluster=routed.choice.cluster,
             margin=routed.choice.margin,
+            language=routed.language,
             prompt_hash=prompt_hash(routed.text),
             stream=req.stream,
             embedding=turn.emb,

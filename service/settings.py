@@ -21,6 +21,7 @@ __all__ = [
     "DriftSettings",
     "EventsSettings",
     "FeedbackWeights",
+    "LanguageSettings",
     "LearnerSettings",
     "ModelSettings",
     "PolicySettings",
@@ -142,6 +143,18 @@ class RouterSettings(_Config):
     seed: int = 0
 
 
+class LanguageSettings(_Config):
+    """[language]: the prompt's language, detected offline on the request path (learner/language.py).
+
+    Recorded with each decision, matched by rules (``[[rules.languages]]``, a pin's ``language``),
+    and, with ``weight`` > 0, part of the routing context: the embedding moved toward its
+    language's direction, so the learner's clusters keep to one language (docs/learner.md).
+    """
+
+    detector: Literal["cld2", "none"] = "cld2"  # "none": every language is "" (unknown)
+    weight: float = 0.0  # how far the routing context moves toward the language; 0: not at all
+
+
 class FeedbackWeights(_Config):
     """[learner.feedback_weights]: evidence one piece of feedback of each kind is worth."""
 
@@ -236,6 +249,16 @@ class PinRule(_Config):
     header_value: str = ""  # ... and the value it must have
     requested_model: str = ""  # the ``model`` the client asked for (an alias such as "gpt-4o")
     pattern: str = ""  # a regular expression searched in the last user message
+    language: str = ""  # the last user message's language, ISO 639-1 ("zh"); see [language]
+
+
+class LanguageRule(_Config):
+    """[[rules.languages]]: prompts in one of ``languages`` (ISO 639-1 codes, "" for a language
+    not detected) may only be served by ``models`` (empty: any), and never by ``forbid``."""
+
+    languages: tuple[str, ...]
+    models: tuple[str, ...] = ()
+    forbid: tuple[str, ...] = ()
 
 
 class SafetyClass(_Config):
@@ -247,10 +270,11 @@ class SafetyClass(_Config):
 
 
 class RulesSettings(_Config):
-    """[rules]: checks before the bandit, in order: pins, safety, context window, cost cap."""
+    """[rules]: checks before the bandit: safety, languages, context window, cost cap, then pins."""
 
     pins: tuple[PinRule, ...] = ()
     safety: tuple[SafetyClass, ...] = ()
+    languages: tuple[LanguageRule, ...] = ()
     max_cost_usd: float = 0.0  # per request, expected from prices; 0 = no cap
     answer_reserve_tokens: int = 256  # room left for the answer when the request sets no max_tokens
     escalation_margin: float = 0.0  # a cluster margin below this escalates ...
@@ -325,6 +349,7 @@ class Settings(_Config):
     storage: StorageSettings = StorageSettings()
     events: EventsSettings = EventsSettings()
     router: RouterSettings = RouterSettings()
+    language: LanguageSettings = LanguageSettings()
     learner: LearnerSettings = LearnerSettings()
     models: tuple[ModelSettings, ...] = ()
     policies: tuple[PolicySettings, ...] = ()

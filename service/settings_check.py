@@ -65,6 +65,8 @@ def check(s: Settings, source: str) -> None:
         raise ConfigError(f"config error in {source}: router.n_clusters must be >= 1")
     if not (math.isfinite(s.router.satisfice) and s.router.satisfice >= 0):
         raise ConfigError(f"config error in {source}: router.satisfice must be a finite number >= 0")
+    if not (math.isfinite(s.language.weight) and s.language.weight >= 0):
+        raise ConfigError(f"config error in {source}: language.weight must be a finite number >= 0 (0: off)")
     if not (math.isfinite(s.router.shrink_strength) and s.router.prior_strength > 0):
         raise ConfigError(f"config error in {source}: router.prior_strength must be > 0, shrink_strength finite")
     if s.learner.cold_start_min < 1 or s.learner.recluster_until < 0:

@@ -52,6 +52,19 @@ def test_router_history_shares_costs_margins_and_marks():
     assert empty.clusters == [] and empty.overall.margin == [None]
 
 
+def test_router_history_counts_decisions_per_language_and_the_models_that_served_them():
+    rows = [
+        TrafficBucket(0, 1, 0, "a", 3, 3, 0.0, 0.0, 0.0, "zh"),
+        TrafficBucket(0, 1, 1, "b", 1, 1, 0.0, 0.0, 0.0, "zh"),
+        TrafficBucket(B, 1, 0, "b", 4, 4, 0.0, 0.0, 0.0, "en"),
+        TrafficBucket(B, 1, 0, "a", 2, 2, 0.0, 0.0, 0.0, ""),
+    ]
+    h = router_history(rows, models=("a", "b"), clustering=1, since_ms=0, until_ms=2 * B, bucket_ms=B)
+    assert [(t.language, t.decisions, t.share) for t in h.languages] == [("en", 4, 0.4), ("zh", 4, 0.4), ("", 2, 0.2)]
+    assert h.languages[1].models == {"a": 0.75, "b": 0.25}
+    assert router_history([], models=("a",), clustering=0, since_ms=0, until_ms=B, bucket_ms=B).languages == []
+
+
 def test_window_is_whole_buckets_ending_with_the_current_one():
     since, until, width = _window(now_ms=3_600_000 + 1234, window_s=3600, buckets=60)
     assert width == 60_000 and until == 3_660_000 and since == 60_000

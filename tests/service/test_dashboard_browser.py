@@ -78,7 +78,7 @@ def _past_traffic(runtime, now_ms: int, rng: np.random.Generator) -> int:
         events.append(DecisionMade(event_id=uuid7(ts), decision_id=uuid7(ts), ts_ms=ts, clustering=snap.clustering,
                                    cluster=int(rng.integers(k)), arm=pool[arm].name, model=pool[arm].name,
                                    margin=float(0.45 - 0.1 * progress + 0.03 * rng.random()), prompt_tokens=p,
-                                   completion_tokens=c, cost_usd=cost))  # fmt: skip
+                                   completion_tokens=c, cost_usd=cost, language="zh" if i % 2 else ""))  # fmt: skip
     runtime.rows.insert(events)
     return len(events)
 
@@ -121,6 +121,9 @@ def test_dashboard_renders_live_data_in_chromium(live, runtime, chromium, tmp_pa
     assert "margin in cluster 1: 0.420 -&gt; 0.210, recluster" in dom
     for model in snap.models:
         assert re.search(rf'<tr data-model="{model}"><td>{model}</td><td class="state closed">closed</td>', dom)
+    # decisions per language: the driven English prompts, the past traffic's Chinese and undetected
+    for lang, shown in (("en", "en"), ("zh", "zh"), ("", "unknown")):
+        assert re.search(rf'<tr data-language="{lang}"><td>{shown}</td><td>\d+</td><td>\d+\.\d%</td>', dom)
     assert "update failed" not in dom
 
     shot = tmp_path / "dashboard.png"

@@ -91,3 +91,14 @@ def test_cli_names_the_bad_variable_and_exits_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("turnout: config error in TURNOUT_ROUTER__COST_WEIGHT=abc "), lines
+
+
+def test_the_language_table_and_its_bounds():
+    from service.settings import ConfigError, load_settings
+
+    assert load_settings(None, {}).language.detector == "cld2" and load_settings(None, {}).language.weight == 0.0
+    assert load_settings(None, {"TURNOUT_LANGUAGE__WEIGHT": "0.5"}).language.weight == 0.5
+    with pytest.raises(ConfigError, match="language.weight must be a finite number >= 0"):
+        load_settings(None, {"TURNOUT_LANGUAGE__WEIGHT": "-1"})
+    with pytest.raises(ConfigError, match="TURNOUT_LANGUAGE__DETECTOR=fasttext"):
+        load_settings(None, {"TURNOUT_LANGUAGE__DETECTOR": "fasttext"})
