@@ -22,6 +22,7 @@ from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.ports import EventSink
 from learner.embedding import prompt_hash
 from learner.ports import DecisionRef
+from service.conversations import Thread
 from service.decisions import DecisionIndex
 from service.failover import Attempt
 from service.metrics import Registry
@@ -46,6 +47,8 @@ class Routed(msgspec.Struct, frozen=True):
     arm: str  # the model the policy chose (candidates[0])
     safety_class: str = ""
     costs: np.ndarray | None = None  # (m,) expected USD of each model under the routed snapshot
+    context: np.ndarray | None = None  # (d,) unit norm: what it was routed on, when not ``embedding`` alone
+    thread: Thread | None = None  # its place in its conversation (service/conversations.py)
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -55,7 +58,7 @@ class Turn(msgspec.Struct, frozen=True):
     caller: Caller
     routed: Routed
     decision_id: str
-    emb: bytes  # routed.embedding as little-endian float32, as recorded
+    emb: bytes  # what it was routed on (routed.context, else routed.embedding) as little-endian float32
     started: float  # time.perf_counter() when the request arrived
     asker: str = ""  # who would re-ask: the request's user, else its session header ("" unknown)
 
@@ -86,6 +89,9 @@ class Recorder:
             stream=req.stream,
             embedding=turn.emb,
             prompt_text=routed.text if keep else "",
+            conversation_id="" if routed.thread is None else routed.thread.conversation_id,
+            turn=0 if routed.thread is None else routed.thread.turn,
+            sticky=routed.thread is not None and routed.thread.sticky,
             **fields,
         )
 
