@@ -129,3 +129,27 @@ def test_two_tenants_identical_chats_never_share_state(gw):
     assert ds["globex", 1].conversation_id not in (ds["acme", 1].conversation_id, "")
     assert ds["acme", 2].conversation_id == ds["acme", 1].conversation_id and ds["acme", 2].sticky
     assert not ds["globex", 1].sticky
+
+
+def test_a_follow_up_is_routed_in_its_conversation_s_cluster_and_alone_elsewhere(fleet, embedder):
+    from simulations.pool import topic_examples
+
+    router = {"cluster_examples": topic_examples(), "n_clusters": 4}
+    with fleet.gateway(load_settings(None, {}), embedder, tenants=TENANTS, models=_models(fleet), router=router) as gw:
+        follow_up = "and now the same in Rust"
+        with _client(gw) as client:
+            first = client.chat.completions.with_raw_response.create(
+                model="auto", user="eve", messages=[{"role": "user", "content": QUESTIONS[0]}])
+            chat = [{"role": "user", "content": QUESTIONS[0]},
+                    {"role": "assistant", "content": first.parse().choices[0].message.content},
+                    {"role": "user", "content": follow_up}]  # fmt: skip
+            in_context = client.chat.completions.with_raw_response.create(model="auto", user="eve", messages=chat)
+            alone = client.chat.completions.with_raw_response.create(
+                model="auto", user="eve", messages=[{"role": "user", "content": follow_up}])
+        code = first.headers["x-turnout-cluster"]
+        assert in_context.headers["x-turnout-cluster"] == code
+        assert alone.headers["x-turnout-cluster"] != code
+        ds = _requests(gw)
+        assert [d.turn for d in ds] == [1, 2, 1]
+        # the follow-up's recorded embedding is the context it was routed on, not its text's alone
+        assert ds[1].embedding != ds[2].embedding and ds[1].prompt_hash == ds[2].prompt_hash
