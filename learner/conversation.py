@@ -41,7 +41,7 @@ def context_sum(previous: np.ndarray | None, embedding: np.ndarray, decay: float
 
 def normalised(v: np.ndarray) -> np.ndarray:
     """``v`` at unit norm (a zero vector unchanged): what a context sum is routed on."""
-    n = float(np.linalg.norm(v))
+    n = float(np.sqrt(v @ v))
     return v / np.float32(n) if n > 0 else v
 
 

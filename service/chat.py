@@ -157,7 +157,8 @@ class ChatService:
         thread, context = None, None
         if self.conversations is not None:  # routed in its conversation's context
             thread, context = self.conversations.thread(req.messages, tenant.name, req.user or "",
-                                                        headers.get(self.session_header, ""), embedding)  # fmt: skip
+                                                        headers.get(self.session_header, ""), embedding,
+                                                        prompt_tokens)  # fmt: skip
         at = embedding if context is None else context
         cluster, margin = assign(at, view.centroids)
         costs = view.costs(cluster, prompt_tokens)

@@ -39,7 +39,9 @@ from learner.costs import request_tokens
 from learner.routing import RouteChoice, View
 from service.schemas import Message, message_text
 
-__all__ = ["Conversation", "ConversationStore", "Conversations", "Thread", "conversation_keys", "pool_cache_saving"]
+__all__ = [
+    "Conversation", "ConversationStore", "Conversations", "Thread", "conversation_keys", "last_user", "pool_cache_saving",
+]  # fmt: skip
 
 Key = tuple[str, bytes]  # (tenant, digest)
 _COUNTED = ("system", "developer", "user")  # the messages a conversation's identity hashes
@@ -70,19 +72,29 @@ class Thread(msgspec.Struct, frozen=True):
     session: Key | None = None  # the conversation's session key: this request's, else one seen before
 
 
-def conversation_keys(messages: Sequence[Message], tenant: str, user: str,
-                      session: str) -> tuple[tuple[Key, ...], tuple[Key, ...]]:  # fmt: skip
-    """(lookup keys, store keys) of a request: its session's, then its conversation hash's."""
-    last = max(i for i, m in enumerate(messages) if m.role == "user")
-    h = hashlib.blake2b(digest_size=16)
-    h.update(b"h\0" + user.encode() + b"\0")
-    earlier = any(m.role == "user" for m in messages[:last])  # else a first turn: nothing to look up
+def last_user(messages: Sequence[Message]) -> int:
+    """Index of the last user message (the request has one: ``ChatService.parse`` checked)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return i
+    raise ValueError("no user message")
+
+
+def conversation_keys(messages: Sequence[Message], tenant: str, user: str, session: str,
+                      last: int) -> tuple[tuple[Key, ...], tuple[Key, ...]]:  # fmt: skip
+    """(lookup keys, store keys) of a request whose last user message is ``messages[last]``: its
+    session's, then its conversation hash's (a first turn, with no user message before, looks
+    up no hash)."""
+    h = hashlib.blake2b(b"h\0" + user.encode() + b"\0", digest_size=16)
     before = None
-    for i, m in enumerate(messages[: last + 1]):
+    earlier = False  # a user message before the last: else a first turn, nothing to look up
+    for i in range(last + 1):
+        m = messages[i]
         if i == last and earlier:
             before = h.copy()
         if m.role in _COUNTED:
-            h.update(m.role.encode() + b"\0" + message_text(m).encode() + b"\x1e")
+            earlier = earlier or m.role == "user"
+            h.update(f"{m.role}\0{message_text(m)}\x1e".encode())
     lookup: list[Key] = []
     store: list[Key] = []
     if session:
@@ -145,20 +157,23 @@ class Conversations:
         self.switch_margin = switch_margin
         self.sticky = sticky
 
-    def thread(self, messages: Sequence[Message], tenant: str, user: str, session: str,
-               embedding: np.ndarray) -> tuple[Thread, np.ndarray]:  # fmt: skip
-        """The request's thread and the vector to route it on: (d,) unit norm."""
-        lookup, store = conversation_keys(messages, tenant, user, session)
+    def thread(self, messages: Sequence[Message], tenant: str, user: str, session: str, embedding: np.ndarray,
+               prompt_tokens: int) -> tuple[Thread, np.ndarray]:  # fmt: skip
+        """The request's thread and the vector to route it on: (d,) unit norm.
+
+        prompt_tokens: ``learner.costs.request_tokens`` of all its messages (the prefix's are
+        what precedes the last user message)."""
+        last = last_user(messages)
+        lookup, store = conversation_keys(messages, tenant, user, session, last)
         found = self.store.find(lookup)
-        session_key = store[0] if session else (None if found is None else found.session)
-        last = max(i for i, m in enumerate(messages) if m.role == "user")
-        prefix_tokens = request_tokens([message_text(m) for m in messages[:last]]) if found is not None else 0
-        summed = context_sum(None if found is None else found.context, embedding, self.context_decay)
-        thread = Thread(
-            lookup=lookup, store=store, conversation_id=uuid7() if found is None else found.conversation_id,
-            turn=1 if found is None else found.turns + 1, previous_model="" if found is None else found.model,
-            context=summed, prefix_tokens=prefix_tokens, session=session_key,
-        )  # fmt: skip
+        if found is None:
+            summed = context_sum(None, embedding, self.context_decay)
+            thread = Thread(lookup, store, uuid7(), 1, "", summed, 0, session=store[0] if session else None)
+            return thread, normalised(summed)
+        prefix_tokens = prompt_tokens - request_tokens([message_text(m) for m in messages[last:]])
+        summed = context_sum(found.context, embedding, self.context_decay)
+        thread = Thread(lookup, store, found.conversation_id, found.turns + 1, found.model, summed, prefix_tokens,
+                        session=store[0] if session else found.session)  # fmt: skip
         return thread, normalised(summed)
 
     def discount_usd(self, thread: Thread, model: str, prompt_tokens: int | None = None) -> float:

@@ -7,8 +7,11 @@ import pytest
 
 from learner.routing import Prices, RoutingParams, View
 from learner.snapshot import initial_snapshot
-from service.conversations import Conversation, ConversationStore, Conversations, conversation_keys, pool_cache_saving
-from service.schemas import Message
+from learner.costs import request_tokens
+from service.conversations import (
+    Conversation, ConversationStore, Conversations, conversation_keys, last_user, pool_cache_saving,
+)  # fmt: skip
+from service.schemas import Message, message_text
 
 SYS = Message(role="system", content="You are terse.")
 
@@ -23,6 +26,14 @@ def _chat(*turns: str, answers: bool = True) -> list[Message]:
     return out
 
 
+def _keys(messages: list[Message], tenant: str, user: str, session: str):
+    return conversation_keys(messages, tenant, user, session, last_user(messages))
+
+
+def _thread(convs: Conversations, messages: list[Message], tenant: str, user: str, session: str, e: np.ndarray):
+    return convs.thread(messages, tenant, user, session, e, request_tokens([message_text(m) for m in messages]))
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -32,25 +43,25 @@ class Clock:
 
 
 def test_the_next_turn_looks_where_the_last_one_was_stored():
-    _, store1 = conversation_keys(_chat("hi"), "t", "u", "")
-    lookup2, store2 = conversation_keys(_chat("hi", "and more"), "t", "u", "")
-    lookup3, _ = conversation_keys(_chat("hi", "and more", "again"), "t", "u", "")
-    assert conversation_keys(_chat("hi"), "t", "u", "")[0] == ()  # a first turn looks nothing up
+    _, store1 = _keys(_chat("hi"), "t", "u", "")
+    lookup2, store2 = _keys(_chat("hi", "and more"), "t", "u", "")
+    lookup3, _ = _keys(_chat("hi", "and more", "again"), "t", "u", "")
+    assert _keys(_chat("hi"), "t", "u", "")[0] == ()  # a first turn looks nothing up
     assert lookup2 == store1 and lookup3 == store2 and lookup3 != lookup2
     # the answers sent back do not matter (clients trim or reformat them)
-    assert conversation_keys(_chat("hi", "and more", answers=False), "t", "u", "")[0] == lookup2
+    assert _keys(_chat("hi", "and more", answers=False), "t", "u", "")[0] == lookup2
     # another user, another tenant or another earlier turn: another conversation
-    assert conversation_keys(_chat("hi", "and more"), "t", "v", "")[0] != lookup2
-    assert conversation_keys(_chat("hi", "and more"), "t2", "u", "")[0] != lookup2
-    assert conversation_keys(_chat("hello", "and more"), "t", "u", "")[0] != lookup2
+    assert _keys(_chat("hi", "and more"), "t", "v", "")[0] != lookup2
+    assert _keys(_chat("hi", "and more"), "t2", "u", "")[0] != lookup2
+    assert _keys(_chat("hello", "and more"), "t", "u", "")[0] != lookup2
 
 
 def test_a_session_header_is_looked_up_first_and_kept_per_tenant():
-    lookup, store = conversation_keys(_chat("hi"), "t", "u", "s-1")
+    lookup, store = _keys(_chat("hi"), "t", "u", "s-1")
     assert len(lookup) == 1 and lookup[0] == store[0] and len(store) == 2
-    lookup2, _ = conversation_keys(_chat("hi", "more"), "t", "u", "s-1")
+    lookup2, _ = _keys(_chat("hi", "more"), "t", "u", "s-1")
     assert lookup2[0] == lookup[0] and len(lookup2) == 2
-    other, _ = conversation_keys(_chat("hi"), "t2", "u", "s-1")
+    other, _ = _keys(_chat("hi"), "t2", "u", "s-1")
     assert other[0] != lookup[0] and other[0][0] == "t2"
 
 
@@ -87,10 +98,10 @@ def test_a_turn_stays_on_its_model_unless_moved_by_economics_a_rule_or_its_break
     clock = Clock()
     convs, view = _conversations(clock)
     e = np.eye(4, dtype=np.float32)
-    first, at = convs.thread(_chat("hi"), "t", "u", "", e[0])
+    first, at = _thread(convs, _chat("hi"), "t", "u", "", e[0])
     assert first.turn == 1 and first.previous_model == "" and np.array_equal(at, e[0])
     convs.answered(first, "mid")
-    second, at2 = convs.thread(_chat("hi", "more"), "t", "u", "", e[1])
+    second, at2 = _thread(convs, _chat("hi", "more"), "t", "u", "", e[1])
     assert second.turn == 2 and second.previous_model == "mid" and second.conversation_id == first.conversation_id
     assert np.allclose(at2, np.array([0.5, 1, 0, 0]) / np.sqrt(1.25))  # routed in context
     assert second.prefix_tokens > 0 and convs.discount_usd(second, "mid") == pytest.approx(second.prefix_tokens * 0.9e-6)
@@ -110,9 +121,9 @@ def test_state_expires_and_is_never_shared_between_tenants():
     clock = Clock()
     convs, _ = _conversations(clock)
     e = np.eye(4, dtype=np.float32)
-    t1, _ = convs.thread(_chat("hi"), "t1", "u", "", e[0])
+    t1, _ = _thread(convs, _chat("hi"), "t1", "u", "", e[0])
     convs.answered(t1, "mid")
-    assert convs.thread(_chat("hi", "more"), "t2", "u", "", e[1])[0].turn == 1  # the other tenant starts afresh
-    assert convs.thread(_chat("hi", "more"), "t1", "u", "", e[1])[0].turn == 2
+    assert _thread(convs, _chat("hi", "more"), "t2", "u", "", e[1])[0].turn == 1  # the other tenant starts afresh
+    assert _thread(convs, _chat("hi", "more"), "t1", "u", "", e[1])[0].turn == 2
     clock.now += 61.0
-    assert convs.thread(_chat("hi", "more"), "t1", "u", "", e[1])[0].turn == 1  # expired
+    assert _thread(convs, _chat("hi", "more"), "t1", "u", "", e[1])[0].turn == 1  # expired
