@@ -153,3 +153,14 @@ def test_a_follow_up_is_routed_in_its_conversation_s_cluster_and_alone_elsewhere
         assert [d.turn for d in ds] == [1, 2, 1]
         # the follow-up's recorded embedding is the context it was routed on, not its text's alone
         assert ds[1].embedding != ds[2].embedding and ds[1].prompt_hash == ds[2].prompt_hash
+
+
+def test_a_streamed_turn_moves_its_chat_on_too(gw):
+    with _client(gw) as client:
+        chunks = list(client.chat.completions.create(model="auto", user="fay", stream=True,
+                                                     messages=[{"role": "user", "content": QUESTIONS[0]}]))  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        _turn(client, [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": text}],
+              QUESTIONS[1], user="fay")
+    ds = _requests(gw)
+    assert [d.turn for d in ds] == [1, 2] and ds[1].sticky and ds[1].model == ds[0].model
