@@ -182,7 +182,8 @@ class ChatService:
                           view.snapshot.clustering, name, screen.safety_class, costs, context, thread)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
         if thread is not None and thread.previous_model and self.conversations is not None:
-            kept = self._keep(thread, view, placed, costs, cost_weight, weights.latency_weight, screen.allowed)
+            kept = self._keep(self.conversations, thread, view, placed, costs, cost_weight, weights.latency_weight,
+                              screen.allowed)  # fmt: skip
             if kept is not None:  # stays on the model of the turn before: propensity 1, logged ``sticky``
                 names = tuple(self.pool[i].name for i in (kept.arm, *kept.fallback_order))
                 return Routed(kept, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
@@ -201,15 +202,15 @@ class ChatService:
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
                       view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread)
 
-    def _keep(self, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray, cost_weight: float,
-              latency_weight: float, allowed: np.ndarray) -> RouteChoice | None:  # fmt: skip
+    def _keep(self, convs: Conversations, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray,
+              cost_weight: float, latency_weight: float, allowed: np.ndarray) -> RouteChoice | None:  # fmt: skip
         """A turn kept on its conversation's model, or None: the rules (escalation included) and the
         model's breaker may move it, and so may economics (``Conversations.keep``)."""
         allowed = self.rules.escalate(allowed, placed[1])
         breaker = self.failover.breakers.get(thread.previous_model)
         available = breaker is None or (breaker.state == "closed" and breaker.retry_in_s() == 0.0)
-        return self.conversations.keep(thread, view, placed[0], placed[1], costs, cost_weight,  # type: ignore[union-attr]
-                                       latency_weight, None if allowed is self.rules.all else allowed, available)
+        return convs.keep(thread, view, placed[0], placed[1], costs, cost_weight, latency_weight,
+                          None if allowed is self.rules.all else allowed, available)  # fmt: skip
 
     def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
         if not models:
