@@ -24,7 +24,7 @@ import numpy as np
 
 from learner.routing import RouteChoice, View
 
-__all__ = ["context_sum", "kept_choice", "normalised", "switch_gain"]
+__all__ = ["context_sum", "kept_choice", "normalised", "routed_on", "switch_gain"]
 
 
 def context_sum(previous: np.ndarray | None, embedding: np.ndarray, decay: float) -> np.ndarray:
@@ -37,6 +37,18 @@ def context_sum(previous: np.ndarray | None, embedding: np.ndarray, decay: float
     if previous is None or decay <= 0.0 or previous.shape != e.shape:
         return e.copy()
     return e + np.float32(decay) * previous
+
+
+def routed_on(previous: np.ndarray | None, embedding: np.ndarray, decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the running sum after this turn, the vector to route the turn on).
+
+    The vector is ``embedding`` itself when nothing is mixed in (a first turn, ``decay`` 0): not
+    renormalised, so a turn outside any conversation is routed, and recorded, bit for bit as
+    without conversations.
+    """
+    summed = context_sum(previous, embedding, decay)
+    mixed = previous is not None and decay > 0.0 and previous.shape == summed.shape
+    return summed, normalised(summed) if mixed else embedding
 
 
 def normalised(v: np.ndarray) -> np.ndarray:

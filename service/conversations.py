@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from feedback.events import uuid7
-from learner.conversation import context_sum, kept_choice, normalised, switch_gain
+from learner.conversation import kept_choice, routed_on, switch_gain
 from learner.costs import request_tokens
 from learner.routing import RouteChoice, View
 from service.schemas import Message, message_text
@@ -167,14 +167,13 @@ class Conversations:
         lookup, store = conversation_keys(messages, tenant, user, session, last)
         found = self.store.find(lookup)
         if found is None:
-            summed = context_sum(None, embedding, self.context_decay)
-            thread = Thread(lookup, store, uuid7(), 1, "", summed, 0, session=store[0] if session else None)
-            return thread, normalised(summed)
+            summed, at = routed_on(None, embedding, self.context_decay)
+            return Thread(lookup, store, uuid7(), 1, "", summed, 0, session=store[0] if session else None), at
         prefix_tokens = prompt_tokens - request_tokens([message_text(m) for m in messages[last:]])
-        summed = context_sum(found.context, embedding, self.context_decay)
+        summed, at = routed_on(found.context, embedding, self.context_decay)
         thread = Thread(lookup, store, found.conversation_id, found.turns + 1, found.model, summed, prefix_tokens,
                         session=store[0] if session else found.session)  # fmt: skip
-        return thread, normalised(summed)
+        return thread, at
 
     def discount_usd(self, thread: Thread, model: str, prompt_tokens: int | None = None) -> float:
         """What ``model`` saves on this turn by the conversation's cached prefix (0 unless it

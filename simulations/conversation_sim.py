@@ -30,7 +30,7 @@ import msgspec
 import numpy as np
 
 from learner.clusters import assign
-from learner.conversation import context_sum, kept_choice, normalised, switch_gain
+from learner.conversation import kept_choice, routed_on, switch_gain
 from learner.costs import estimate_tokens
 from learner.embedding import Embedder
 from learner.routing import Prices
@@ -128,8 +128,7 @@ def _run(ch: Chats, emb: np.ndarray, sc: Scenario, deployment: Deployment, arm: 
     quality = cost = switches = kept = later = 0.0
     for t, text in enumerate(ch.texts):
         c = int(ch.chat[t])
-        summed = context_sum(contexts[c], emb[t], decay if arm != "afresh" else 0.0)
-        at = normalised(summed)
+        summed, at = routed_on(contexts[c], emb[t], decay if arm != "afresh" else 0.0)
         tokens = int(prefix[c]) + estimate_tokens(text) + 4
         view = sim.view
         choice, prev = None, int(previous[c])

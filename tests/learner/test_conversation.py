@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from learner.conversation import context_sum, kept_choice, normalised, switch_gain
+from learner.conversation import context_sum, kept_choice, normalised, routed_on, switch_gain
 from learner.routing import Prices, RoutingParams, View
 from learner.snapshot import initial_snapshot
 
@@ -68,3 +68,11 @@ def test_a_larger_cache_discount_never_makes_a_switch_more_attractive(discount, 
     costs = view.costs(0, 2000)
     base = switch_gain(view, 0, costs, weight, 0.0, None, 0, 0.0)
     assert switch_gain(view, 0, costs, weight, 0.0, None, 0, discount) <= base + 1e-12
+
+
+def test_a_turn_with_nothing_mixed_in_is_routed_on_its_embedding_bit_for_bit():
+    e = np.array([0.6, 0.8, 0.0, 0.0], dtype=np.float32)
+    assert routed_on(None, e, 0.5)[1] is e
+    assert routed_on(np.ones(4, dtype=np.float32), e, 0.0)[1] is e
+    summed, at = routed_on(np.array([1, 0, 0, 0], dtype=np.float32), e, 0.5)
+    assert np.allclose(summed, [1.1, 0.8, 0, 0]) and np.isclose(at @ at, 1.0)
