@@ -94,6 +94,8 @@ class ConversationArm(msgspec.Struct, frozen=True):
     cost_usd: Stat  # mean bill per turn
     switches: Stat  # changes of model per chat
     kept: Stat  # share of later turns kept on their model (sticky only)
+    cost_by_seed: tuple[float, ...] = ()  # mean bill per turn of each seed (USD)
+    quality_by_seed: tuple[float, ...] = ()
 
 
 class ConversationReport(msgspec.Struct, frozen=True):
@@ -185,7 +187,9 @@ def simulate_conversations(
             if progress is not None:
                 progress(len(ch.texts))
     arms = tuple(ConversationArm(a, d, _stat(out[a, d]["q"]), _stat(out[a, d]["c"]), _stat(out[a, d]["s"]),
-                                 _stat(out[a, d]["k"])) for a, d in runs)  # fmt: skip
+                                 _stat(out[a, d]["k"]), tuple(map(float, out[a, d]["c"])),
+                                 tuple(map(float, out[a, d]["q"])))
+                 for a, d in runs)  # fmt: skip
     fresh, sticky = out["afresh", cache_discount], out["sticky", cache_discount]
     return ConversationReport(
         scenario=sc.name, chats=n_chats, seeds=seeds, cache_discount=cache_discount, switch_margin=switch_margin,
