@@ -2,6 +2,7 @@
 
     python -m bench.overhead [--rate 200] [--duration-s 20] [--decisions 20000] [--cache-entries 100000]
                              [--language-detector cld2|none]
+                             [--conversations 100000]
 
 1. Decision in-process: language detection (``[language] detector``, cld2 by default) + embed
    (wordllama) + rules + nearest centroid + Thompson sample with its propensity, through the
@@ -14,13 +15,16 @@
    run, the floor: ``bench.floor_app`` (a bare ASGI answer on the same uvicorn stack) under the
    same generator, which is what the machine, the loopback and the generator cost by themselves
    (on a shared 2-core VM its p99 alone is several milliseconds).
+1b. Conversations (``--conversations``): the same decision for the later turns of six-turn
+   chats, with ``--conversations`` others remembered: the conversation's keys hashed from the
+   messages, its lookup, the context mixed, and the kept (or re-routed) decision.
 3. Response cache lookup: what the cache adds to a request (its keys from the body, the exact
    and the semantic lookup, the posterior check: ``ResponseCache.ask`` + ``lookup``) with
    ``--cache-entries`` answers stored over ``--cache-tenants`` tenants (1, the default, is the
    worst case: one namespace whose buckets, one per cluster, hold tens of thousands of prompts of
    the simulated topics), for prompts stored (hits) and prompts never seen (misses); and storing
    one (``offer``).
-Targets on a 2-core machine: decision p99 < 0.5 ms; HTTP p99 < 5 ms at 200 requests/s; cache
+Targets on a 2-core machine: decision p99 < 0.5 ms (also for a conversation's later turns); HTTP p99 < 5 ms at 200 requests/s; cache
 lookup p99 < 0.1 ms with 100,000 entries.
 """
 
@@ -90,6 +94,46 @@ def _detection(detector, prompts: list[str]) -> dict[str, float]:
         detector.detect(text)
         times.append(time.perf_counter() - t0)
     return percentiles(times)
+
+
+def bench_conversation(chats: int, remembered: int, turns: int = 6) -> dict[str, float]:
+    """Decisions of turns 2..``turns`` of ``chats`` chats, with ``remembered`` other conversations stored."""
+    from feedback.memory import MemoryRowStore, MemorySnapshotStore
+    from service.conversations import Conversation
+    from service.runtime import Runtime
+    from service.schemas import ChatRequest, Message
+    from service.settings import load_settings
+
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp})
+        rt = Runtime(settings, learner=False, sim_latency_scale=0.0, rows=MemoryRowStore(),
+                     snapshots=MemorySnapshotStore())  # fmt: skip (chDB: one engine path per process)
+        convs = rt.chat.conversations
+        assert convs is not None, "[conversations] is disabled"
+        filler = Conversation("c", rt.chat.pool[0].name, np.zeros(rt.embedder.dim, dtype=np.float32), 1,
+                              convs.store.clock())  # fmt: skip
+        for _ in range(remembered):
+            convs.store.save([("default", rng.bytes(16))], filler)
+        prompts = _prompts(chats * turns, seed=2)
+        times, kept = [], 0
+        for c in range(chats):
+            messages = [Message(role="system", content="You are a helpful assistant.")]
+            for t in range(turns):
+                messages.append(Message(role="user", content=prompts[c * turns + t]))
+                req = ChatRequest(model="auto", messages=list(messages), user=f"user-{c}")
+                t0 = time.perf_counter()
+                routed = rt.chat.route(req)
+                elapsed = time.perf_counter() - t0
+                if t > 0:
+                    times.append(elapsed)
+                    kept += routed.thread is not None and routed.thread.sticky
+                convs.answered(routed.thread, routed.arm)
+                messages.append(Message(role="assistant", content="An answer of a few words. " * 20))
+        rt.stop()
+    out = {f"followup_decision_{k}_ms": v for k, v in percentiles(times).items()}
+    out["followup_kept_share"] = kept / len(times)
+    return out
 
 
 def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[str, float]:
@@ -225,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--language-detector", default="cld2", help="[language] detector of the decision: cld2 or none")
+    p.add_argument("--conversations", type=int, default=100_000,
+                   help="other conversations remembered while later turns are timed (-1: skip)")
     p.add_argument("--cache-entries", type=int, default=100_000, help="answers stored for the cache lookup (0: skip)")
     p.add_argument("--cache-tenants", type=int, default=1,
                    help="tenants the answers are spread over (1: one namespace, the worst case)")
     args = p.parse_args(argv)
     figures = bench_decision(args.decisions, args.language_detector)
+    if args.conversations >= 0:
+        figures.update(bench_conversation(max(1, args.decisions // 10), args.conversations))
     if args.cache_entries > 0:
         figures.update(bench_cache(args.cache_entries, args.cache_tenants))
     if not args.skip_http:

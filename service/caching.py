@@ -121,7 +121,7 @@ class ResponseCache:
 
     def lookup(self, ask: Ask, routed: Routed, view: View) -> Hit | None:
         """A cached answer this request may be served, or None (counted either way)."""
-        emb = np.asarray(routed.said, dtype=np.float32)  # the text's meaning, not its routing context
+        emb = np.asarray(routed.embedding, dtype=np.float32)  # the text's meaning, not its routing context
         hit = ask.space.lookup(ask.exact_key, ask.context_key, routed.clustering, routed.choice.cluster, emb,
                                self.clock())  # fmt: skip
         if hit is not None and hit.entry.model not in routed.candidates:
@@ -149,7 +149,7 @@ class ResponseCache:
         entry = Entry(
             source_decision_id=decision_id, exact_key=ask.exact_key, context_key=ask.context_key,
             clustering=routed.clustering, cluster=routed.choice.cluster,
-            embedding=np.asarray(routed.said, dtype=np.float32), model=model, text=text,
+            embedding=np.asarray(routed.embedding, dtype=np.float32), model=model, text=text,
             finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             cost_usd=cost_usd, stored_at_s=self.clock(),
         )  # fmt: skip

@@ -14,6 +14,7 @@ from learner.cache import AnswerCache, CacheParams
 from learner.language import build_detector
 from service.caching import ResponseCache
 from service.chat import ChatParts
+from service.conversations import ConversationStore, Conversations, pool_cache_saving
 from service.metrics import Registry
 from service.failover import CircuitBreaker, Failover, RetryPolicy
 from service.rerequest import RerequestTracker
@@ -21,7 +22,7 @@ from service.rules import Rules
 from service.settings import ModelSettings, Settings
 from service.tenants import Tenant, TenantDirectory
 
-__all__ = ["build_tenants", "chat_parts", "openai_upstream", "response_cache", "unset_keys"]
+__all__ = ["build_tenants", "chat_parts", "conversations", "openai_upstream", "response_cache", "unset_keys"]
 
 
 def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> Any:
@@ -66,7 +67,18 @@ def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
         cache=cache,
         language=build_detector(settings.language.detector),
         language_weight=settings.language.weight,
+        conversations=conversations(settings, pool),
     )
+
+
+def conversations(settings: Settings, pool: tuple) -> Conversations | None:
+    """The request path's conversations of ``[conversations]`` (None when not enabled)."""
+    c = settings.conversations
+    if not c.enabled:
+        return None
+    saving = pool_cache_saving([m.price_in_per_mtok for m in pool], [m.price_cached_in_per_mtok for m in pool])
+    return Conversations(ConversationStore(c.capacity, c.ttl_s), [m.name for m in pool], saving, c.context_decay,
+                         settings.router.switch_margin, c.sticky)  # fmt: skip
 
 
 def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDirectory:

@@ -180,7 +180,7 @@ def pool_from_settings(
         log.warning("model %s: its api_key_env variable %s is not set; requests to it go without a key", name, var)
     pool = tuple(
         PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier,
-                  m.context_window)  # fmt: skip
+                  m.context_window, m.price_cached_in_per_mtok)  # fmt: skip
         for m in settings.models
     )
     prior = PoolPrior(

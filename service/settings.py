@@ -18,6 +18,7 @@ __all__ = [
     "BudgetSettings",
     "CacheSettings",
     "ConfigError",
+    "ConversationSettings",
     "DriftSettings",
     "EventsSettings",
     "FeedbackWeights",
@@ -112,6 +113,7 @@ class ModelSettings(_Config):
     upstream_model: str = ""
     price_in_per_mtok: float = msgspec.field(default=0.0)
     price_out_per_mtok: float = 0.0
+    price_cached_in_per_mtok: float | None = None  # a cached prompt prefix (prompt caching); None: no discount
     tier: float = 0.6  # prior answer quality in (0, 1)
     context_window: int = 128_000
     timeout_s: float = 60.0  # read timeout: the longest silence between two bytes of an answer
@@ -141,6 +143,7 @@ class RouterSettings(_Config):
     thompson_samples: int = 1024
     max_attempts: int = 3
     seed: int = 0
+    switch_margin: float = 0.02  # utility a conversation's switch of model must gain beyond its lost cache discount
 
 
 class LanguageSettings(_Config):
@@ -310,6 +313,16 @@ class RerequestSettings(_Config):
     capacity: int = 100_000  # askers remembered
 
 
+class ConversationSettings(_Config):
+    """[conversations]: turns of one chat recognised, routed in context, kept on their model (docs/conversations.md)."""
+
+    enabled: bool = True
+    sticky: bool = True  # keep a conversation on its model unless switching pays ([router] switch_margin)
+    context_decay: float = 0.5  # weight of the turn before in the routing context (0: the last message alone)
+    capacity: int = 100_000  # conversation keys remembered, across tenants (least recently used go first)
+    ttl_s: float = 3600.0  # a conversation is forgotten this long after its last answered turn
+
+
 class CacheSettings(_Config):
     """[cache]: the response cache (docs/cache.md). Off by default: serving a stored answer instead
     of a fresh one is a product decision (answers can go stale, repeat askers get the same text)."""
@@ -359,6 +372,7 @@ class Settings(_Config):
     rules: RulesSettings = RulesSettings()
     tenants: tuple[TenantSettings, ...] = ()
     rerequest: RerequestSettings = RerequestSettings()
+    conversations: ConversationSettings = ConversationSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()

@@ -159,7 +159,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
             iv = getattr(report, name)
             print(f"| {name.upper()} | {iv.estimate:.4f} | [{iv.ci_low:.4f}, {iv.ci_high:.4f}] |")
         if report.skipped_pinned:
-            print(f"\n{report.skipped_pinned} decisions made by a rule (pinned or passthrough) left out: not the policy's")
+            print(f"\n{report.skipped_pinned} decisions made by a rule (pinned or passthrough) or kept by a "
+                  "conversation (sticky) left out: not the policy's")
         print(f"\nrounds {report.n}, effective sample size {report.ess:.1f}, logged mean reward {report.logged_reward:.4f}"
               + (f", weights capped at {report.clip:g} in {report.clipped} rounds" if report.clip else "")
               + (f", candidate's share where the logging policy never chose {report.unsupported:.1%}"
