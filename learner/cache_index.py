@@ -37,6 +37,7 @@ import numpy as np
 __all__ = ["CellIndex"]
 
 _SPLIT_ROUNDS = 6  # 2-means iterations when a cell or a group is cut in two
+_RECENTRE = 8  # a cell's and its group's centres are renormalised every this many rows in or out
 
 
 class _Rows:
@@ -182,16 +183,20 @@ class CellIndex:
         return [cells[i] for i in _top(sims, k)]
 
     def _moved(self, cell: _Rows, emb: np.ndarray, sign: float) -> None:
-        """A row entered (sign 1) or left (-1) ``cell``: the centres of the cell and of its group follow."""
+        """A row entered (sign 1) or left (-1) ``cell``: the sums under the cell and its group
+        follow, and their centres every ``_RECENTRE`` rows of the cell (a centre moves little
+        with one row; renormalising both at every store doubled its cost)."""
         group = cell.up
         assert group is not None
-        for node, parent in ((cell, group), (group, self._groups)):
-            total = node.total
+        for node in (cell, group):
             if sign > 0:
-                total += emb
+                node.total += emb
             else:
-                total -= emb
-            np.multiply(total, 1.0 / max(math.sqrt(total.dot(total)), 1e-12), out=parent.m[parent.keys.index(node)])
+                node.total -= emb
+        if len(cell) % _RECENTRE == 0:
+            for node, parent in ((cell, group), (group, self._groups)):
+                total = node.total
+                np.multiply(total, 1.0 / max(math.sqrt(total.dot(total)), 1e-12), out=parent.m[parent.keys.index(node)])
 
     def _split(self, parent: _Rows, node: _Rows) -> bool:
         """Cut ``node`` (a cell of the group ``parent``, or a group of the index) in two; False
