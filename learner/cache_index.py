@@ -7,8 +7,8 @@ holds the prompts' embeddings, unit float32 rows, in cells, and the cells in gro
   doubling; a row leaves by the last row moving into its place (nothing is rebuilt);
 - a *group* holds the centres of at most ``group_cells`` cells the same way, and the index the
   centres of its groups. A centre is the mean direction of the rows under it, kept as rows come
-  and go. A cell or a group that grows past its bound is cut in two by 2-means (one whose
-  members do not part is let grow to twice its size first).
+  and go (renormalised every ``_RECENTRE`` of them). A cell or a group that grows past its bound
+  is cut in two by 2-means (one whose members do not part is let grow to twice its size first).
 
 A search reads the centres of the groups, then the cell centres of the ``probe`` nearest groups,
 then the rows of the ``probe`` nearest of those cells, each with one matrix-vector product, and
