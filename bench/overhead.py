@@ -1,25 +1,34 @@
 """Routing overhead: the in-process decision, and the HTTP round trip at a fixed request rate.
 
     python -m bench.overhead [--rate 200] [--duration-s 20] [--decisions 20000] [--cache-entries 100000]
+                             [--language-detector cld2|none]
+                             [--conversations 100000]
 
-1. Decision in-process: embed (wordllama) + nearest centroid + Thompson sample with its
-   propensity, through the service's own ``ChatService.route`` on a loaded snapshot. The bench's
-   prompts come in a few lengths, so most decisions read the rows' winners the view worked out
-   for an earlier request of the same cluster and length (``learner.routing``); ``decision_new_key``
-   gives each request a length not met before (a system message), so every one is worked out.
+1. Decision in-process: language detection (``[language] detector``, cld2 by default) + embed
+   (wordllama) + rules + nearest centroid + Thompson sample with its propensity, through the
+   service's own ``ChatService.route`` on a loaded snapshot; beside it the embedding alone and the
+   language detection alone (on the same prompts and on ``bench.language``'s short prompts in 14
+   languages). The bench's prompts come in a few lengths, so most decisions read the rows' winners
+   the view worked out for an earlier request of the same cluster and length (``learner.routing``);
+   ``decision_new_key`` gives each request a length not met before (a system message), so every
+   one is worked out.
 2. HTTP: ``turnout up`` in its own process on a zero-latency simulated pool (so the whole round
    trip is Turnout's overhead: parsing, routing, answering, emitting the event), driven open-loop
    at a fixed rate with latency counted from each request's due time. Beside it, in the same
    run, the floor: ``bench.floor_app`` (a bare ASGI answer on the same uvicorn stack) under the
    same generator, which is what the machine, the loopback and the generator cost by themselves
    (on a shared 2-core VM its p99 alone is several milliseconds).
+1b. Conversations (``--conversations``): the same decision for the later turns of six-turn
+   chats, with ``--conversations`` others remembered: the conversation's keys hashed from the
+   messages, its lookup, the context mixed, and the kept (or re-routed) decision.
 3. Response cache lookup: what the cache adds to a request (its keys from the body, the exact
    and the semantic lookup, the posterior check: ``ResponseCache.ask`` + ``lookup``) with
    ``--cache-entries`` answers stored over ``--cache-tenants`` tenants (1, the default, is the
    worst case: one namespace whose buckets, one per cluster, hold tens of thousands of prompts of
    the simulated topics), for prompts stored (hits) and prompts never seen (misses); and storing
-   one (``offer``).
-Targets on a 2-core machine: decision p99 < 0.5 ms; HTTP p99 < 5 ms at 200 requests/s; cache
+   one (``offer``). Each lookup is timed in wall clock and in CPU time of the thread (what it
+   computed, without waiting for a core).
+Targets on a 2-core machine: decision p99 < 0.5 ms (also for a conversation's later turns); HTTP p99 < 5 ms at 200 requests/s; cache
 lookup p99 < 0.1 ms with 100,000 entries.
 """
 
@@ -48,13 +57,13 @@ def _prompts(n: int, seed: int = 0) -> list[str]:
     return [make_prompt(DEFAULT_TOPICS[rng.integers(len(DEFAULT_TOPICS))], rng) for _ in range(n)]
 
 
-def bench_decision(n: int) -> dict[str, float]:
+def bench_decision(n: int, detector: str = "cld2") -> dict[str, float]:
     from service.runtime import Runtime
     from service.schemas import ChatRequest, Message
     from service.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp})
+        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_LANGUAGE__DETECTOR": detector})
         rt = Runtime(settings, learner=False, sim_latency_scale=0.0)
         reqs = [ChatRequest(model="auto", messages=[Message(role="user", content=p)]) for p in _prompts(n)]
         for r in reqs[:500]:
@@ -79,10 +88,65 @@ def bench_decision(n: int) -> dict[str, float]:
             t0 = time.perf_counter()
             rt.embedder.embed([text])
             embed_times.append(time.perf_counter() - t0)
+        language = _detection(rt.chat.language, [str(r.messages[0].content) for r in reqs])
         rt.stop()
     out = {f"decision_{k}_ms": v for k, v in percentiles(times).items()}
     out.update({f"decision_new_key_{k}_ms": v for k, v in percentiles(new_key).items()})
     out.update({f"embed_{k}_ms": v for k, v in percentiles(embed_times).items()})
+    out.update({f"language_{k}_ms": v for k, v in language.items()})
+    return out
+
+
+def _detection(detector, prompts: list[str]) -> dict[str, float]:
+    """The language detector alone: the decision's prompts, then short prompts in 14 languages."""
+    from bench.language import HAND
+
+    texts = prompts[:5000] + [p for ps in HAND.values() for p in ps] * 20
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        detector.detect(text)
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def bench_conversation(chats: int, remembered: int, turns: int = 6) -> dict[str, float]:
+    """Decisions of turns 2..``turns`` of ``chats`` chats, with ``remembered`` other conversations stored."""
+    from feedback.memory import MemoryRowStore, MemorySnapshotStore
+    from service.conversations import Conversation
+    from service.runtime import Runtime
+    from service.schemas import ChatRequest, Message
+    from service.settings import load_settings
+
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp})
+        rt = Runtime(settings, learner=False, sim_latency_scale=0.0, rows=MemoryRowStore(),
+                     snapshots=MemorySnapshotStore())  # fmt: skip (chDB: one engine path per process)
+        convs = rt.chat.conversations
+        assert convs is not None, "[conversations] is disabled"
+        filler = Conversation("c", rt.chat.pool[0].name, np.zeros(rt.embedder.dim, dtype=np.float32), 1,
+                              convs.store.clock())  # fmt: skip
+        for _ in range(remembered):
+            convs.store.save([("default", rng.bytes(16))], filler)
+        prompts = _prompts(chats * turns, seed=2)
+        times, kept = [], 0
+        for c in range(chats):
+            messages = [Message(role="system", content="You are a helpful assistant.")]
+            for t in range(turns):
+                messages.append(Message(role="user", content=prompts[c * turns + t]))
+                req = ChatRequest(model="auto", messages=list(messages), user=f"user-{c}")
+                t0 = time.perf_counter()
+                routed = rt.chat.route(req)
+                elapsed = time.perf_counter() - t0
+                if t > 0:
+                    times.append(elapsed)
+                    kept += routed.thread is not None and routed.thread.sticky
+                convs.answered(routed.thread, routed.arm)
+                messages.append(Message(role="assistant", content="An answer of a few words. " * 20))
+        rt.stop()
+    out = {f"followup_decision_{k}_ms": v for k, v in percentiles(times).items()}
+    out["followup_kept_share"] = kept / len(times)
     return out
 
 
@@ -128,16 +192,18 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
         picks = rng.integers(entries, size=lookups // 2)
         asked = [(stored[int(j)], callers[int(j) % tenants]) for j in picks]  # stored: hits, by their tenant
         asked += [(text, callers[i % tenants]) for i, text in enumerate(texts[entries : entries + lookups // 2])]
-        times: dict[str, list[float]] = {"hit": [], "miss": [], "back_to_back": []}
+        times: dict[str, list[float]] = {"hit": [], "miss": [], "back_to_back": [], "cpu": []}
         requests = []
         for text, caller in asked:  # as served: each lookup right after its request was routed
             raw = body(text)
             routed = rt.chat.route(ChatRequest(model="auto", temperature=0, messages=[Message(role="user", content=text)]))
             requests.append((raw, caller, routed))
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             ask = cache.ask(raw, 0, caller, "", {})
             hit = cache.lookup(ask, routed, view) if ask is not None else None
-            times["hit" if hit is not None else "miss"].append(time.perf_counter() - t0)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            times["hit" if hit is not None else "miss"].append(t1 - t0)
+            times["cpu"].append(c1 - c0)
         for raw, caller, routed in requests:  # the same lookups back to back: the cache's own work, warm
             t0 = time.perf_counter()
             ask = cache.ask(raw, 0, caller, "", {})
@@ -151,12 +217,17 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
             t0 = time.perf_counter()
             cache.offer(ask, routed, view, f"n{i}", view.models[0], "an answer", "stop", 10, 20, 0.001)  # type: ignore
             offers.append(time.perf_counter() - t0)
-        cells = [len(b.cells) for s in cache.cache._spaces.values() for b in s._buckets.values()]
+        shapes = [index.shape() for s in cache.cache._spaces.values() for index in s._buckets.values()]
+        largest = max(len(index) for s in cache.cache._spaces.values() for index in s._buckets.values())
         rt.stop()
     out: dict[str, float] = {"cache_entries": float(entries), "cache_tenants": float(tenants),
-                             "cache_buckets": float(len(cells)),
-                             "cache_cells": float(sum(cells)), "cache_hits": float(len(times["hit"]))}  # fmt: skip
+                             "cache_buckets": float(len(shapes)), "cache_largest_bucket": float(largest),
+                             "cache_groups": float(sum(g for g, _ in shapes)), "cache_cells": float(sum(c for _, c in shapes)),
+                             "cache_hits": float(len(times["hit"]))}  # fmt: skip
     out.update({f"cache_lookup_{k}_ms": v for k, v in percentiles(times["hit"] + times["miss"]).items()})
+    # the same lookups in CPU time of this thread: without the time it waited for a core (on a
+    # shared machine the wall-clock p99 is mostly that)
+    out.update({f"cache_lookup_cpu_{k}_ms": v for k, v in percentiles(times["cpu"]).items()})
     out.update({f"cache_hit_{k}_ms": v for k, v in percentiles(times["hit"]).items()})
     out.update({f"cache_miss_{k}_ms": v for k, v in percentiles(times["miss"]).items()})
     out.update({f"cache_back_to_back_{k}_ms": v for k, v in percentiles(times["back_to_back"]).items()})
@@ -218,11 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=20.0)
     p.add_argument("--decisions", type=int, default=20000)
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--language-detector", default="cld2", help="[language] detector of the decision: cld2 or none")
+    p.add_argument("--conversations", type=int, default=100_000,
+                   help="other conversations remembered while later turns are timed (-1: skip)")
     p.add_argument("--cache-entries", type=int, default=100_000, help="answers stored for the cache lookup (0: skip)")
     p.add_argument("--cache-tenants", type=int, default=1,
                    help="tenants the answers are spread over (1: one namespace, the worst case)")
     args = p.parse_args(argv)
-    figures = bench_decision(args.decisions)
+    figures = bench_decision(args.decisions, args.language_detector)
+    if args.conversations >= 0:
+        figures.update(bench_conversation(max(1, args.decisions // 10), args.conversations))
     if args.cache_entries > 0:
         figures.update(bench_cache(args.cache_entries, args.cache_tenants))
     if not args.skip_http:

@@ -54,14 +54,17 @@ def _deployment(config: str | None):
     return deployment(load_settings(Path(config) if config else None, os.environ))
 
 
-def _embed(files: tuple[str, ...]) -> tuple[Outcomes, np.ndarray]:
+def _embed(files: tuple[str, ...], config: str | None = None) -> tuple[Outcomes, np.ndarray]:
+    """The files' outcomes and routing contexts, as the deployment of ``config`` computes them."""
     if files not in _CACHE:
+        from learner.language import build_detector
         from learner.wordllama import WordLlamaEmbedder
         from simulations.experiment import embed_outcomes
 
+        dep = _deployment(config)
         emb = _CACHE.setdefault("embedder", WordLlamaEmbedder(256))
         out = load_outcomes(list(files))
-        _CACHE[files] = (out, embed_outcomes(out, emb))
+        _CACHE[files] = (out, embed_outcomes(out, emb, build_detector(dep.language_detector), dep.language_weight))
     return _CACHE[files]
 
 
@@ -73,12 +76,12 @@ def _cell(job: tuple) -> tuple[str, str, int, float]:
     from simulations.replay import ReplayConfig
     from simulations.report import evaluate, sweep_weights
 
-    outcomes, emb = _embed(tuple(files))
+    outcomes, emb = _embed(tuple(files), config)
     weights = sweep_weights(outcomes)
     if policy == "plain":
         runs = [(float(w), plain_baseline(outcomes, emb, seed, float(w))) for w in weights]
         return label, policy, seed, evaluate(outcomes, runs).gap_share
-    warm = _embed(tuple(warm_files)) if warm_files else None
+    warm = _embed(tuple(warm_files), config) if warm_files else None
     cfg = ReplayConfig(seed=seed, learn_every=learn_every)
     report, _ = run_replays(outcomes, emb, _deployment(config), cfg, weights, warm, show_progress=False)
     return label, policy, seed, report.gap_share
@@ -129,7 +132,7 @@ def peek(data: Path, config: str | None) -> str:
     lines = ["| outcome file | cost weight | prompts | decisions changed |", "|---|---:|---:|---:|"]
     dep = _deployment(config)
     for path in sorted(glob.glob(str(data / "*" / "*.jsonl"))):
-        outcomes, emb = _embed((path,))
+        outcomes, emb = _embed((path,), config)
         w = float(sweep_weights(outcomes)[min(3, len(sweep_weights(outcomes)) - 1)])
         cfg = ReplayConfig(seed=1, cost_weight=w)
         run = replay(outcomes, emb, dep, cfg)

@@ -73,6 +73,9 @@ def _decisions_table(ds: list[DecisionMade], insert_id: str) -> Any:
         "embedding": _embeddings(col("embedding")), "prompt_text": col("prompt_text"),
         "parent_decision_id": col("parent_decision_id"),  # 030_failover_attempts.sql
         "source_decision_id": col("source_decision_id"),  # 050_cache_hits.sql
+        "language": col("language"),  # 061_language.sql
+        "conversation_id": col("conversation_id"), "turn": pa.array(col("turn"), pa.uint32()),
+        "sticky": pa.array(col("sticky"), pa.bool_()),  # 060_conversations.sql
         "insert_id": pa.array([insert_id] * len(ds), pa.string()),  # 040_exactly_once.sql
     })  # fmt: skip
 

@@ -1,6 +1,6 @@
 """ClickHouse adapter of ``HistoryStore``: traffic buckets from the ``decisions`` table.
 
-One aggregate query per call, transferring a row per (bucket, clustering, cluster, model).
+One aggregate query per call, transferring a row per (bucket, clustering, cluster, model, language).
 Decision ids are UUIDv7 and the table is sorted by them, so the time window is also given as a
 range of the primary key (with slack for the time between creating the id and stamping ``ts``):
 the query reads the window's granules, not the table.
@@ -36,10 +36,10 @@ class ClickHouseHistory:
             raise ValueError("bucket_ms must be positive")
         sql = """
             SELECT intDiv(t, {b:Int64}) * {b:Int64} AS bucket, c, k, m, count(), countIf(answered),
-                   sumIf(cost, answered), sumIf(cf, answered), sum(mg)
+                   sumIf(cost, answered), sumIf(cf, answered), sum(mg), lang
             FROM (
                 SELECT decision_id, toUnixTimestamp64Milli(any(ts)) AS t, any(clustering) AS c,
-                       any(cluster) AS k, if(any(arm) != '', any(arm), any(model)) AS m,
+                       any(cluster) AS k, if(any(arm) != '', any(arm), any(model)) AS m, any(language) AS lang,
                        any(model) != '' AND any(status) = 'ok' AS answered, any(cost_usd) AS cost, toFloat64(any(margin)) AS mg,
                        if(length({pin:Array(Float64)}) = 0, 0.,
                           arrayMax(arrayMap((a, o) -> (any(prompt_tokens) * a + any(completion_tokens) * o) / 1e6,
@@ -49,8 +49,8 @@ class ClickHouseHistory:
                 GROUP BY decision_id
                 HAVING t >= {lo:Int64} AND t < {hi:Int64} AND any(policy) != {failover:String}
             )
-            GROUP BY bucket, c, k, m
-            ORDER BY bucket, c, k, m
+            GROUP BY bucket, c, k, m, lang
+            ORDER BY bucket, c, k, m, lang
         """
         params = {
             "b": bucket_ms, "failover": FAILOVER_POLICY, "lo": since_ms, "hi": until_ms,
@@ -61,7 +61,7 @@ class ClickHouseHistory:
             rows = self._client.query(sql, parameters=params).result_rows
         return [
             TrafficBucket(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]),
-                          float(r[8]))
+                          float(r[8]), r[9])
             for r in rows
         ]  # fmt: skip
 

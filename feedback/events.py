@@ -89,6 +89,16 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     # set on a response-cache hit (policy, arm and model "cache", cost 0): the decision whose
     # stored answer was served, so feedback on the hit can be traced to the answer it judges
     source_decision_id: str = ""
+    # the last user message's language, ISO 639-1 ("en", "zh"), "" when not detected
+    # ([language] detector "none", or too little text); what rules matched and the dashboard counts
+    language: str = ""
+    # a turn of a conversation (service/conversations.py): its id, its number (1 for the first; 0
+    # outside any conversation), and whether it was kept on the model of the turn before: then
+    # ``propensity`` is 1, a consequence of the conversation's state, and off-policy evaluation
+    # leaves it out as it does a rule's decision (``policy`` stays the policy's, for its budget)
+    conversation_id: str = ""
+    turn: int = 0
+    sticky: bool = False
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

@@ -40,7 +40,7 @@ class Prices(msgspec.Struct, frozen=True):
 
 
 class TrafficBucket(msgspec.Struct, frozen=True):
-    """Decisions of one (bucket, clustering, cluster, chosen model).
+    """Decisions of one (bucket, clustering, cluster, chosen model, prompt language).
 
     ``model`` is what the policy chose (the arm); ``answered`` counts those that got an answer
     from some model (status ok, after failovers). Costs and the counterfactual are summed over
@@ -57,6 +57,7 @@ class TrafficBucket(msgspec.Struct, frozen=True):
     cost_usd: float
     max_cost_usd: float  # the same tokens at the pool's most expensive rate
     margin_sum: float
+    language: str = ""  # ISO 639-1 code of the prompts, "" not detected
 
 
 class StoredPrompt(msgspec.Struct, frozen=True):
@@ -74,7 +75,7 @@ class HistoryStore(Protocol):
     def traffic(self, since_ms: int, until_ms: int, bucket_ms: int, prices: Prices) -> list[TrafficBucket]:
         """Decisions with ``since_ms <= ts < until_ms``, bucketed by ``ts // bucket_ms``,
         each decision counted once however often it was delivered. Sorted by
-        (bucket_ms, clustering, cluster, model)."""
+        (bucket_ms, clustering, cluster, model, language)."""
         ...
 
     def prompts(self, since_ms: int, until_ms: int, limit: int,
@@ -102,11 +103,11 @@ def bucket_traffic(
     """The pure aggregation behind ``HistoryStore.traffic`` (decisions already deduplicated)."""
     if bucket_ms <= 0:
         raise ValueError("bucket_ms must be positive")
-    acc: dict[tuple[int, int, int, str], list[float]] = {}
+    acc: dict[tuple[int, int, int, str, str], list[float]] = {}
     for d in decisions:
         if not since_ms <= d.ts_ms < until_ms or d.policy == FAILOVER_POLICY:
             continue
-        key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model)
+        key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model, d.language)
         row = acc.setdefault(key, [0, 0, 0.0, 0.0, 0.0])
         row[0] += 1
         row[4] += d.margin
@@ -115,8 +116,8 @@ def bucket_traffic(
             row[2] += d.cost_usd
             row[3] += counterfactual_cost_usd(d.prompt_tokens, d.completion_tokens, prices)
     return [
-        TrafficBucket(b, c, k, m, int(v[0]), int(v[1]), v[2], v[3], v[4])
-        for (b, c, k, m), v in sorted(acc.items())
+        TrafficBucket(b, c, k, m, int(v[0]), int(v[1]), v[2], v[3], v[4], lang)
+        for (b, c, k, m, lang), v in sorted(acc.items())
     ]
 
 

@@ -29,9 +29,10 @@ from typing import Any, Sequence
 import msgspec
 
 from feedback.events import DecisionMade, Event, encode_event
+from feedback.kafka_client import build_client, close_producer
 from feedback.spill import SpillJournal
 
-__all__ = ["KafkaEventSink", "Producer", "build_client", "close_refused_sockets", "ensure_topics"]
+__all__ = ["KafkaEventSink", "Producer", "ensure_topics"]
 
 log = logging.getLogger("turnout.kafka")
 
@@ -46,59 +47,6 @@ class _Route(msgspec.Struct):
 
 
 _route_decoder = msgspec.msgpack.Decoder(_Route)
-
-
-def close_refused_sockets() -> None:
-    """Work around kafka-python 3.0: a refused connection's socket is left to the garbage collector.
-
-    While a broker is down every reconnect attempt drops an open socket object (a
-    ResourceWarning each, an error under ``-W error``). Wrap ``KafkaNetSocket.sock_connect`` so
-    that a failed connect closes its socket. Idempotent; a no-op on versions without that method.
-    """
-    try:
-        from kafka.net.inet import KafkaNetSocket
-    except ImportError:
-        return
-    original = getattr(KafkaNetSocket, "sock_connect", None)
-    if original is None or getattr(original, "_closes_on_failure", False):
-        return
-
-    async def sock_connect(self: Any, net: Any, sock: Any, sockaddr: Any, timeout_at: Any = None) -> Any:
-        try:
-            return await original(self, net, sock, sockaddr, timeout_at=timeout_at)
-        except BaseException:
-            sock.close()
-            raise
-
-    sock_connect._closes_on_failure = True  # type: ignore[attr-defined]
-    KafkaNetSocket.sock_connect = sock_connect  # type: ignore[method-assign]
-
-
-def build_client(factory: Any, **config: Any) -> Any:
-    """``factory(**config)`` (KafkaProducer, KafkaConsumer, KafkaAdminClient), cleaning up a failure.
-
-    kafka-python 3.0 makes its network client (with a wakeup socket pair) before it bootstraps,
-    and leaves it open when the bootstrap fails (broker down); close it here. Also applies
-    ``close_refused_sockets``.
-    """
-    from kafka.net.compat import KafkaNetClient
-
-    close_refused_sockets()
-    made: list[Any] = []
-
-    def network_client(**kwargs: Any) -> Any:
-        made.append(KafkaNetClient(**kwargs))
-        return made[-1]
-
-    try:
-        return factory(kafka_client=network_client, **config)
-    except BaseException:
-        for client in made:
-            try:
-                client.close()
-            except Exception:  # already half torn down
-                log.debug("closing a failed client", exc_info=True)
-        raise
 
 
 class Producer:
@@ -151,21 +99,17 @@ class Producer:
             log.warning("Kafka flush failed: %s", exc)
         acked = [f.is_done and f.succeeded() for f in futures] + [False] * (len(records) - len(futures))
         if not all(acked):
-            self.reset()
+            self.close()
         return acked
 
-    def reset(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the kafka-python producer with its thread and sockets; the next send makes a new one.
+
+        What it still holds is dropped: ``send_all`` has already reported it as not acknowledged.
+        """
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            try:
-                producer.close(timeout=0)
-            except Exception:  # closing a broken producer may complain; it is gone either way
-                log.debug("closing a failed producer", exc_info=True)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=timeout_s)
-            self._producer = None
+            close_producer(producer, timeout_s)
 
 
 def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int = 4) -> None:

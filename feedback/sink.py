@@ -34,7 +34,8 @@ import msgspec
 
 from feedback.deadletters import DeadLetter, DeadLetterStore, letter_id
 from feedback.events import SCHEMA_VERSION, DecisionMade, Event, decode_event
-from feedback.kafka import Producer, build_client, ensure_topics
+from feedback.kafka import Producer, ensure_topics
+from feedback.kafka_client import build_client
 from learner.ports import RowStore
 
 __all__ = ["Sink", "check_event", "dead_letter", "split_batch"]

@@ -11,17 +11,15 @@ service calls it with the tenant of the authenticated request. Nothing indexes e
 namespaces except the eviction order, which drops entries and never returns one, and the index
 of decision ids that feedback evicts through, which checks the tenant before it drops.
 
-**Lookup.** Exact: a dict from the normalised request's key. Semantic: within a ``Space``, the
-entries of one *context* (everything but the last user message: the model or policy asked for,
-the system prompt, the conversation before, sampling parameters) and one cluster of the live
-clustering form a bucket, so the search never crosses contexts and only reads a small matrix.
-A bucket is cut into cells of at most ``cell_rows`` rows (a cell that grows past that is split
-in two by 2-means) holding the embeddings (or, with ``index_dim``, a projection of them); a lookup
-scans the ``probe`` cells whose centres are nearest the prompt and compares the ``verify`` best of
-each in full. Precision is exact (a hit has cosine >= ``similarity`` in full); recall is approximate (a
-neighbour across a cell boundary, or ranked low by the projection, can be missed: a miss, never a
-wrong answer). References: Jegou, Douze & Schmid, Product quantization for nearest neighbor
-search (2011), for the inverted file of cells; Johnson & Lindenstrauss (1984) for the projection.
+**Lookup.** Exact: a dict from the normalised request's key, before any numpy work. Semantic:
+within a ``Space``, the entries of one *context* (everything but the last user message: the model
+or policy asked for, the system prompt, the conversation before, sampling parameters) and one
+cluster of the live clustering form a bucket, so the search never crosses contexts. Each bucket
+is a ``CellIndex`` (``learner/cache_index.py``): cells of at most ``cell_rows`` rows in groups of
+at most ``group_cells`` cells; a lookup reads the group centres, the cell centres of the ``probe``
+nearest groups and the rows of the ``probe`` nearest cells. Precision is exact (a hit has cosine
+>= ``similarity``); recall is approximate (a neighbour in a cell not searched is missed: a miss,
+never a wrong answer).
 
 **Bounds.** An entry expires ``ttl_s`` after it was stored; the cache holds at most
 ``max_entries`` entries and ``max_bytes`` bytes (text + embedding + keys + a fixed overhead),
@@ -36,6 +34,8 @@ from typing import Callable, Literal
 
 import msgspec
 import numpy as np
+
+from learner.cache_index import CellIndex
 
 __all__ = ["EVICTION_REASONS", "AnswerCache", "CacheParams", "Entry", "Hit", "Space"]
 
@@ -53,13 +53,10 @@ class CacheParams(msgspec.Struct, frozen=True):
     max_bytes: int = 256_000_000
     similarity: float = 0.95  # cosine a semantic hit needs
     semantic: bool = True
-    cell_rows: int = 128  # rows of one cell of a bucket before it is split (bench/overhead.py chose it)
-    probe: int = 2  # cells scanned per semantic lookup
-    # the cells may hold embeddings projected to fewer dimensions, the ``verify`` best of each cell
-    # then compared in full; on the 2-core machine of bench/overhead.py the projection cost more
-    # than it saved (and lost recall: 95% at 128 dimensions against 95% in full, 90% at 64)
-    index_dim: int = 0  # 0: cells hold the embeddings as they are
-    verify: int = 1
+    # the semantic index of a bucket (learner/cache_index.py; bench/overhead.py chose the sizes)
+    cell_rows: int = 128  # rows of one cell before it is split
+    group_cells: int = 64  # cells of one group before it is split
+    probe: int = 2  # groups, then cells, searched per semantic lookup
     max_hit_ids: int = 200_000  # decision ids of hits remembered, for feedback on them
 
 
@@ -91,124 +88,6 @@ class Hit(msgspec.Struct, frozen=True):
     similarity: float
 
 
-class _Cell:
-    """Rows of one region of a bucket: (capacity, d) float32, the first ``len(ids)`` in use."""
-
-    __slots__ = ("rows", "ids", "split_at")
-
-    def __init__(self, dim: int, split_at: int) -> None:
-        self.rows = np.empty((8, dim), dtype=np.float32)
-        self.ids: list[str] = []
-        self.split_at = split_at
-
-    def add(self, source_id: str, emb: np.ndarray) -> None:
-        n = len(self.ids)
-        if n == len(self.rows):
-            grown = np.empty((2 * n, self.rows.shape[1]), dtype=np.float32)
-            grown[:n] = self.rows
-            self.rows = grown
-        self.rows[n] = emb
-        self.ids.append(source_id)
-
-    def remove(self, source_id: str) -> None:
-        i = self.ids.index(source_id)
-        last = len(self.ids) - 1
-        self.rows[i] = self.rows[last]
-        self.ids[i] = self.ids[last]
-        self.ids.pop()
-
-
-class _Bucket:
-    """The entries of one (context, clustering, cluster) of a space, in cells."""
-
-    __slots__ = ("centres", "cells", "cell_of", "cell_rows")
-
-    def __init__(self, dim: int, cell_rows: int) -> None:
-        self.cell_rows = cell_rows
-        self.centres = np.zeros((1, dim), dtype=np.float32)
-        self.cells = [_Cell(dim, cell_rows)]
-        self.cell_of: dict[str, _Cell] = {}
-
-    def __len__(self) -> int:
-        return len(self.cell_of)
-
-    def add(self, source_id: str, emb: np.ndarray) -> None:
-        i = 0 if len(self.cells) == 1 else int(np.argmax(self.centres @ emb))
-        cell = self.cells[i]
-        cell.add(source_id, emb)
-        self.cell_of[source_id] = cell
-        if len(cell.ids) > cell.split_at:
-            self._split(i)
-
-    def remove(self, source_id: str) -> None:
-        cell = self.cell_of.pop(source_id)
-        cell.remove(source_id)
-        if not cell.ids and len(self.cells) > 1:
-            i = self.cells.index(cell)
-            del self.cells[i]
-            self.centres = np.delete(self.centres, i, axis=0)
-
-    def candidates(self, emb: np.ndarray, probe: int, k: int) -> tuple[list[str], list[float]]:
-        """The ``k`` closest entries (in the index's space) of each of the ``probe`` nearest cells,
-        with their cosines there (exact when the cells hold the embeddings as they are)."""
-        if len(self.cells) == 1:
-            cells = self.cells
-        else:
-            sims = self.centres @ emb
-            cells = []
-            for _ in range(min(probe, len(sims))):  # probe is small: argmax a few times beats a sort
-                i = int(sims.argmax())
-                cells.append(self.cells[i])
-                sims[i] = -np.inf
-        ids: list[str] = []
-        cos: list[float] = []
-        for cell in cells:
-            n = len(cell.ids)
-            if not n:
-                continue
-            sims = cell.rows[:n] @ emb
-            if k == 1:
-                j = int(sims.argmax())
-                ids.append(cell.ids[j])
-                cos.append(float(sims[j]))
-            else:
-                top = np.argpartition(sims, n - k)[n - k :] if n > k else range(n)
-                ids += [cell.ids[j] for j in top]
-                cos += [float(sims[j]) for j in top]
-        return ids, cos
-
-    def _split(self, i: int) -> None:
-        """Cut cell ``i`` in two by 2-means (deterministic: seeded by its farthest rows)."""
-        cell = self.cells[i]
-        rows = cell.rows[: len(cell.ids)]
-        mean = rows.mean(axis=0)
-        a = rows[int(np.argmin(rows @ mean))]
-        b = rows[int(np.argmin(rows @ a))]
-        side = np.zeros(len(rows), dtype=bool)
-        for _ in range(6):
-            side = rows @ b > rows @ a
-            if side.all() or not side.any():
-                break
-            a, b = _unit(rows[~side].mean(axis=0)), _unit(rows[side].mean(axis=0))
-        if side.all() or not side.any():  # all alike: let it grow, try again at twice the size
-            cell.split_at = 2 * len(cell.ids)
-            return
-        dim = rows.shape[1]
-        left, right = _Cell(dim, self.cell_rows), _Cell(dim, self.cell_rows)
-        for sid, row, s in zip(list(cell.ids), rows.copy(), side):
-            (right if s else left).add(sid, row)
-        for c in (left, right):
-            for sid in c.ids:
-                self.cell_of[sid] = c
-        self.cells[i] = left
-        self.cells.append(right)
-        self.centres = np.vstack([self.centres[:i], a[None, :], self.centres[i + 1 :], b[None, :]]).astype(np.float32)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
 class Space:
     """One namespace's entries. Its lookups read nothing else."""
 
@@ -219,7 +98,7 @@ class Space:
         self._cache = cache
         self._entries: dict[str, Entry] = {}
         self._exact: dict[bytes, str] = {}
-        self._buckets: dict[tuple[bytes, int, int], _Bucket] = {}
+        self._buckets: dict[tuple[bytes, int, int], CellIndex] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -239,18 +118,13 @@ class Space:
                 return hit
         if embedding is None or not p.semantic:
             return None
-        bucket = self._buckets.get((context_key, clustering, cluster))
-        if bucket is None:
+        index = self._buckets.get((context_key, clustering, cluster))
+        if index is None:
             return None
-        ids, sims = bucket.candidates(self._cache._index(embedding), p.probe, p.verify)
-        if not ids:
+        found = index.nearest(np.asarray(embedding, dtype=np.float32), p.probe)
+        if found is None or found[1] < p.similarity:
             return None
-        if self._cache._index_dim(len(embedding)) != len(embedding):  # projected: the full cosines decide
-            sims = list(np.stack([self._entries[i].embedding for i in ids]) @ embedding)
-        j = max(range(len(ids)), key=sims.__getitem__)
-        if sims[j] < p.similarity:
-            return None
-        return self._fresh(ids[j], "semantic", float(sims[j]), now_s)
+        return self._fresh(found[0], "semantic", found[1], now_s)
 
     def _fresh(self, sid: str, kind: Literal["exact", "semantic"], sim: float, now_s: float) -> Hit | None:
         entry = self._entries[sid]
@@ -271,11 +145,11 @@ class Space:
         self._entries[sid] = entry
         self._exact[entry.exact_key] = sid
         key = (entry.context_key, entry.clustering, entry.cluster)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(self._cache._index_dim(len(entry.embedding)),
-                                                  self._cache.params.cell_rows)  # fmt: skip
-        bucket.add(sid, self._cache._index(entry.embedding))
+        p = self._cache.params
+        index = self._buckets.get(key)
+        if index is None:
+            index = self._buckets[key] = CellIndex(len(entry.embedding), p.cell_rows, p.group_cells)
+        index.add(sid, np.asarray(entry.embedding, dtype=np.float32), p.probe)
         self._cache._added(self, entry)
         return True
 
@@ -290,9 +164,9 @@ class Space:
         entry = self._entries.pop(sid)
         del self._exact[entry.exact_key]
         key = (entry.context_key, entry.clustering, entry.cluster)
-        bucket = self._buckets[key]
-        bucket.remove(sid)
-        if not len(bucket):
+        index = self._buckets[key]
+        index.remove(sid)
+        if not len(index):
             del self._buckets[key]
         return entry
 
@@ -312,7 +186,6 @@ class AnswerCache:
         self._hits: collections.OrderedDict[str, str] = collections.OrderedDict()  # hit decision id -> source id
         self.bytes = 0
         self.evicted: dict[str, int] = {r: 0 for r in EVICTION_REASONS}
-        self._proj: dict[int, np.ndarray] = {}  # embedding dim -> (dim, index_dim) projection
 
     def __len__(self) -> int:
         return len(self._order)
@@ -352,25 +225,6 @@ class AnswerCache:
         return dropped
 
     # -- bookkeeping, called by ``Space`` ------------------------------------------------------
-
-    def _index_dim(self, dim: int) -> int:
-        k = self.params.index_dim
-        return dim if k <= 0 or k >= dim else k
-
-    def _index(self, emb: np.ndarray) -> np.ndarray:
-        """The embedding (d,) as the cells hold it: a fixed random projection to ``index_dim``
-        dimensions, unit norm (Johnson-Lindenstrauss: near neighbours stay near), so a lookup
-        reads a quarter of the bytes; candidates are then compared in full."""
-        emb = np.asarray(emb, dtype=np.float32)
-        d = len(emb)
-        k = self._index_dim(d)
-        if k == d:
-            return emb
-        proj = self._proj.get(d)
-        if proj is None:  # seeded: the same projection in every process and run
-            proj = self._proj[d] = (np.random.default_rng(14).standard_normal((d, k)) / np.sqrt(k)).astype(np.float32)
-        low = emb @ proj
-        return low / max(float(np.linalg.norm(low)), 1e-12)
 
     def _touch(self, sid: str) -> None:
         self._order.move_to_end(sid)

@@ -17,10 +17,11 @@ from typing import Any
 from learner.admin import SnapshotDetail, SnapshotList, list_snapshots, load_snapshot, roll_back, snapshot_detail
 from learner.snapshot import SnapshotError
 
-__all__ = ["print_detail", "print_list", "register"]
+__all__ = ["print_detail", "print_list", "register", "when"]
 
 
-def _when(ms: int) -> str:
+def when(ms: int) -> str:
+    """A millisecond time (a watermark) in UTC, as the CLI prints it; "-" for 0."""
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else "-"
 
 
@@ -36,7 +37,7 @@ def print_list(listing: SnapshotList) -> None:
         return
     print(f"{'version':>8}  {'parent':>6}  {'created':<23}  reason")
     for row in listing.snapshots:
-        print(f"{row.version:>8}  {row.parent:>6}  {_when(row.created_at_ms):<23}  {row.reason}"
+        print(f"{row.version:>8}  {row.parent:>6}  {when(row.created_at_ms):<23}  {row.reason}"
               + ("  (live)" if row.live else ""))  # fmt: skip
 
 
@@ -54,9 +55,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def print_detail(d: SnapshotDetail) -> None:
-    print(f"snapshot v{d.version} (parent v{d.parent}), {d.reason}, created {_when(d.created_at_ms)}"
+    print(f"snapshot v{d.version} (parent v{d.parent}), {d.reason}, created {when(d.created_at_ms)}"
           + (" (live)" if d.live else ""))  # fmt: skip
-    print(f"watermark {_when(d.watermark_ms)}; clustering {d.clustering}: {d.clusters} clusters of dim {d.dim}")
+    print(f"watermark {when(d.watermark_ms)}; clustering {d.clustering}: {d.clusters} clusters of dim {d.dim}")
     width = max(len(m) for m in d.models)
     print(f"posterior mean quality (decisions) per cluster:\n{'':>{width}}  " +
           "  ".join(f"{'c' + str(c):>13}" for c in range(d.clusters)))  # fmt: skip

@@ -103,6 +103,11 @@ def _kappa(n: np.ndarray, s: np.ndarray, prior: np.ndarray, fallback: float) -> 
     pbar = np.divide((n * p).sum(axis=0), total, out=np.full(n.shape[1], 0.5), where=total > 0)
     with np.errstate(divide="ignore"):
         k = np.where(tau2 > 0, pbar * (1 - pbar) / np.maximum(tau2, 1e-300) - 1.0, _KAPPA_MAX)
+    # Nodes can only be shown to agree to within their own sampling noise, p (1 - p) / n: a
+    # between-node variance below that of a node of average evidence is not evidence of
+    # agreement, it is too little data. So kappa stays at most that evidence (a model seen 11
+    # times over 4 clusters borrows at most ~3 calls' worth, not the cap's 1000, and is explored).
+    k = np.minimum(k, total / len(n))
     return np.where(enough, np.clip(k, _KAPPA_MIN, _KAPPA_MAX), out)
 
 

@@ -86,7 +86,7 @@ def posterior_mean(view: View, model: str, routed: Routed) -> float:
         return 0.0
     cluster = routed.choice.cluster
     if view.snapshot.clustering != routed.clustering or cluster >= len(view.centroids):
-        cluster, _ = assign(routed.embedding, view.centroids)
+        cluster, _ = assign(routed.embedding if routed.context is None else routed.context, view.centroids)
     return float(view.mean[cluster, view.models.index(model)])
 
 
@@ -121,9 +121,8 @@ class ResponseCache:
 
     def lookup(self, ask: Ask, routed: Routed, view: View) -> Hit | None:
         """A cached answer this request may be served, or None (counted either way)."""
-        emb = np.asarray(routed.embedding, dtype=np.float32)
-        hit = ask.space.lookup(ask.exact_key, ask.context_key, routed.clustering, routed.choice.cluster, emb,
-                               self.clock())  # fmt: skip
+        hit = ask.space.lookup(ask.exact_key, ask.context_key, routed.clustering, routed.choice.cluster,
+                               routed.embedding, self.clock())  # fmt: skip
         if hit is not None and hit.entry.model not in routed.candidates:
             hit = None  # the rules (or the tenant's models) do not allow its model for this request
         elif hit is not None and posterior_mean(view, hit.entry.model, routed) < self.min_quality:

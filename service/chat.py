@@ -1,6 +1,8 @@
 """The chat-completions use case: parse, screen (rules), route, dispatch with failover, answer, record.
 
-Per request ``ChatService`` decodes the body, runs the rules, embeds the last user message, takes
+Per request ``ChatService`` decodes the body, detects the last user message's language and embeds
+it, mixes in its conversation's earlier turns and the language step (``learner.language``; the
+offline runs call ``routing_context``, the same without a conversation), runs the rules, takes
 one Thompson decision from the live snapshot (``learner.routing.decide`` on the one view it read),
 calls the provider (failing over by the posterior, ``service/failover.py``), encodes the answer
 and records what happened. After routing, the request travels as one ``Turn``
@@ -21,11 +23,13 @@ from feedback.events import uuid7
 from learner.budget import tenant_budget_key
 from learner.costs import request_tokens
 from learner.embedding import Embedder
+from learner.language import LanguageDetector, NoDetector, in_language
 from service.bodies import decode_body
 from service.caching import Ask, ResponseCache
 from service.errors import ApiError
 from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
+from service.conversations import Conversations, Thread
 from service.records import Recorder, Routed, Turn
 from service.rerequest import RerequestTracker
 from learner.clusters import assign
@@ -56,6 +60,7 @@ class PoolModel(msgspec.Struct, frozen=True):
     price_out_per_mtok: float
     tier: float = 0.6
     context_window: int = 128_000
+    price_cached_in_per_mtok: float | None = None  # a cached prompt prefix's price; None: no discount
 
 
 class PolicyWeights(msgspec.Struct, frozen=True):
@@ -72,6 +77,9 @@ class ChatParts(msgspec.Struct, frozen=True):
     session_header: str = "x-session-id"  # names the asker of a request without ``user``
     log_requests: bool = False
     cache: ResponseCache | None = None  # None: no response cache (service/caching.py)
+    language: LanguageDetector = NoDetector()  # the prompt's language (learner/language.py)
+    language_weight: float = 0.0  # [language] weight: its part in the routing context
+    conversations: Conversations | None = None  # None: every request routed alone (service/conversations.py)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -118,6 +126,9 @@ class ChatService:
         self.session_header = parts.session_header
         self.log_requests = parts.log_requests
         self.cache = parts.cache
+        self.language = parts.language
+        self.language_weight = parts.language_weight
+        self.conversations = parts.conversations
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -137,7 +148,7 @@ class ChatService:
         return req
 
     def route(self, req: ChatRequest, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS) -> Routed:
-        """Rules, then embedding, then one Thompson decision among the models the rules allow."""
+        """Language, embedding and rules, then one Thompson decision among the models the rules allow."""
         tenant = caller.tenant
         text = next(message_text(m) for m in reversed(req.messages) if m.role == "user")
         prompt_tokens = request_tokens([message_text(m) for m in req.messages])
@@ -149,14 +160,23 @@ class ChatService:
             cost_weight = view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
         elif tenant.cost_weight is None:  # a policy's budget: the live snapshot's weight for this policy
             cost_weight = view.cost_weight(policy, cost_weight)
+        language = self.language.detect(text)
         embedding = self.embedder.embed([text])[0]
-        cluster, margin = assign(embedding, view.centroids)
+        thread, context = None, None
+        if self.conversations is not None:  # routed in its conversation's context
+            thread, context = self.conversations.thread(req.messages, tenant.name, req.user or "",
+                                                        headers.get(self.session_header, ""), embedding,
+                                                        prompt_tokens)  # fmt: skip
+        at = in_language(embedding if context is None else context, language, self.language_weight)
+        context = None if at is embedding else at
+        cluster, margin = assign(at, view.centroids)
         costs = view.costs(cluster, prompt_tokens)
         try:
             screen = self.rules.screen(
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
                 costs=lambda: costs, requested=req.model, tenant=tenant.name,
                 tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
+                language=language,
             )  # fmt: skip
         except NoCandidate as exc:
             self.metrics.rejected.inc(exc.code)
@@ -165,24 +185,42 @@ class ChatService:
         if screen.pinned >= 0:  # logged with propensity 1
             only = np.zeros(len(self.pool), dtype=bool)
             only[screen.pinned] = True
-            choice = decide(view, embedding, prompt_tokens, 0.0, 0.0, only, 0, placed)
+            choice = decide(view, at, prompt_tokens, 0.0, 0.0, only, 0, placed)
             policy = "passthrough" if screen.rule == "requested" else "pinned"
             name = self.pool[screen.pinned].name
             return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
-                          view.snapshot.clustering, name, screen.safety_class, costs)  # fmt: skip
+                          view.snapshot.clustering, name, screen.safety_class, costs, context, thread, language)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
+        if thread is not None and thread.previous_model and self.conversations is not None:
+            kept = self._keep(self.conversations, thread, view, placed, costs, cost_weight, weights.latency_weight,
+                              screen.allowed)  # fmt: skip
+            if kept is not None:  # stays on the model of the turn before: propensity 1, logged ``sticky``
+                names = tuple(self.pool[i].name for i in (kept.arm, *kept.fallback_order))
+                return Routed(kept, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
+                              view.snapshot.clustering, names[0], screen.safety_class, costs, context,
+                              msgspec.structs.replace(thread, sticky=True), language)  # fmt: skip
         row = int(self.rng.integers(1 << 30))
-        choice = decide(view, embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
+        choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         escalated = self.rules.escalate(screen.allowed, choice.margin)
         if escalated is not screen.allowed:  # unsure of the cluster: decide again among strong models
             allowed = escalated
-            choice = decide(view, embedding, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
+            choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         if tenant.exploration_cap < 1.0:
             choice = self._cap_exploration(view, choice, costs, cost_weight, weights.latency_weight,
                                            allowed, tenant.exploration_cap)  # fmt: skip
         names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
-                      view.snapshot.clustering, names[0], screen.safety_class, costs)
+                      view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language)
+
+    def _keep(self, convs: Conversations, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray,
+              cost_weight: float, latency_weight: float, allowed: np.ndarray) -> RouteChoice | None:  # fmt: skip
+        """A turn kept on its conversation's model, or None: the rules (escalation included) and the
+        model's breaker may move it, and so may economics (``Conversations.keep``)."""
+        allowed = self.rules.escalate(allowed, placed[1])
+        breaker = self.failover.breakers.get(thread.previous_model)
+        available = breaker is None or (breaker.state == "closed" and breaker.retry_in_s() == 0.0)
+        return convs.keep(thread, view, placed[0], placed[1], costs, cost_weight, latency_weight,
+                          None if allowed is self.rules.all else allowed, available)  # fmt: skip
 
     def _tenant_mask(self, models: tuple[str, ...]) -> np.ndarray | None:
         if not models:
@@ -218,7 +256,8 @@ class ChatService:
         started = started or time.perf_counter()
         req = self.parse(raw)
         routed = self.route(req, caller, headers)
-        turn = Turn(req, caller, routed, uuid7(), np.ascontiguousarray(routed.embedding, dtype="<f4").tobytes(),
+        routed_on = routed.embedding if routed.context is None else routed.context
+        turn = Turn(req, caller, routed, uuid7(), np.ascontiguousarray(routed_on, dtype="<f4").tobytes(),
                     started, req.user or headers.get(self.session_header, ""))  # fmt: skip
         if self.rerequests is not None:
             previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.embedding)
@@ -227,6 +266,7 @@ class ChatService:
                 if self.cache is not None:  # the answer re-asked leaves the cache (before this lookup)
                     self.cache.rerequest(caller.tenant.name, previous)
         self.metrics.overhead.observe(time.perf_counter() - started)
+        self.metrics.languages.inc(routed.language)
         return turn
 
     def _failed(self, turn: Turn, exc: AllFailed) -> ApiError:
@@ -261,6 +301,7 @@ class ChatService:
             "x-turnout-cluster": str(turn.routed.choice.cluster),
             "x-turnout-cost-usd": f"{cost_usd:.8f}",
             "x-turnout-fallbacks": str(fallbacks),
+            "x-turnout-language": turn.routed.language,
         }
 
     def _cached(self, turn: Turn, raw: bytes, headers: Mapping[str, str]) -> tuple[Ask | None, Hit | None]:
@@ -293,6 +334,15 @@ class ChatService:
             self.cache.offer(ask, turn.routed, self.router.view, turn.decision_id, model, text, finish,
                              prompt_tokens, completion_tokens, cost_usd)  # fmt: skip
 
+    def _bill(self, turn: Turn, model: PoolModel, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD of an answer: its tokens at the model's prices, the conversation's cached prefix at
+        its cached-input price when the model also answered the turn before (an estimate: the
+        provider's own count of cached tokens is not read)."""
+        cost = _cost(model, prompt_tokens, completion_tokens)
+        if self.conversations is not None and turn.routed.thread is not None:
+            cost -= self.conversations.discount_usd(turn.routed.thread, model.name, prompt_tokens)
+        return cost
+
     def _call(self, req: ChatRequest, raw: bytes, model: str) -> UpstreamCall:
         return UpstreamCall(req, raw, self.pool[self.by_name[model]].upstream_model)
 
@@ -319,7 +369,7 @@ class ChatService:
         except AllFailed as exc:
             raise self._failed(turn, exc) from None
         model = self.pool[self.by_name[name]]
-        cost = _cost(model, done.prompt_tokens, done.completion_tokens)
+        cost = self._bill(turn, model, done.prompt_tokens, done.completion_tokens)
         latency_ms = (time.perf_counter() - turn.started) * 1000.0
         if attempts:
             self.records.attempts(turn, attempts)
@@ -330,6 +380,8 @@ class ChatService:
             latency_ms=latency_ms,
         )  # fmt: skip
         self.metrics.requests.inc(turn.routed.policy, name, "ok")
+        if self.conversations is not None:
+            self.conversations.answered(turn.routed.thread, name)
         self._offer(ask, turn, name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, cost)
         if self.log_requests:
             log.info("answered", extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name,
@@ -419,7 +471,7 @@ class ChatService:
             self.records.outcome(
                 turn, model=model.name, status=status, fallbacks=len(attempts), errors=tuple(errors),
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                cost_usd=_cost(model, prompt_tokens, completion_tokens),
+                cost_usd=self._bill(turn, model, prompt_tokens, completion_tokens),
                 latency_ms=(time.perf_counter() - turn.started) * 1000.0,
             )  # fmt: skip
             if status == "error":
@@ -428,8 +480,10 @@ class ChatService:
                             extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name})  # fmt: skip
             self.metrics.requests.inc(turn.routed.policy, model.name, status)
         if status == "ok":  # streamed to its end (a client that left stops the generator above)
+            if self.conversations is not None:
+                self.conversations.answered(turn.routed.thread, model.name)
             self._offer(ask, turn, model.name, "".join(texts), finish, prompt_tokens, completion_tokens,
-                        _cost(model, prompt_tokens, completion_tokens))  # fmt: skip
+                        self._bill(turn, model, prompt_tokens, completion_tokens))  # fmt: skip
         req = turn.req
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)

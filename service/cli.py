@@ -151,7 +151,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     # the learner publishes no events: no Kafka producer (nor spill journal) in this process
     settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(settings.events, backend="inprocess"))
     if args.once:
-        remote = _admin(args, must_exist=False)
+        remote = _admin(args)  # a data directory that does not exist: one line, nothing created
         if remote is not None:  # the running service holds the store: its cycle, in its process
             done = remote.learn()
             version, watermark, published = done.version, done.watermark_ms, done.published
@@ -161,8 +161,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
             snap = rt.cycle.run(reason="manual")
             rt.sink.close()
             version, watermark, published = snap.version, snap.watermark_ms, snap.version > before
-        print(f"snapshot v{version} published (watermark {watermark})" if published else
-              f"nothing new since snapshot v{version} (watermark {watermark}): no snapshot published")  # fmt: skip
+        from learner.cli import when
+
+        seen = f"events up to {when(watermark)}" if watermark else "no events yet"
+        print(f"snapshot v{version} published ({seen})" if published else
+              f"nothing new since snapshot v{version} ({seen}): no snapshot published")  # fmt: skip
         return 0
     stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the cycle in hand finishes, exit 0
     if args.interval_s:

@@ -3,7 +3,8 @@
 The page (``service/static/``: plain HTML, JS and CSS, no CDN, no build step) polls two JSON
 endpoints and draws SVG charts: ``/v1/router/state`` (the live snapshot: posterior means with
 credible intervals per cluster) and ``/v1/router/history`` (built here): per time bucket the
-share of traffic per (cluster, model), the cost per request against always sending everything
+share of traffic per (cluster, model), the decisions per prompt language and which models served
+each, the cost per request against always sending everything
 to the most expensive model, mean margins, with snapshot versions and drift events to mark on
 them, circuit breaker states, and what each cluster is about (``service.clusters_about``).
 
@@ -84,6 +85,15 @@ class ClusterTraffic(msgspec.Struct, frozen=True):
     margin: list[float | None]  # mean margin of the bucket's decisions
 
 
+class LanguageTraffic(msgspec.Struct, frozen=True):
+    """The window's decisions of one prompt language ("" not detected), most frequent first."""
+
+    language: str
+    decisions: int
+    share: float  # of the window's decisions
+    models: dict[str, float]  # model -> its share of this language's decisions (models that had some)
+
+
 class CostSeries(msgspec.Struct, frozen=True):
     answered: list[int]
     cost_per_request_usd: list[float | None]
@@ -125,6 +135,7 @@ class RouterHistory(msgspec.Struct, frozen=True):
     drift: list[DriftMark] | None  # None: no drift log wired
     breakers: dict[str, str] | None  # None: no breaker registry wired
     about: list[ClusterAbout] | None = None  # per cluster of the live snapshot; None: not wired
+    languages: list[LanguageTraffic] = []
 
 
 def _traffic(cluster: int, rows: Sequence[TrafficBucket], index: dict[int, int], models: list[str]) -> ClusterTraffic:
@@ -140,6 +151,21 @@ def _traffic(cluster: int, rows: Sequence[TrafficBucket], index: dict[int, int],
     share = {m: [c[i] / decisions[i] if decisions[i] else 0.0 for i in range(n)] for m, c in counts.items()}
     margin = [margin_sum[i] / decisions[i] if decisions[i] else None for i in range(n)]
     return ClusterTraffic(cluster, decisions, share, margin)
+
+
+def _languages(rows: Sequence[TrafficBucket]) -> list[LanguageTraffic]:
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        per = counts.setdefault(r.language, {})
+        per[r.model] = per.get(r.model, 0) + r.decisions
+    total = sum(sum(per.values()) for per in counts.values())
+    out = []
+    for lang, per in counts.items():
+        n = sum(per.values())
+        if n:
+            models = {m: c / n for m, c in sorted(per.items(), key=lambda kv: (-kv[1], kv[0])) if c}
+            out.append(LanguageTraffic(lang, n, n / total, models))
+    return sorted(out, key=lambda t: (-t.decisions, t.language))
 
 
 def router_history(
@@ -187,7 +213,7 @@ def router_history(
         drift=None if drift is None else sorted(
             (DriftMark(e.at_ms, e.kind, list(e.clusters), e.model, e.old_value, e.new_value, e.action, e.version)
              for e in drift if since_ms <= e.at_ms < until_ms), key=lambda e: e.at_ms),
-        breakers=breakers, about=about,
+        breakers=breakers, about=about, languages=_languages(rows),
     )  # fmt: skip
 
 

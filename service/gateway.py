@@ -11,8 +11,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from learner.cache import AnswerCache, CacheParams
+from learner.language import build_detector
 from service.caching import ResponseCache
 from service.chat import ChatParts
+from service.conversations import ConversationStore, Conversations, pool_cache_saving
 from service.metrics import Registry
 from service.failover import CircuitBreaker, Failover, RetryPolicy
 from service.rerequest import RerequestTracker
@@ -20,7 +22,7 @@ from service.rules import Rules
 from service.settings import ModelSettings, Settings
 from service.tenants import Tenant, TenantDirectory
 
-__all__ = ["build_tenants", "chat_parts", "openai_upstream", "response_cache", "unset_keys"]
+__all__ = ["build_tenants", "chat_parts", "conversations", "openai_upstream", "response_cache", "unset_keys"]
 
 
 def openai_upstream(m: ModelSettings, env: Mapping[str, str] | None = None) -> Any:
@@ -50,8 +52,8 @@ def response_cache(settings: Settings, metrics: Registry) -> ResponseCache | Non
 
 def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
                cache: ResponseCache | None = None) -> ChatParts:  # fmt: skip
-    """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking
-    and response cache (``response_cache``)."""
+    """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking,
+    response cache (``response_cache``) and language step."""
     b, r = settings.breaker, settings.retry
     breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
     policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
@@ -63,7 +65,20 @@ def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
         session_header=rr.session_header.lower(),
         log_requests=settings.server.log_requests,
         cache=cache,
+        language=build_detector(settings.language.detector),
+        language_weight=settings.language.weight,
+        conversations=conversations(settings, pool),
     )
+
+
+def conversations(settings: Settings, pool: tuple) -> Conversations | None:
+    """The request path's conversations of ``[conversations]`` (None when not enabled)."""
+    c = settings.conversations
+    if not c.enabled:
+        return None
+    saving = pool_cache_saving([m.price_in_per_mtok for m in pool], [m.price_cached_in_per_mtok for m in pool])
+    return Conversations(ConversationStore(c.capacity, c.ttl_s), [m.name for m in pool], saving, c.context_decay,
+                         settings.router.switch_margin, c.sticky)  # fmt: skip
 
 
 def build_tenants(settings: Settings, pool_models: tuple[str, ...]) -> TenantDirectory:

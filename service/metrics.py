@@ -112,6 +112,8 @@ class Registry:
         self.fallbacks = Counter("turnout_fallbacks_total", "Requests answered by a fallback model.", ("model",))
         self.rejected = Counter("turnout_rejected_total", "Requests refused before routing, by reason.", ("reason",))
         self.feedback = Counter("turnout_feedback_total", "Feedback events emitted, by kind.", ("kind",))
+        self.languages = Counter("turnout_request_languages_total", "Requests routed, by the language detected in "
+                                 "the last user message (ISO 639-1; empty: not detected).", ("language",))  # fmt: skip
         # the response cache (service/caching.py): hit rate, money not spent, what entered and what left
         self.cache_lookups = Counter("turnout_cache_lookups_total",
                                      "Response cache lookups, by result: hit_exact, hit_semantic, miss.", ("result",))  # fmt: skip
@@ -122,7 +124,7 @@ class Registry:
         self.cache_evictions = Counter("turnout_cache_evictions_total", "Response cache entries evicted, by reason: "
                                        "expired, capacity, feedback, re_request, judge, quality.", ("reason",))  # fmt: skip
         self._metrics: list = [self.requests, self.overhead, self.upstream, self.upstream_errors, self.fallbacks,
-                               self.rejected, self.feedback, self.cache_lookups, self.cache_saved,
+                               self.rejected, self.feedback, self.languages, self.cache_lookups, self.cache_saved,
                                self.cache_admissions, self.cache_evictions]  # fmt: skip
 
     def for_pool(self, models: Iterable[str]) -> "Registry":
@@ -131,7 +133,7 @@ class Registry:
             self.upstream_errors.known(m)
             self.fallbacks.known(m)
         for reason in ("unauthorized", "rate_limited", "content_policy", "context_length_exceeded", "cost_cap_exceeded",
-                       "model_not_allowed"):
+                       "model_not_allowed", "language_not_served"):
             self.rejected.known(reason)
         return self
 

@@ -22,6 +22,7 @@ from feedback.events import DecisionMade, FeedbackGiven, uuid7
 from feedback.ports import EventSink
 from learner.embedding import prompt_hash
 from learner.ports import DecisionRef
+from service.conversations import Thread
 from service.decisions import DecisionIndex
 from service.failover import Attempt
 from service.metrics import Registry
@@ -36,7 +37,7 @@ class Routed(msgspec.Struct, frozen=True):
     """What routing decided for one request, under which snapshot."""
 
     choice: RouteChoice
-    embedding: np.ndarray  # (d,) float32, unit norm
+    embedding: np.ndarray  # (d,) float32, unit norm: the last user message's own embedding
     text: str  # the last user message
     prompt_tokens: int
     policy: str  # a policy name, "passthrough" (model asked by name) or "pinned" (a rule)
@@ -46,6 +47,11 @@ class Routed(msgspec.Struct, frozen=True):
     arm: str  # the model the policy chose (candidates[0])
     safety_class: str = ""
     costs: np.ndarray | None = None  # (m,) expected USD of each model under the routed snapshot
+    # (d,) unit norm: what it was routed on and is recorded, when not ``embedding`` alone (the
+    # conversation's context, the language step: service/conversations.py, learner/language.py)
+    context: np.ndarray | None = None
+    thread: Thread | None = None  # its place in its conversation (service/conversations.py)
+    language: str = ""  # ISO 639-1 code of the last user message, "" unknown (learner/language.py)
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -55,7 +61,7 @@ class Turn(msgspec.Struct, frozen=True):
     caller: Caller
     routed: Routed
     decision_id: str
-    emb: bytes  # routed.embedding as little-endian float32, as recorded
+    emb: bytes  # what it was routed on (routed.context, else routed.embedding) as little-endian float32
     started: float  # time.perf_counter() when the request arrived
     asker: str = ""  # who would re-ask: the request's user, else its session header ("" unknown)
 
@@ -82,10 +88,14 @@ class Recorder:
             clustering=routed.clustering,
             cluster=routed.choice.cluster,
             margin=routed.choice.margin,
+            language=routed.language,
             prompt_hash=prompt_hash(routed.text),
             stream=req.stream,
             embedding=turn.emb,
             prompt_text=routed.text if keep else "",
+            conversation_id="" if routed.thread is None else routed.thread.conversation_id,
+            turn=0 if routed.thread is None else routed.thread.turn,
+            sticky=routed.thread is not None and routed.thread.sticky,
             **fields,
         )
 

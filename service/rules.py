@@ -4,11 +4,13 @@ Evaluated before the prompt is embedded, in this order, each narrowing the candi
 
 1. the tenant's models (``[[tenants]] models``);
 2. safety classes: a prompt matching a class's pattern may only go to that class's models;
-3. context window: models whose window cannot hold the prompt plus the answer are out;
-4. cost cap: models whose expected cost (from prices) exceeds the cap are out;
-5. pins: a client asking for a pool model by name, or the first pin rule that matches (tenant,
-   header, requested model, regex on the last user message) fixes the model, if it is still a
-   candidate. A pin never overrides 2-4.
+3. languages: a prompt in a rule's languages may only go to its models, never to its forbidden
+   ones (the language is detected before the rules, ``learner/language.py``);
+4. context window: models whose window cannot hold the prompt plus the answer are out;
+5. cost cap: models whose expected cost (from prices) exceeds the cap are out;
+6. pins: a client asking for a pool model by name, or the first pin rule that matches (tenant,
+   header, requested model, regex on the last user message, its language) fixes the model, if it
+   is still a candidate. A pin never overrides 2-5.
 
 After embedding, ``escalate`` keeps only models of at least a tier when the cluster margin is low
 (the router is unsure which cluster this is, so it should not gamble on a small model).
@@ -52,6 +54,7 @@ class _Pin(msgspec.Struct, frozen=True):
     header_value: str
     requested_model: str
     pattern: re.Pattern | None
+    language: str = ""
 
 
 class Rules:
@@ -74,7 +77,7 @@ class Rules:
         self.all.setflags(write=False)
         self.pins = tuple(
             _Pin(model(f"rules.pins[{i}].model", p.model), p.tenant, p.header.lower(), p.header_value,
-                 p.requested_model, re.compile(p.pattern) if p.pattern else None)
+                 p.requested_model, re.compile(p.pattern) if p.pattern else None, p.language)
             for i, p in enumerate(settings.pins)
         )  # fmt: skip
         self.safety: tuple[tuple[str, re.Pattern, np.ndarray], ...] = ()
@@ -83,6 +86,18 @@ class Rules:
             for name in c.models:
                 mask[model(f"rules.safety[{i}].models", name)] = True
             self.safety += ((c.name, re.compile(c.pattern), mask),)
+        # language -> (m,) bool: the models its rules leave (every rule naming it, combined)
+        self.by_language: dict[str, np.ndarray] = {}
+        for i, lr in enumerate(settings.languages):
+            mask = np.ones(len(models), dtype=bool)
+            if lr.models:
+                mask[:] = False
+                for name in lr.models:
+                    mask[model(f"rules.languages[{i}].models", name)] = True
+            for name in lr.forbid:
+                mask[model(f"rules.languages[{i}].forbid", name)] = False
+            for lang in lr.languages:
+                self.by_language[lang] = self.by_language.get(lang, self.all) & mask
         self.aliases = frozenset(p.requested_model for p in self.pins if p.requested_model)
         self.max_cost_usd = settings.max_cost_usd
         self.answer_reserve_tokens = settings.answer_reserve_tokens
@@ -91,7 +106,8 @@ class Rules:
 
     def screen(self, *, text: str, prompt_tokens: int, max_tokens: int | None, costs: Callable[[], np.ndarray],
                requested: str = "", tenant: str = "default", tenant_models: np.ndarray | None = None,
-               max_cost_usd: float = 0.0, headers: Mapping[str, str] | None = None) -> Screen:  # fmt: skip
+               max_cost_usd: float = 0.0, headers: Mapping[str, str] | None = None,
+               language: str = "") -> Screen:  # fmt: skip
         """The candidates of one request. costs() -> (m,) expected USD (called only under a cost
         cap); tenant_models: (m,) bool or None. Raises ``NoCandidate`` when nothing is left.
 
@@ -106,6 +122,13 @@ class Rules:
         if allowed is not self.all and not allowed.any():
             raise NoCandidate("no model may serve this request under the safety rules"
                               + (f" (class '{klass}')" if klass else ""), "content_policy")  # fmt: skip
+        if self.by_language:
+            mask = self.by_language.get(language)
+            if mask is not None:
+                allowed = allowed & mask
+                if not allowed.any():
+                    raise NoCandidate(f"no model may serve a request in language '{language or 'unknown'}' "
+                                      "under the language rules", "language_not_served")  # fmt: skip
         need = prompt_tokens + (max_tokens or self.answer_reserve_tokens)
         fits = allowed
         if need > self.smallest_window:
@@ -128,13 +151,16 @@ class Rules:
                                   f"window or cost rules)", "model_not_allowed", "model")  # fmt: skip
             return Screen(fits, arm, "requested", klass)
         for i, pin in enumerate(self.pins):
-            if fits[pin.model] and self._matches(pin, text, requested, tenant, headers):
+            if fits[pin.model] and self._matches(pin, text, requested, tenant, headers, language):
                 return Screen(fits, pin.model, f"pins[{i}]", klass)
         return Screen(fits, -1, "", klass)
 
     @staticmethod
-    def _matches(pin: _Pin, text: str, requested: str, tenant: str, headers: Mapping[str, str] | None) -> bool:
+    def _matches(pin: _Pin, text: str, requested: str, tenant: str, headers: Mapping[str, str] | None,
+                 language: str = "") -> bool:  # fmt: skip
         if pin.tenant and pin.tenant != tenant:
+            return False
+        if pin.language and pin.language != language:
             return False
         if pin.requested_model and pin.requested_model != requested:
             return False

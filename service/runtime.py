@@ -103,11 +103,13 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
     )
     pool = pool_from_settings(settings)[0]
     shown = {"router": msgspec.to_builtins(msgspec.structs.replace(r, cluster_examples=())),
-             "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=()))}  # fmt: skip
+             "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=())),
+             "language": msgspec.to_builtins(settings.language)}  # fmt: skip
     return Deployment(
         learner=learner_params(settings), routing=routing_params(settings), prior_strength=r.prior_strength,
         shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
-        models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim, settings=shown,
+        models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim,
+        language_detector=settings.language.detector, language_weight=settings.language.weight, settings=shown,
         pool_prices=prices_of(pool),
     )  # fmt: skip
 
@@ -178,7 +180,7 @@ def pool_from_settings(
         log.warning("model %s: its api_key_env variable %s is not set; requests to it go without a key", name, var)
     pool = tuple(
         PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier,
-                  m.context_window)  # fmt: skip
+                  m.context_window, m.price_cached_in_per_mtok)  # fmt: skip
         for m in settings.models
     )
     prior = PoolPrior(

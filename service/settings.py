@@ -18,9 +18,11 @@ __all__ = [
     "BudgetSettings",
     "CacheSettings",
     "ConfigError",
+    "ConversationSettings",
     "DriftSettings",
     "EventsSettings",
     "FeedbackWeights",
+    "LanguageSettings",
     "LearnerSettings",
     "ModelSettings",
     "PolicySettings",
@@ -111,6 +113,7 @@ class ModelSettings(_Config):
     upstream_model: str = ""
     price_in_per_mtok: float = msgspec.field(default=0.0)
     price_out_per_mtok: float = 0.0
+    price_cached_in_per_mtok: float | None = None  # a cached prompt prefix (prompt caching); None: no discount
     tier: float = 0.6  # prior answer quality in (0, 1)
     context_window: int = 128_000
     timeout_s: float = 60.0  # read timeout: the longest silence between two bytes of an answer
@@ -140,6 +143,19 @@ class RouterSettings(_Config):
     thompson_samples: int = 1024
     max_attempts: int = 3
     seed: int = 0
+    switch_margin: float = 0.02  # utility a conversation's switch of model must gain beyond its lost cache discount
+
+
+class LanguageSettings(_Config):
+    """[language]: the prompt's language, detected offline on the request path (learner/language.py).
+
+    Recorded with each decision, matched by rules (``[[rules.languages]]``, a pin's ``language``),
+    and, with ``weight`` > 0, part of the routing context: the embedding moved toward its
+    language's direction, so the learner's clusters keep to one language (docs/learner.md).
+    """
+
+    detector: Literal["cld2", "none"] = "cld2"  # "none": every language is "" (unknown)
+    weight: float = 0.0  # how far the routing context moves toward the language; 0: not at all
 
 
 class FeedbackWeights(_Config):
@@ -236,6 +252,16 @@ class PinRule(_Config):
     header_value: str = ""  # ... and the value it must have
     requested_model: str = ""  # the ``model`` the client asked for (an alias such as "gpt-4o")
     pattern: str = ""  # a regular expression searched in the last user message
+    language: str = ""  # the last user message's language, ISO 639-1 ("zh"); see [language]
+
+
+class LanguageRule(_Config):
+    """[[rules.languages]]: prompts in one of ``languages`` (ISO 639-1 codes, "" for a language
+    not detected) may only be served by ``models`` (empty: any), and never by ``forbid``."""
+
+    languages: tuple[str, ...]
+    models: tuple[str, ...] = ()
+    forbid: tuple[str, ...] = ()
 
 
 class SafetyClass(_Config):
@@ -247,10 +273,11 @@ class SafetyClass(_Config):
 
 
 class RulesSettings(_Config):
-    """[rules]: checks before the bandit, in order: pins, safety, context window, cost cap."""
+    """[rules]: checks before the bandit: safety, languages, context window, cost cap, then pins."""
 
     pins: tuple[PinRule, ...] = ()
     safety: tuple[SafetyClass, ...] = ()
+    languages: tuple[LanguageRule, ...] = ()
     max_cost_usd: float = 0.0  # per request, expected from prices; 0 = no cap
     answer_reserve_tokens: int = 256  # room left for the answer when the request sets no max_tokens
     escalation_margin: float = 0.0  # a cluster margin below this escalates ...
@@ -284,6 +311,16 @@ class RerequestSettings(_Config):
     min_cosine: float = 0.9
     session_header: str = "x-session-id"  # identifies the asker when the body has no ``user``
     capacity: int = 100_000  # askers remembered
+
+
+class ConversationSettings(_Config):
+    """[conversations]: turns of one chat recognised, routed in context, kept on their model (docs/conversations.md)."""
+
+    enabled: bool = True
+    sticky: bool = True  # keep a conversation on its model unless switching pays ([router] switch_margin)
+    context_decay: float = 0.5  # weight of the turn before in the routing context (0: the last message alone)
+    capacity: int = 100_000  # conversation keys remembered, across tenants (least recently used go first)
+    ttl_s: float = 3600.0  # a conversation is forgotten this long after its last answered turn
 
 
 class CacheSettings(_Config):
@@ -325,6 +362,7 @@ class Settings(_Config):
     storage: StorageSettings = StorageSettings()
     events: EventsSettings = EventsSettings()
     router: RouterSettings = RouterSettings()
+    language: LanguageSettings = LanguageSettings()
     learner: LearnerSettings = LearnerSettings()
     models: tuple[ModelSettings, ...] = ()
     policies: tuple[PolicySettings, ...] = ()
@@ -334,6 +372,7 @@ class Settings(_Config):
     rules: RulesSettings = RulesSettings()
     tenants: tuple[TenantSettings, ...] = ()
     rerequest: RerequestSettings = RerequestSettings()
+    conversations: ConversationSettings = ConversationSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()

@@ -28,6 +28,10 @@ def check(s: Settings, source: str) -> None:
     for i, m in enumerate(s.models):
         if not 0.0 < m.tier < 1.0:
             raise ConfigError(f"config error in {source}: models[{i}].tier must be in (0, 1)")
+        cached = m.price_cached_in_per_mtok
+        if cached is not None and not (math.isfinite(cached) and 0 <= cached <= m.price_in_per_mtok):
+            raise ConfigError(f"config error in {source}: models[{i}].price_cached_in_per_mtok must be in "
+                              f"[0, price_in_per_mtok], got {cached:g}")  # fmt: skip
         if m.provider == "openai" and not m.base_url:
             raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
     if not 0 <= s.server.port <= 65535:
@@ -59,12 +63,20 @@ def check(s: Settings, source: str) -> None:
     policy_names = {p.name for p in s.policies} | {"auto"}
     if policy_names & set(names):
         raise ConfigError(f"config error in {source}: a policy and a model share a name")
+    c = s.conversations
+    if not (math.isfinite(s.router.switch_margin) and s.router.switch_margin >= 0):
+        raise ConfigError(f"config error in {source}: router.switch_margin must be a finite number >= 0")
+    if not 0.0 <= c.context_decay < 1.0 or c.capacity < 1 or not (math.isfinite(c.ttl_s) and c.ttl_s > 0):
+        raise ConfigError(f"config error in {source}: conversations.context_decay must be in [0, 1), "
+                          "capacity >= 1 and ttl_s > 0")  # fmt: skip
     if s.router.thompson_samples < 16:
         raise ConfigError(f"config error in {source}: router.thompson_samples must be >= 16")
     if s.router.n_clusters < 1:
         raise ConfigError(f"config error in {source}: router.n_clusters must be >= 1")
     if not (math.isfinite(s.router.satisfice) and s.router.satisfice >= 0):
         raise ConfigError(f"config error in {source}: router.satisfice must be a finite number >= 0")
+    if not (math.isfinite(s.language.weight) and s.language.weight >= 0):
+        raise ConfigError(f"config error in {source}: language.weight must be a finite number >= 0 (0: off)")
     if not (math.isfinite(s.router.shrink_strength) and s.router.prior_strength > 0):
         raise ConfigError(f"config error in {source}: router.prior_strength must be > 0, shrink_strength finite")
     if s.learner.cold_start_min < 1 or s.learner.recluster_until < 0:

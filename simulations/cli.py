@@ -49,6 +49,7 @@ def _quiet_learner() -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from learner.language import build_detector
     from simulations.experiment import decisions_path, embed_outcomes, run_replays, write_decisions
     from simulations.outcomes import load_outcomes
     from simulations.report import markdown, sweep_weights
@@ -85,8 +86,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _quiet_learner()
     t0 = time.perf_counter()
     embedder = _embedder(deployment.embedder, deployment.embedding_dim)
-    embeddings = embed_outcomes(outcomes, embedder)
-    warm = (warm_outcomes, embed_outcomes(warm_outcomes, embedder)) if warm_outcomes is not None else None
+    detector = build_detector(deployment.language_detector)
+    contexts = lambda o: embed_outcomes(o, embedder, detector, deployment.language_weight)  # noqa: E731
+    embeddings = contexts(outcomes)
+    warm = (warm_outcomes, contexts(warm_outcomes)) if warm_outcomes is not None else None
     embed_s = time.perf_counter() - t0
     weights = sweep_weights(outcomes) if args.sweep else None
     report, runs = run_replays(outcomes, embeddings, deployment, config, weights, warm)
@@ -156,9 +159,12 @@ def cmd_ope(args: argparse.Namespace) -> int:
             iv = getattr(report, name)
             print(f"| {name.upper()} | {iv.estimate:.4f} | [{iv.ci_low:.4f}, {iv.ci_high:.4f}] |")
         if report.skipped_pinned:
-            print(f"\n{report.skipped_pinned} decisions made by a rule (pinned or passthrough) left out: not the policy's")
+            print(f"\n{report.skipped_pinned} decisions made by a rule (pinned or passthrough) or kept by a "
+                  "conversation (sticky) left out: not the policy's")
         print(f"\nrounds {report.n}, effective sample size {report.ess:.1f}, logged mean reward {report.logged_reward:.4f}"
-              + (f", weights capped at {report.clip:g} in {report.clipped} rounds" if report.clip else ""))  # fmt: skip
+              + (f", weights capped at {report.clip:g} in {report.clipped} rounds" if report.clip else "")
+              + (f", candidate's share where the logging policy never chose {report.unsupported:.1%}"
+                 if report.unsupported is not None else ""))  # fmt: skip
     if report.warning:
         print(f"turnout ope: warning: {report.warning}", file=sys.stderr)
     return 0

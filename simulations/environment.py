@@ -110,6 +110,10 @@ def _scenarios() -> dict[str, Scenario]:
         "new-model-added": Scenario(
             "new-model-added", "at 40% of the run a cheap model that is best at code and math joins the pool",
             (Phase(0.0, even, pool), Phase(0.4, even, pool + (newcomer,)))),
+        "conversations": Scenario(
+            "conversations", "multi-turn chats on the four topics, short follow-ups, some chats change topic; "
+            "sticky routing against every turn afresh, with and without prompt-cache discounts "
+            "(simulations/conversation_sim.py)", (Phase(0.0, even, pool),)),
     }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 
 from learner.embedding import Embedder
+from learner.language import LanguageDetector, NoDetector, routing_context
 from simulations.outcomes import Outcomes
 from simulations.progress import Progress
 from simulations.replay import Deployment, ReplayConfig, ReplayRun, replay
@@ -21,11 +22,14 @@ from simulations.report import ReplayReport, evaluate
 __all__ = ["decisions_path", "embed_outcomes", "run_replays", "write_decisions"]
 
 
-def embed_outcomes(outcomes: Outcomes, embedder: Embedder) -> np.ndarray:
-    """Embeddings of every prompt, (n, d): each distinct text embedded alone, as the service
-    embeds one request (a batch call can differ in the last bit, and decisions must not)."""
+def embed_outcomes(outcomes: Outcomes, embedder: Embedder, detector: LanguageDetector = NoDetector(),
+                   language_weight: float = 0.0) -> np.ndarray:  # fmt: skip
+    """Routing contexts of every prompt, (n, d): each distinct text embedded alone, as the service
+    embeds one request (a batch call can differ in the last bit, and decisions must not), with
+    its language when ``language_weight`` > 0 (``learner.language.routing_context``)."""
     texts = list(dict.fromkeys(outcomes.prompts))
-    vectors = np.stack([embedder.embed([t])[0] for t in texts]) if texts else np.zeros((0, embedder.dim))
+    vectors = (np.stack([routing_context(t, embedder, detector, language_weight)[2] for t in texts]) if texts
+               else np.zeros((0, embedder.dim)))  # fmt: skip
     where = {t: i for i, t in enumerate(texts)}
     return np.ascontiguousarray(vectors[[where[p] for p in outcomes.prompts]], dtype=np.float32)
 

@@ -25,7 +25,8 @@ class LoggedDecisions(msgspec.Struct, frozen=True):
     """Decisions with feedback, oldest first. Arrays are (n,), embeddings (n, d).
 
     ``skipped_pinned``: decisions with feedback in the range that a rule made, not the policy
-    (policy ``pinned`` or ``passthrough``, propensity 1), left out.
+    (policy ``pinned`` or ``passthrough``, propensity 1), or that a conversation kept on its
+    model (``sticky``, propensity 1), left out.
     """
 
     decision_ids: tuple[str, ...]
@@ -46,7 +47,7 @@ _SQL = """
 SELECT d.did, d.l_rule, d.l_arm, d.l_propensity, f.l_reward, d.l_cluster, d.l_tokens, d.l_cost,
        if(d.l_rule, [], d.l_embedding)
 FROM (
-    SELECT decision_id AS did, any(policy) IN {rules:Array(String)} AS l_rule, any(arm) AS l_arm,
+    SELECT decision_id AS did, any(policy) IN {rules:Array(String)} OR any(sticky) AS l_rule, any(arm) AS l_arm,
            any(propensity) AS l_propensity, any(cluster) AS l_cluster,
            any(prompt_tokens) AS l_tokens, any(cost_usd) AS l_cost, any(embedding) AS l_embedding,
            min(toUnixTimestamp64Milli(ts)) AS l_ts
@@ -73,7 +74,9 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
 
     Decisions a rule made (policy ``pinned``: a pin rule; ``passthrough``: a model asked for by
     name) are left out and counted in ``skipped_pinned``: their propensity 1 is the rule's, not
-    the policy's; read as the policy's, it would say the policy was certain. Records of failed
+    the policy's; read as the policy's, it would say the policy was certain. So are turns a
+    conversation kept on its model (``sticky``): deterministic given the conversation, they give
+    no support to any other model (the learner still learns their quality). Records of failed
     attempts (policy ``failover``) are not requests and are left out uncounted. Decisions of every
     policy name are read, also one asked for by name (``model="cheap"``): their propensity is the
     policy's. A decision's reward is the mean of the feedback the learner counts: its first

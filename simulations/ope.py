@@ -12,9 +12,18 @@ every action in that round. Three estimators, each with a normal-approximation i
 The effective sample size (Kish) of the raw weights says how much of the log the candidate
 really uses; below ``min_ess`` the report carries a warning.
 
+Deficient support: where the candidate takes a model the logging policy never takes there
+(logging probability 0), no estimator sees its reward. When the logging policy's whole
+distribution is known (``Logged.logging``: the OPE check knows it; a file may give it), that
+mass ``unsupported`` is measured and every interval is widened to hold whatever rewards in [0, 1]
+the unseen choices would earn: IPS and DR count them at 0 and q, so their upper (and DR's lower)
+ends move by the mass; SNIPS estimates the supported part's mean, so its interval becomes
+[(1 - d) lo, (1 - d) hi + d]. The point estimates stay; the report says how much was unseen.
+
 References: Horvitz & Thompson (1952); Swaminathan & Joachims, The Self-Normalized Estimator
 for Counterfactual Learning (NeurIPS 2015); Dudik, Langford & Li, Doubly Robust Policy
-Evaluation and Learning (ICML 2011); Kish, Survey Sampling (1965).
+Evaluation and Learning (ICML 2011); Kish, Survey Sampling (1965); Sachdeva, Su & Joachims,
+Off-policy Bandits with Deficient Support (KDD 2020).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class LoggedRound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     propensity: float
     target: dict[str, float]
     context: str = ""  # optional (e.g. the cluster): lets the DR reward model condition on it
+    logging: dict[str, float] | None = None  # optional: the logging policy's probability of every action
 
 
 class Logged(msgspec.Struct, frozen=True):
@@ -44,6 +54,7 @@ class Logged(msgspec.Struct, frozen=True):
 
     ``skipped_pinned``: logged decisions that are not rounds because a rule, not the logging
     policy, chose them (propensity 1 by rule; see ``simulations.logs``), reported as such.
+    ``logging``: (n, A) the logging policy's whole distribution per round, when known.
     """
 
     actions: np.ndarray
@@ -53,6 +64,7 @@ class Logged(msgspec.Struct, frozen=True):
     contexts: np.ndarray
     action_names: tuple[str, ...]
     skipped_pinned: int = 0
+    logging: np.ndarray | None = None
 
 
 class Interval(msgspec.Struct, frozen=True):
@@ -73,6 +85,7 @@ class OpeReport(msgspec.Struct, frozen=True):
     logged_reward: float  # mean reward of the logging policy, for comparison
     warning: str | None = None
     skipped_pinned: int = 0  # logged decisions left out: a rule chose them, not the logging policy
+    unsupported: float | None = None  # the candidate's mass where the logging policy has none (None: not known)
 
 
 _round = msgspec.json.Decoder(LoggedRound)
@@ -99,6 +112,7 @@ def from_rounds(rounds: Sequence[LoggedRound]) -> Logged:
     col = {a: j for j, a in enumerate(names)}
     contexts = {c: i for i, c in enumerate(sorted({r.context for r in rounds}))}
     target = np.zeros((len(rounds), len(names)))
+    logging = np.zeros_like(target) if all(r.logging is not None for r in rounds) else None
     for i, r in enumerate(rounds):
         if not 0.0 < r.propensity <= 1.0:
             raise ValueError(f"round {i + 1}: propensity must be in (0, 1], got {r.propensity}")
@@ -112,6 +126,13 @@ def from_rounds(rounds: Sequence[LoggedRound]) -> Logged:
         if abs(total - 1.0) > 1e-3:
             raise ValueError(f"round {i + 1}: target probabilities sum to {total:.4f}, not 1")
         target[i] /= total
+        if logging is not None:
+            for a, p in r.logging.items():  # type: ignore[union-attr]
+                if a not in col or p < 0:
+                    raise ValueError(f"round {i + 1}: logging probability of {a!r} is negative or of an unknown action")
+                logging[i, col[a]] = p
+            if logging[i, col[r.action]] <= 0:
+                raise ValueError(f"round {i + 1}: the logging policy gives its own action {r.action!r} probability 0")
     return Logged(
         actions=np.array([col[r.action] for r in rounds], dtype=np.int64),
         rewards=np.array([r.reward for r in rounds], dtype=np.float64),
@@ -119,6 +140,7 @@ def from_rounds(rounds: Sequence[LoggedRound]) -> Logged:
         target=target,
         contexts=np.array([contexts[r.context] for r in rounds], dtype=np.int64),
         action_names=names,
+        logging=logging,
     )
 
 
@@ -171,10 +193,31 @@ def estimate(logged: Logged, *, clip: float | None = None, level: float = 0.95, 
         dr_terms[use] = (logged.target[use] * q_rows).sum(axis=1) + w[use] * (r[use] - taken)
     dr = _interval(dr_terms.mean(), se(dr_terms), z)
 
+    unsupported = None
+    if logged.logging is not None:
+        blind = logged.logging <= 0
+        unsupported = float((logged.target * blind).sum(axis=1).mean())
+        if unsupported > 0:  # what the unseen choices earn is anywhere in [0, 1]
+            q_blind = np.zeros(n)
+            for f in (0, 1):
+                use = fold == f
+                q = _reward_model(logged.contexts[fold != f], logged.actions[fold != f], r[fold != f], n_ctx, n_act)
+                q_blind[use] = (logged.target[use] * blind[use] * q[logged.contexts[use]]).sum(axis=1)
+            qb = float(q_blind.mean())
+            ips = Interval(ips.estimate, ips.ci_low, ips.ci_high + unsupported)
+            d = unsupported
+            snips = Interval(snips.estimate, (1 - d) * snips.ci_low, (1 - d) * snips.ci_high + d)
+            dr = Interval(dr.estimate, dr.ci_low - qb, dr.ci_high + unsupported - qb)
+
     ess = float(raw.sum() ** 2 / np.sum(raw**2)) if np.sum(raw**2) > 0 else 0.0
     warning = None
     if ess < min_ess:
         warning = (f"effective sample size {ess:.1f} of {n} rounds is below {min_ess:g}: the candidate "
                    f"chooses what the logging policy rarely did, so these estimates are not to be trusted")  # fmt: skip
+    if unsupported:
+        warning = ((warning + "; ") if warning else "") + (
+            f"{unsupported:.1%} of the candidate's choices go where the logging policy never chose: "
+            f"no estimator sees them, the intervals are widened to hold any reward there")  # fmt: skip
     return OpeReport(ips=ips, snips=snips, dr=dr, ess=ess, n=n, level=level, clip=clip, clipped=clipped,
-                     logged_reward=float(r.mean()), warning=warning, skipped_pinned=logged.skipped_pinned)  # fmt: skip
+                     logged_reward=float(r.mean()), warning=warning, skipped_pinned=logged.skipped_pinned,
+                     unsupported=unsupported)  # fmt: skip

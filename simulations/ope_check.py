@@ -34,6 +34,7 @@ class Coverage(msgspec.Struct, frozen=True):
     dr: float
     mean_ess: float
     mean_estimate: dict[str, float]
+    unsupported: float  # the candidate's mass where the logging policy never chooses
 
 
 def check_coverage(
@@ -92,6 +93,7 @@ def check_coverage(
     truth = float(np.sum(prob * (pi * quality).sum(axis=1)))
     topic_ids = np.unique(np.array(topics), return_inverse=True)[1]
 
+    unsupported = float(np.sum(prob * (pi * (mu <= 0)).sum(axis=1)))
     hits = {"ips": 0, "snips": 0, "dr": 0}
     sums = {"ips": 0.0, "snips": 0.0, "dr": 0.0}
     ess = 0.0
@@ -100,7 +102,7 @@ def check_coverage(
         cdf = np.cumsum(mu[idx], axis=1)
         actions = np.minimum((cdf < rng.random(rounds)[:, None] * cdf[:, -1:]).sum(axis=1), mu.shape[1] - 1)
         rewards = (rng.random(rounds) < quality[idx, actions]).astype(float)
-        logged = Logged(actions, rewards, mu[idx, actions], pi[idx], topic_ids[idx], models)
+        logged = Logged(actions, rewards, mu[idx, actions], pi[idx], topic_ids[idx], models, logging=mu[idx])
         rep = estimate(logged, level=level, min_ess=0.0)
         ess += rep.ess
         for name in hits:
@@ -109,4 +111,4 @@ def check_coverage(
             sums[name] += iv.estimate
     n = float(replications)
     return Coverage(level, replications, rounds, truth, hits["ips"] / n, hits["snips"] / n, hits["dr"] / n,
-                    ess / n, {k: v / n for k, v in sums.items()})  # fmt: skip
+                    ess / n, {k: v / n for k, v in sums.items()}, unsupported)  # fmt: skip

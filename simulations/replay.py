@@ -59,6 +59,8 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     default: ConfiguredModel = ConfiguredModel("")
     embedder: str = "wordllama"
     embedding_dim: int = 256
+    language_detector: str = "none"  # [language]: the routing context, as the service computes it
+    language_weight: float = 0.0
     pool_prices: Prices | None = None  # the served pool's price sheet (configured or simulated)
     settings: dict[str, object] = {}  # what the report prints: the settings this ran with
 

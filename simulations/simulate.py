@@ -22,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from learner.embedding import Embedder
+from learner.language import build_detector, in_language
 from simulations.baselines import Fixed, LinearThompson, Oracle, Policy, RiverPolicy, Turnout, Uniform, project
 from simulations.environment import Scenario, Stream, feedback, stream
 from learner.routing import Prices
@@ -188,11 +189,13 @@ def simulate(
     dearest_q, dearest_c = [], []
     lr_all: dict[str, list[float]] = {}
     cache: dict[str, np.ndarray] = {}
+    detector = build_detector(deployment.language_detector)
     for seed in range(seeds):
         st = stream(sc, steps, np.random.default_rng([base_seed, seed]))
         new = [p for p in dict.fromkeys(st.prompts) if p not in cache]
-        if new:
-            cache.update(zip(new, embedder.embed(new)))
+        if new:  # the routing context, with the deployment's language step (learner/language.py)
+            cache.update((p, in_language(v, detector.detect(p), deployment.language_weight))
+                         for p, v in zip(new, embedder.embed(new)))  # fmt: skip
         emb = np.stack([cache[p] for p in st.prompts])
         u = _utility(st, cost_weight)
         rows = np.arange(steps)

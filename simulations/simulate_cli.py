@@ -40,6 +40,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for flag, share in (("--repeat", args.repeat), ("--paraphrase", args.paraphrase)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{flag} must be a share in [0, 1], got {share:g}")
+        if not 0.0 <= args.cache_discount <= 1.0:
+            raise ValueError(f"--cache-discount must be a share in [0, 1], got {args.cache_discount:g}")
         if args.repeat + args.paraphrase > 1.0:
             raise ValueError("--repeat and --paraphrase together must be at most 1")
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -60,6 +62,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         embedder = WordLlamaEmbedder(256)
     weight = deployment.cost_weight if args.cost_weight is None else args.cost_weight
+    if sc.name == "conversations":
+        return _simulate_conversations(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
     if args.cache:
         return _simulate_cache(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
     with Progress(args.steps * args.seeds * len(names), f"simulate {sc.name}") as bar:
@@ -108,12 +112,34 @@ def _simulate_cache(args: argparse.Namespace, sc, embedder, deployment) -> int:
     return 0
 
 
+def _simulate_conversations(args: argparse.Namespace, sc, embedder, deployment) -> int:
+    """``--scenario conversations``: sticky routing (``[router] switch_margin``, ``[conversations]
+    context_decay`` of --config) against routing every turn afresh, with and without a cache discount."""
+    from simulations.conversation_sim import markdown, simulate_conversations
+    from simulations.progress import Progress
+
+    settings = args.load_settings(args)
+    chats = max(2, args.steps // 5)  # about five turns a chat: --steps turns
+    with Progress(args.steps * args.seeds * 6, f"simulate {sc.name}") as bar:
+        report = simulate_conversations(sc, embedder, deployment, n_chats=chats, seeds=args.seeds,
+                                        base_seed=args.seed, learn_every=args.learn_every,
+                                        cache_discount=args.cache_discount,
+                                        switch_margin=settings.router.switch_margin,
+                                        context_decay=settings.conversations.context_decay,
+                                        progress=bar.advance)  # fmt: skip
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(markdown(report))
+    return 0
+
+
 def add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="compare policies on simulated traffic (named scenarios), over seeds",
                        description="Every policy routes the same simulated stream per seed; regret against the "
                                    "per-prompt oracle, the best model per cluster and the best single model.")  # fmt: skip
     p.add_argument("--scenario", default="stationary",
-                   help="stationary, model-degrades, new-topic, price-change, new-model-added")
+                   help="stationary, model-degrades, new-topic, price-change, new-model-added, conversations")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="base seed")
@@ -129,4 +155,6 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
                         "users repeat and paraphrase earlier questions: cost saved, users pleased, hit rates")
     p.add_argument("--repeat", type=float, default=0.3, help="--cache: share of prompts repeated word for word")
     p.add_argument("--paraphrase", type=float, default=0.2, help="--cache: share of prompts asked again in other words")
+    p.add_argument("--cache-discount", type=float, default=0.9,
+                   help="--scenario conversations: share of the input price a cached prompt prefix saves")
     p.set_defaults(func=cmd_simulate)

@@ -275,6 +275,26 @@
     });
   }
 
+  // Decisions per prompt language in the window: its count, share, and the models that served it
+  function renderLanguages(languages) {
+    var table = document.getElementById("languages");
+    clear(table);
+    var body = htmlEl("tbody", {}, table);
+    if (!languages || !languages.length) { htmlEl("td", {}, htmlEl("tr", {}, body), "none in this window"); return; }
+    languages.forEach(function (l) {
+      var tr = htmlEl("tr", { "data-language": l.language }, body);
+      htmlEl("td", {}, tr, l.language || "unknown");
+      htmlEl("td", {}, tr, compact(l.decisions));
+      htmlEl("td", {}, tr, (100 * l.share).toFixed(1) + "%");
+      var models = htmlEl("td", { "class": "models", "colspan": "3" }, htmlEl("tr", {}, body));
+      Object.keys(l.models).slice(0, 3).forEach(function (m) {
+        var text = m + " " + Math.round(100 * l.models[m]) + "%";
+        htmlEl("span", { "title": text }, models, text);
+        models.appendChild(document.createTextNode(" "));
+      });
+    });
+  }
+
   function renderDriftList(drift) {
     var list = document.getElementById("drift-events");
     clear(list);
@@ -360,6 +380,7 @@
     ], function (v) { return v.toFixed(2); });
     renderBreakers(hist.breakers);
     renderDriftList(hist.drift);
+    renderLanguages(hist.languages);
     shareChart(document.getElementById("share-overall"), hist, hist.overall);
     renderClusters(state, hist);
   }

@@ -28,11 +28,11 @@ def store(request, chdb_dir, ch_database):
 
 
 def _d(ts_ms: int, *, cluster=0, arm="a", model=None, clustering=1, cost=0.001, margin=0.5, p=100, c=200,
-       status="ok", policy="auto"):
+       status="ok", policy="auto", language=""):
     return DecisionMade(event_id=uuid7(ts_ms), decision_id=uuid7(ts_ms), ts_ms=ts_ms, clustering=clustering,
                         cluster=cluster, arm=arm, model=arm if model is None else model, cost_usd=cost,
                         margin=margin, prompt_tokens=p, completion_tokens=c, status=status,
-                        policy=policy)  # fmt: skip
+                        policy=policy, language=language)  # fmt: skip
 
 
 def test_counterfactual_is_the_most_expensive_rate_for_the_same_tokens():
@@ -69,6 +69,13 @@ def test_traffic_buckets_per_cluster_and_chosen_model(store):
         assert g.cost_usd == pytest.approx(w.cost_usd)
         assert g.max_cost_usd == pytest.approx(w.max_cost_usd)
         assert g.margin_sum == pytest.approx(w.margin_sum)
+
+
+def test_traffic_is_split_by_prompt_language(store):
+    insert, history = store
+    insert([_d(T0 + 1, language="zh"), _d(T0 + 2, language="zh"), _d(T0 + 3, language="en"), _d(T0 + 4)])
+    got = history.traffic(T0, T0 + 60_000, 60_000, PRICES)
+    assert [(g.model, g.language, g.decisions) for g in got] == [("a", "", 1), ("a", "en", 1), ("a", "zh", 2)]
 
 
 def test_traffic_reads_only_the_window(store):

@@ -13,6 +13,7 @@ from feedback.clickhouse import ClickHouseDeadLetterStore, ClickHouseRowStore, c
 from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, encode_event
 from feedback.kafka import KafkaEventSink
+from feedback.kafka_client import build_client
 from feedback.sink import Sink, check_event, split_batch
 from feedback.spill import SpillJournal
 from tests.feedback.pipeline import FlakyRows, decision, events, feedback, running, wait_for
@@ -39,7 +40,7 @@ def committed(bootstrap: str, group: str, topics: tuple[str, ...]) -> dict[Any, 
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = build_client(KafkaConsumer, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         return {TopicPartition(t, p): c.committed(TopicPartition(t, p)) for t in topics
                 for p in sorted(c.partitions_for_topic(t) or ())}  # fmt: skip
@@ -127,7 +128,7 @@ def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broke
 
     names = unique_topics
     good = events(60)
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    producer = build_client(KafkaProducer, bootstrap_servers=kafka_broker.bootstrap, acks="all")
     sent: list[tuple[str, bytes]] = []
     poison = list(POISON.values())
     for i, e in enumerate(good):  # every poison message has good events behind it, on the same partition
@@ -160,7 +161,7 @@ def test_poison_goes_to_dead_letters_and_the_stream_behind_is_stored(kafka_broke
     assert by_payload[POISON["reward out of range"]].startswith("reward 7.0")
     assert by_payload[POISON["garbage"]].startswith("undecodable")
 
-    dlq = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, enable_auto_commit=False)
+    dlq = build_client(KafkaConsumer, bootstrap_servers=kafka_broker.bootstrap, enable_auto_commit=False)
     parts = [TopicPartition(names["dlq"], p) for p in sorted(dlq.partitions_for_topic(names["dlq"]) or ())]
     dlq.assign(parts)
     dlq.seek_to_beginning(*parts)

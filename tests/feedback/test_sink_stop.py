@@ -14,7 +14,8 @@ import threading
 from typing import Callable, Iterator
 
 from feedback.events import DecisionMade
-from feedback.kafka import KafkaEventSink, build_client
+from feedback.kafka import KafkaEventSink
+from feedback.kafka_client import build_client
 from feedback.spill import SpillJournal
 from tests.feedback.pipeline import events
 from tests.feedback.test_pipeline_faults import _env
@@ -53,7 +54,7 @@ class _Producer:
 @contextlib.contextmanager
 def _committed(bootstrap: str, group: str, topics: tuple[str, ...]) -> Iterator[Callable[[], int]]:
     """The group's committed offsets summed over the topics' partitions, read at the broker by one
-    consumer kept for the whole test (polled often: a consumer per look leaves sockets behind)."""
+    consumer kept for the whole test (polled often: one consumer rather than a new one per look)."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learner.cache import AnswerCache, CacheParams, Entry
+from learner.cache_index import CellIndex
 from learner.embedding import HashingEmbedder
 
 EMB = HashingEmbedder(64)
@@ -150,16 +152,26 @@ def test_a_space_emptied_meanwhile_still_stores_where_lookups_read():
     assert find(cache, "a", "trip to lisbon", now=5.0) is not None
 
 
-def test_cells_split_and_lookups_still_find_near_duplicates():
+def _prompts_like(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Unit rows around 60 topics (cosine about 0.7 to their topic), as prompt embeddings are; rows
+    without any structure are the worst case of every inverted file, not what a cache holds."""
+    topics = rng.standard_normal((60, dim)).astype(np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    rows = topics[rng.integers(60, size=n)] + rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_cells_and_groups_split_and_lookups_still_find_near_duplicates():
     rng = np.random.default_rng(0)
-    base = rng.standard_normal((3000, 256)).astype(np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
-    cache = AnswerCache(CacheParams(similarity=0.9, cell_rows=64))
+    base = _prompts_like(rng, 3000, 256)
+    cache = AnswerCache(CacheParams(similarity=0.9, cell_rows=64, group_cells=8))
     space = cache.space("a")
     for i, e in enumerate(base):
         space.store(entry(f"d{i}", f"p{i}", emb=e))
-    bucket = next(iter(space._buckets.values()))
-    assert len(bucket.cells) > 20 and max(len(c.ids) for c in bucket.cells) <= 128
+    index = next(iter(space._buckets.values()))
+    groups, cells = index.shape()
+    assert groups > 2 and cells > 20  # both levels split
+    assert all(len(c) <= 128 for g in index._groups.keys for c in g.keys)
     noise = rng.standard_normal(base.shape).astype(np.float32) * 0.02
     probes = (base + noise) / np.linalg.norm(base + noise, axis=1, keepdims=True)
     found = [space.lookup(b"none", b"ctx", 0, 0, p, 0.0) for p in probes]
@@ -168,17 +180,23 @@ def test_cells_split_and_lookups_still_find_near_duplicates():
     assert right >= 0.9 * len(base)  # recall of a cell search (a miss costs money, never correctness)
     for i in range(0, 3000, 2):
         space.drop(f"d{i}", "feedback")
-    assert len(space) == 1500 and sum(len(c.ids) for c in bucket.cells) == 1500
+    assert len(space) == 1500 == len(index) == sum(len(c) for g in index._groups.keys for c in g.keys)
+    found = [space.lookup(b"none", b"ctx", 0, 0, p, 0.0) for p in probes]
+    assert all(h is None or int(h.entry.source_decision_id[1:]) % 2 for h in found)  # the dropped are gone
+    assert sum(h is not None for h in found[1::2]) >= 0.9 * 1500
+    for i in range(1, 3000, 2):
+        space.drop(f"d{i}", "feedback")
+    assert len(space) == 0 and not space._buckets
 
 
-def test_a_projected_index_still_judges_hits_in_full():
+def test_cell_index_returns_the_exact_cosine_of_the_row_it_names():
     rng = np.random.default_rng(1)
-    base = rng.standard_normal((600, 256)).astype(np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
-    cache = AnswerCache(CacheParams(similarity=0.99, cell_rows=32, index_dim=32, verify=4))
-    space = cache.space("a")
-    for i, e in enumerate(base):
-        space.store(entry(f"d{i}", f"p{i}", emb=e))
-    found = [space.lookup(b"none", b"ctx", 0, 0, e, 0.0) for e in base]
-    assert sum(h is not None and h.entry.source_decision_id == f"d{i}" for i, h in enumerate(found)) >= 0.9 * 600
-    assert all(h is None or h.similarity >= 0.99 for h in found)
+    rows = _prompts_like(rng, 2000, 256)
+    index = CellIndex(256, cell_rows=16, group_cells=8)
+    for i, r in enumerate(rows):
+        index.add(f"r{i}", r, 2)
+    assert index.shape()[0] > 8
+    found = [index.nearest(r, 2) for r in rows]
+    for r, (key, cos) in zip(rows, found):
+        assert cos == pytest.approx(float(rows[int(key[1:])] @ r), abs=1e-5)
+    assert sum(key == f"r{i}" for i, (key, _) in enumerate(found)) >= 0.9 * len(rows)  # each row finds itself

@@ -124,6 +124,19 @@ def test_empirical_bayes_shrinks_alike_clusters_and_keeps_different_ones():
     assert (a / (a + b))[4, 0] < 0.3  # clusters differ: its own two failures count
 
 
+def test_a_model_seen_a_few_times_is_not_pinned_to_its_pool_mean():
+    """A cheap model tried 11 times over 4 clusters (badly in two): its between-cluster spread
+    cannot be told from noise, and that is not evidence that the clusters agree. Its posterior
+    in an untried cluster stays wide (it was about Beta(477, 524) there, never explored)."""
+    n = np.array([[1.0], [5.0], [4.0], [1.0]])
+    s = np.array([[0.0], [1.0], [2.0], [1.0]])
+    a, b = hierarchical_posterior(n, s, (), np.array([0.6]), 2.0, 0.0)
+    assert (a + b)[0, 0] < 1 + 11 / 4 + 2.0  # its own call plus at most a typical cluster's evidence
+    # with a lot of evidence, clusters that agree still lean hard on the pool
+    a, b = hierarchical_posterior(n * 100, n * 60, (), np.array([0.6]), 2.0, 0.0)
+    assert (a + b)[0, 0] > 100 + 200
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), weight=st.floats(0, 1e6), row=st.integers(0, 10_000),
        cap=st.floats(0.01, 1.0), satisfice=st.floats(0, 0.2))  # fmt: skip

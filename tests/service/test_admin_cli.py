@@ -62,7 +62,7 @@ def test_commands_reach_the_running_service_through_its_admin_api(tmp_path):
 
         learned = _cli("learn", "--once", *d, cwd=tmp_path, env=key)
         assert learned.returncode == 0, learned.stderr
-        assert learned.stdout.startswith("snapshot v2 published (watermark "), learned.stdout
+        assert learned.stdout.startswith("snapshot v2 published (events up to "), learned.stdout
         assert httpx.get(url + "/healthz").json()["snapshot_version"] == 2
 
         listed = _cli("snapshot", "list", *d, cwd=tmp_path, env=key)

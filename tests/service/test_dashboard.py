@@ -52,6 +52,19 @@ def test_router_history_shares_costs_margins_and_marks():
     assert empty.clusters == [] and empty.overall.margin == [None]
 
 
+def test_router_history_counts_decisions_per_language_and_the_models_that_served_them():
+    rows = [
+        TrafficBucket(0, 1, 0, "a", 3, 3, 0.0, 0.0, 0.0, "zh"),
+        TrafficBucket(0, 1, 1, "b", 1, 1, 0.0, 0.0, 0.0, "zh"),
+        TrafficBucket(B, 1, 0, "b", 4, 4, 0.0, 0.0, 0.0, "en"),
+        TrafficBucket(B, 1, 0, "a", 2, 2, 0.0, 0.0, 0.0, ""),
+    ]
+    h = router_history(rows, models=("a", "b"), clustering=1, since_ms=0, until_ms=2 * B, bucket_ms=B)
+    assert [(t.language, t.decisions, t.share) for t in h.languages] == [("en", 4, 0.4), ("zh", 4, 0.4), ("", 2, 0.2)]
+    assert h.languages[1].models == {"a": 0.75, "b": 0.25}
+    assert router_history([], models=("a",), clustering=0, since_ms=0, until_ms=B, bucket_ms=B).languages == []
+
+
 def test_window_is_whole_buckets_ending_with_the_current_one():
     since, until, width = _window(now_ms=3_600_000 + 1234, window_s=3600, buckets=60)
     assert width == 60_000 and until == 3_660_000 and since == 60_000
@@ -166,3 +179,45 @@ def test_cluster_texts_examples_and_prompts_within_the_configured_scope():
     assert "book a flight to rome please" in {n.text for n in everyone[1].prompts or []}
     none = ClusterTexts((), None).about(snap, t, t + 10)
     assert [(a.examples, a.examples_total, a.prompts) for a in none] == [([], 0, None), ([], 0, None)]
+
+
+def test_a_cache_hit_is_traffic_of_model_cache_never_a_pool_model(settings, embedder):
+    """A response-cache hit is a decision of model "cache", cost 0. The learner folds past it (no
+    posterior for "cache", the snapshot validates), and the dashboard's data shows it as a share of
+    the traffic and a saving against the most expensive model, never as a pool model: no
+    posterior, no breaker, no price."""
+    from learner.snapshot import validate
+    from service.runtime import Runtime
+    from service.settings import CacheSettings
+    from tests.servers import serve
+
+    rt = Runtime(msgspec.structs.replace(settings, cache=CacheSettings(enabled=True, min_quality=0.0)),
+                 embedder=embedder, sim_latency_scale=0.0)  # fmt: skip
+    try:
+        with serve(rt.app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            ask = {"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": "How do I boil an egg?"}]}
+            first, hit = client.post("/v1/chat/completions", json=ask), client.post("/v1/chat/completions", json=ask)
+            assert hit.headers["x-turnout-model"] == "cache" and hit.headers["x-turnout-cache"] == "hit-exact"
+            for r, rating in ((hit, "down"), (first, "up")):  # feedback on the hit reaches no posterior
+                fb = client.post("/v1/feedback", json={"decision_id": r.headers["x-turnout-decision-id"], "rating": rating})
+                assert fb.status_code == 202, fb.text
+            rt.sink.flush()
+            snap = rt.cycle.run()
+            state = client.get("/v1/router/state").json()
+            h = client.get("/v1/router/history", params={"window_s": 600, "buckets": 10}).json()
+            metrics = client.get("/metrics").text
+    finally:
+        rt.stop()
+    pool = list(rt.prior.models)
+    validate(snap)
+    assert list(snap.models) == pool and sum(map(sum, snap.n)) == 1.0  # only the thumbs-up on the pool's answer
+    assert state["models"] == pool and all(list(c["models"]) == pool for c in state["clusters"])
+    assert h["models"] == pool + ["cache"]  # after the pool, as traffic
+    assert h["decisions"] == 2 and sum(h["overall"]["share"]["cache"]) == pytest.approx(0.5)
+    assert h["breakers"] == {m: "closed" for m in pool}
+    cost = float(first.headers["x-turnout-cost-usd"])
+    assert sum(h["cost"]["answered"]) == 2 and h["cost"]["total_usd"] == pytest.approx(cost)  # the hit cost nothing
+    assert h["cost"]["counterfactual_total_usd"] >= 2 * cost * (1 - 1e-9) and h["cost"]["saving"] >= 0.5 - 1e-9
+    assert 'turnout_requests_total{policy="cache",model="cache",status="ok"} 1' in metrics
+    assert 'model="cache"' not in "\n".join(line for line in metrics.splitlines()
+                                            if line.startswith(("turnout_posterior_mean", "turnout_circuit_")))  # fmt: skip

@@ -78,7 +78,7 @@ def _past_traffic(runtime, now_ms: int, rng: np.random.Generator) -> int:
         events.append(DecisionMade(event_id=uuid7(ts), decision_id=uuid7(ts), ts_ms=ts, clustering=snap.clustering,
                                    cluster=int(rng.integers(k)), arm=pool[arm].name, model=pool[arm].name,
                                    margin=float(0.45 - 0.1 * progress + 0.03 * rng.random()), prompt_tokens=p,
-                                   completion_tokens=c, cost_usd=cost))  # fmt: skip
+                                   completion_tokens=c, cost_usd=cost, language="zh" if i % 2 else ""))  # fmt: skip
     runtime.rows.insert(events)
     return len(events)
 
@@ -121,12 +121,51 @@ def test_dashboard_renders_live_data_in_chromium(live, runtime, chromium, tmp_pa
     assert "margin in cluster 1: 0.420 -&gt; 0.210, recluster" in dom
     for model in snap.models:
         assert re.search(rf'<tr data-model="{model}"><td>{model}</td><td class="state closed">closed</td>', dom)
+    # decisions per language: the driven English prompts, the past traffic's Chinese and undetected
+    for lang, shown in (("en", "en"), ("zh", "zh"), ("", "unknown")):
+        assert re.search(rf'<tr data-language="{lang}"><td>{shown}</td><td>\d+</td><td>\d+\.\d%</td>', dom)
     assert "update failed" not in dom
 
     shot = tmp_path / "dashboard.png"
     _run(chromium, tmp_path / "profile-shot", "--virtual-time-budget=4000", f"--screenshot={shot}", url)
     assert shot.exists() and shot.stat().st_size > 30_000  # a drawn page, not a blank one
     assert _png_size(shot) == (1400, 1700)
+
+
+def test_dashboard_draws_cache_hits_as_traffic_not_as_a_model(settings, embedder, chromium, tmp_path):
+    """Response-cache hits (decisions of model "cache", cost 0) after a learning cycle: the page
+    draws them as a share of the traffic, with a legend entry, and never as a pool model (no
+    posterior row, no breaker row); nothing fails to update."""
+    from service.runtime import Runtime
+    from service.settings import CacheSettings
+    from tests.servers import serve
+
+    runtime = Runtime(msgspec.structs.replace(settings, cache=CacheSettings(enabled=True, min_quality=0.0)),
+                      embedder=embedder, sim_latency_scale=0.0)  # fmt: skip
+    try:
+        with serve(runtime.app) as url:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for content in ("How do I boil an egg?", "Sort a list in Python.", "How do I boil an egg?"):
+                    body = {"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": content}]}
+                    r = client.post("/v1/chat/completions", json=body)
+                    assert r.status_code == 200, r.text
+                assert r.headers["x-turnout-model"] == "cache"
+                fb = client.post("/v1/feedback", json={"decision_id": r.headers["x-turnout-decision-id"], "rating": "up"})
+                assert fb.status_code == 202, fb.text
+            runtime.sink.flush()
+            runtime.cycle.run()
+            dom = _run(chromium, tmp_path / "profile", "--virtual-time-budget=4000", "--dump-dom",
+                       f"{url}/dashboard?refresh_s=1&window_s=900")  # fmt: skip
+    finally:
+        runtime.stop()
+    snap = runtime.router.view.snapshot
+    assert 'data-ready="1"' in dom and "update failed" not in dom, dom[:2000]
+    assert _text(dom, "requests") == "3"
+    assert re.search(r'<span class="item" data-model="cache">', dom)  # in the legend, with its colour
+    assert re.search(r'class="share" data-model="cache"', dom)  # a third of the traffic's bars
+    n_clusters = len(snap.centroids) // (4 * snap.dim)
+    assert dom.count('class="posterior"') == n_clusters * len(snap.models)  # the pool's only
+    assert 'class="posterior" data-model="cache"' not in dom and '<tr data-model="cache">' not in dom
 
 
 # Measured in the laid-out page after it polled: is the margin line drawn on top and clear of

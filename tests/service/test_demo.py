@@ -2,11 +2,11 @@
 learning cycle every ``LEARN_EVERY`` requests instead of every 10 s, through the growth
 re-clusterings and on past the last one.
 
-What the README tells a newcomer: from minute 3 to minute 10, cooking and travel at least 80% on
+What issue 10 asks of the demo: from minute 3 to minute 10, cooking and travel at least 80% on
 sim-chat (the cheap model that is good at them) and code at least 80% on sim-coder, per topic
-(the demo's table is per cluster). The demo sends 10-25 requests a second, so minute 3 begins at
-1,200-3,000 requests: judged here are the requests from ``JUDGED_FROM`` on, window by window,
-the last re-clustering among them.
+(the demo's table is per cluster). The demo sends 5-25 requests a second depending on the
+machine (minute 3 begins at 600-3,000 requests; the README says what three runs showed): judged
+here are the requests from ``JUDGED_FROM`` on, window by window, the last re-clustering among them.
 """
 
 from __future__ import annotations

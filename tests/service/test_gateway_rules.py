@@ -44,6 +44,27 @@ def test_pins_and_safety_classes(fleet, embedder):
         assert len(pinned) == 3 and all(d.propensity == 1.0 for d in pinned)
 
 
+def test_language_is_detected_recorded_answered_and_ruled_on(fleet, embedder):
+    rules = {"languages": [{"languages": ["zh"], "models": ["b"]}, {"languages": ["fr"], "forbid": ["a", "b"]}],
+             "pins": [{"model": "c", "language": "de"}]}  # fmt: skip
+    with fleet.gateway(load_settings(None, {}), embedder, rules=rules) as gw:
+        zh = _chat(gw.url, "如何在Python中反转列表？请用切片举一个例子。")
+        assert zh.headers["x-turnout-language"] == "zh" and zh.headers["x-turnout-model"] == "b"
+        fr = _chat(gw.url, "Comment puis-je inverser une liste en Python ? Montre-moi un exemple.")
+        assert fr.headers["x-turnout-language"] == "fr" and fr.headers["x-turnout-model"] == "c"
+        de = _chat(gw.url, "Wie kehre ich eine Liste in Python um? Zeig mir bitte ein Beispiel.")
+        assert de.headers["x-turnout-model"] == "c"
+        en = _chat(gw.url, "How do I reverse a list in Python? Show me an example with slicing.")
+        assert en.headers["x-turnout-language"] == "en" and en.headers["x-turnout-model"] == "a"
+        refused = _chat(gw.url, "如何在Python中反转列表？请用切片举一个例子。", model="a")
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_allowed"
+        langs = {d.decision_id: d.language for d in gw.decisions()}
+        assert {langs[r.headers["x-turnout-decision-id"]] for r in (zh, fr, de, en)} == {"zh", "fr", "de", "en"}
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert 'turnout_request_languages_total{language="zh"} 1' in metrics  # the refused one was not routed
+        assert 'turnout_request_languages_total{language="fr"} 1' in metrics
+
+
 def test_context_window_and_cost_cap(fleet, embedder):
     rules = {"max_cost_usd": 0.002, "answer_reserve_tokens": 100}  # 300 answer tokens at 2 USD/M: 0.0006
     with fleet.gateway(load_settings(None, {}), embedder, rules=rules) as gw:

@@ -96,3 +96,34 @@ def test_low_margin_escalates_to_a_minimum_tier_unless_nothing_is_left():
 def test_a_rule_naming_an_unknown_model_is_a_config_error():
     with pytest.raises(ConfigError, match="rules.pins\\[0\\].model"):
         rules(pins=(PinRule(model="gpt-17", tenant="x"),))
+
+
+def test_language_rules_restrict_and_forbid_models_and_pins_match_a_language():
+    from service.settings import LanguageRule
+
+    r = rules(languages=(LanguageRule(languages=("zh", "ja"), models=("big", "mid")),
+                         LanguageRule(languages=("zh",), forbid=("mid",)),
+                         LanguageRule(languages=("",), forbid=("small",))),
+              pins=(PinRule(model="mid", language="ja"), PinRule(model="small", language="fr")))  # fmt: skip
+    assert allowed(screen(r, language="zh")) == ["big"]  # every rule naming the language holds
+    assert allowed(screen(r, language="ja")) == ["big", "mid"] and screen(r, language="ja").pinned == 1
+    assert allowed(screen(r, language="")) == ["big", "mid"]  # "" names prompts of no detected language
+    assert allowed(screen(r, language="en")) == list(MODELS) and screen(r, language="en").pinned == -1
+    assert screen(r, language="fr").pinned == 2
+    assert screen(r).pinned == -1 and allowed(screen(r)) == ["big", "mid"]  # no language given: ""
+
+
+def test_a_language_no_model_may_serve_is_refused():
+    from service.settings import LanguageRule
+
+    r = rules(languages=(LanguageRule(languages=("ko",), models=("small",), forbid=("small",)),))
+    with pytest.raises(NoCandidate) as err:
+        screen(r, language="ko")
+    assert err.value.code == "language_not_served"
+
+
+def test_a_language_rule_naming_an_unknown_model_stops_the_start():
+    from service.settings import LanguageRule
+
+    with pytest.raises(ConfigError, match=r"rules.languages\[0\].forbid names model 'huge'"):
+        rules(languages=(LanguageRule(languages=("zh",), forbid=("huge",)),))

@@ -34,6 +34,10 @@ def test_env_overrides_are_converted():
         ("[router]\ncost_weight = nan\n", "router.cost_weight must be a finite number >= 0"),
         ('[[policies]]\nname = "thrifty"\ncost_weight = -200.0\n', "policies[0].cost_weight must be"),
         ("[server]\nport = 70000\n", "server.port must be in 0-65535"),
+        ("[[models]]\nname = \"a\"\nbase_url = \"http://x\"\nprice_in_per_mtok = 1.0\nprice_cached_in_per_mtok = 2.0\n",
+         "models[0].price_cached_in_per_mtok must be in [0, price_in_per_mtok], got 2"),
+        ("[router]\nswitch_margin = -0.1\n", "router.switch_margin must be a finite number >= 0"),
+        ("[conversations]\ncontext_decay = 1.0\n", "conversations.context_decay must be in [0, 1)"),
         ("[learner]\ninterval_s = 0.0\n", "learner.interval_s must be"),
         ('[[models]]\nname = "a"\nbase_url = "http://x"\n[[tenants]]\nname = "t"\nmodels = ["gpt-4o"]\n',
          "tenants[0].models names ['gpt-4o'], not in [[models]]"),
@@ -91,3 +95,14 @@ def test_cli_names_the_bad_variable_and_exits_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("turnout: config error in TURNOUT_ROUTER__COST_WEIGHT=abc "), lines
+
+
+def test_the_language_table_and_its_bounds():
+    from service.settings import ConfigError, load_settings
+
+    assert load_settings(None, {}).language.detector == "cld2" and load_settings(None, {}).language.weight == 0.0
+    assert load_settings(None, {"TURNOUT_LANGUAGE__WEIGHT": "0.5"}).language.weight == 0.5
+    with pytest.raises(ConfigError, match="language.weight must be a finite number >= 0"):
+        load_settings(None, {"TURNOUT_LANGUAGE__WEIGHT": "-1"})
+    with pytest.raises(ConfigError, match="TURNOUT_LANGUAGE__DETECTOR=fasttext"):
+        load_settings(None, {"TURNOUT_LANGUAGE__DETECTOR": "fasttext"})

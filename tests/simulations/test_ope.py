@@ -76,20 +76,48 @@ def test_reading_rounds_and_their_errors(tmp_path):
         read_rounds(f)
 
 
-def test_intervals_cover_the_truth_at_the_stated_rate(embedder):
-    # The logging policy is the router after a warm-up, frozen, with plain Thompson sampling
-    # (satisfice 0: with satisficing the logging policy is nearly deterministic and nothing is off
-    # policy). This checks the estimators where overlap holds: at seed 8 the candidate (cost weight
-    # 5 instead of 25) differs with ESS about 190 of 400 and every model it takes was taken.
-    # It is not the rule: over seeds 0-15, where the candidate differs, SNIPS and DR intervals
-    # covered 0.58-0.88 and IPS 0.44-0.91 (models the logging policy never takes: propensity 0, no
-    # estimator can see them), docs/simulations.md says so.
+def test_a_candidate_taking_what_the_log_never_took_gets_an_interval_that_holds_any_reward_there():
+    """Action b: the logging policy never takes it, the candidate half the time. Its reward is
+    unseen, so the truth is anywhere in [0.5 * 0.8, 0.5 * 0.8 + 0.5]: every interval holds both ends."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    rewards = (rng.random(n) < 0.8).astype(float)
+    logging = np.tile([1.0, 0.0], (n, 1))
+    target = np.tile([0.5, 0.5], (n, 1))
+    rep = estimate(Logged(np.zeros(n, dtype=np.int64), rewards, np.ones(n), target, np.zeros(n, dtype=np.int64),
+                          ("a", "b"), logging=logging), level=0.9)  # fmt: skip
+    assert rep.unsupported == pytest.approx(0.5)
+    for iv in (rep.ips, rep.snips, rep.dr):
+        assert iv.ci_low <= 0.4 and iv.ci_high >= 0.9, iv
+    assert "never chose" in rep.warning
+    # the same from a file that gives the logging policy's distribution
+    rounds = [LoggedRound("a", 1.0, 1.0, {"a": 0.5, "b": 0.5}, logging={"a": 1.0}) for _ in range(50)]
+    assert estimate(from_rounds(rounds), min_ess=0).unsupported == pytest.approx(0.5)
+    assert estimate(from_rounds([LoggedRound("a", 1.0, 1.0, {"a": 1.0})]), min_ess=0).unsupported is None
+
+
+@pytest.mark.parametrize("seed", [0, 8])
+def test_intervals_cover_the_truth_at_the_stated_rate(embedder, seed):
+    """The logging policy is the router after a warm-up, frozen, with plain Thompson sampling
+    (satisfice 0: with satisficing the logging policy is nearly deterministic and nothing is off
+    policy); the candidate is the same snapshot at cost weight 5 instead of 25.
+
+    Where the candidate takes models the logging policy never takes there (seed 0: 2% of its
+    mass), the widened intervals hold the truth. Where support is whole, SNIPS and DR cover near
+    their rate and are unbiased; IPS's normal interval under-covers when a few large weights
+    dominate (seed 8: ESS about 130 of 400, coverage about 0.82; over seeds 0-15 it ranged more
+    widely, docs/simulations.md says so), so its bound here is looser.
+    """
     default = deployment(Settings())
     dep = msgspec.structs.replace(default, routing=msgspec.structs.replace(default.routing, satisfice=0.0))
-    cov = check_coverage(scenario("stationary"), embedder, dep, rounds=400, replications=300, level=0.9, seed=8)
+    cov = check_coverage(scenario("stationary"), embedder, dep, rounds=400, replications=300, level=0.9, seed=seed)
     # 300 replications: a 90% interval's empirical coverage has a standard error of 1.7 points
-    for got in (cov.ips, cov.snips, cov.dr):
-        assert 0.84 <= got <= 0.96
-    for est in cov.mean_estimate.values():  # unbiased, not just wide
-        assert est == pytest.approx(cov.truth, abs=0.005)
-    assert 100 <= cov.mean_ess < 0.8 * cov.rounds  # the candidate really differs from the logging policy
+    assert cov.snips >= 0.8 and cov.dr >= 0.8 and cov.ips >= 0.75, cov
+    for name, est in cov.mean_estimate.items():  # IPS and DR count the unseen choices at 0 and q
+        assert cov.truth - cov.unsupported - 0.01 <= est <= cov.truth + 0.01, (name, cov)
+    if cov.unsupported == 0:
+        assert cov.mean_estimate["snips"] == pytest.approx(cov.truth, abs=0.005)
+        assert cov.mean_estimate["dr"] == pytest.approx(cov.truth, abs=0.005)
+    else:
+        assert min(cov.ips, cov.snips, cov.dr) >= 0.87, cov
+    assert 50 <= cov.mean_ess < 0.8 * cov.rounds  # the candidate really differs from the logging policy

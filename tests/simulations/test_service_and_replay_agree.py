@@ -48,12 +48,16 @@ enabled = false
 )
 
 
-def _outcomes(n: int, rng: np.random.Generator) -> tuple[list[dict], dict[tuple[str, str], int]]:
+FRENCH = "Bonjour, pouvez-vous m'aider avec ceci, s'il vous plaît ? "  # a travel prompt in French
+
+
+def _outcomes(n: int, rng: np.random.Generator, french: bool = False) -> tuple[list[dict], dict[tuple[str, str], int]]:
     topics = {t.name: t for t in scenario("stationary").topics}
     rows, seen, completion = [], set(), {}
     while len(rows) < n:
         topic = list(QUALITY)[len(rows) % 4]
         prompt = make_prompt(topics[topic], rng)
+        prompt = FRENCH + prompt if french and topic == "travel" else prompt
         if prompt in seen:
             continue
         seen.add(prompt)
@@ -86,12 +90,13 @@ class _FromFile:
         return None
 
 
-@pytest.mark.parametrize("seed", [0, 1, 3, 4])
-def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, settings, embedder, capsys, seed):
-    rows, completion = _outcomes(120, np.random.default_rng(seed))
+@pytest.mark.parametrize("seed, language", [(0, False), (1, False), (3, False), (4, False), (0, True)])
+def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, settings, embedder, capsys, seed, language):
+    """``language``: with the language step on ([language] weight), and a topic asked in French."""
+    rows, completion = _outcomes(120, np.random.default_rng(seed), french=language)
     data, cfg, out = tmp_path / "outcomes.jsonl", tmp_path / "turnout.toml", tmp_path / "decisions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg.write_text(CONFIG)
+    cfg.write_text(CONFIG + ("\n[language]\nweight = 0.5\n" if language else ""))
     learn_every = 15
     assert main(["replay", str(data), "--config", str(cfg), "--seed", "3", "--learn-every", str(learn_every),
                  "--decisions-out", str(out)]) == 0  # fmt: skip
@@ -106,7 +111,7 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
     conf = msgspec.structs.replace(conf, storage=settings.storage)
     by_id = {r["id"]: r for r in rows}
     rt = Runtime(conf, embedder=embedder, upstreams={m: _FromFile(m, completion) for m in MODELS})
-    served = []
+    served, languages = [], []
     try:
         with serve(rt.app) as url, httpx.Client(base_url=url, timeout=30) as client:
             for t, rec in enumerate(replayed):
@@ -116,6 +121,7 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
                 assert r.status_code == 200, r.text
                 did, model = r.headers["x-turnout-decision-id"], r.headers["x-turnout-model"]
                 served.append((model, int(r.headers["x-turnout-cluster"]), did))
+                languages.append(r.headers["x-turnout-language"])
                 rating = "up" if row["scores"][model] == 1.0 else "down"
                 assert client.post("/v1/feedback", json={"decision_id": did, "rating": rating}).status_code == 202
                 if (t + 1) % learn_every == 0:
@@ -132,5 +138,9 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
     assert [c for _, c, _ in served] == [r["cluster"] for r in replayed]
     propensity = dict(zip(logged.decision_ids, logged.propensities))
     assert np.allclose([propensity[d] for _, _, d in served], [r["propensity"] for r in replayed], rtol=0, atol=1e-12)
+    if language:  # the French prompts were told apart (most: a long English rest can outweigh the French)
+        travel = [by_id[rec["id"]]["task"] == "travel" for rec in replayed]
+        assert all(t for t, lang in zip(travel, languages) if lang == "fr")
+        assert languages.count("fr") >= 0.8 * sum(travel)
     # the routing changed as it learned: not one fixed model, and clusters were rebuilt from traffic
     assert len({m for m, _, _ in served}) >= 2 and max(c for _, c, _ in served) >= 1

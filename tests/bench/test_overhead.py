@@ -1,0 +1,18 @@
+"""bench/overhead.py's cache section runs on a small cache and reports every figure (no timing is
+asserted: speed is printed by the benchmark, never checked in a test)."""
+
+from __future__ import annotations
+
+from bench.overhead import bench_cache
+
+
+def test_the_cache_lookup_bench_runs_and_reports_its_figures():
+    out = bench_cache(entries=600, tenants=2, lookups=200)
+    assert out["cache_entries"] == 600 and out["cache_tenants"] == 2
+    assert out["cache_hits"] >= 100  # every stored prompt asked again is an exact hit
+    assert out["cache_buckets"] >= 2 and out["cache_cells"] >= out["cache_groups"] >= out["cache_buckets"]
+    assert 0 < out["cache_largest_bucket"] <= 300
+    for what in ("lookup", "lookup_cpu", "hit", "miss", "back_to_back", "store"):
+        assert {f"cache_{what}_{p}_ms" for p in ("p50", "p90", "p99", "max")} <= out.keys()
+        assert all(out[f"cache_{what}_{p}_ms"] >= 0 for p in ("p50", "p99"))
+
