@@ -8,7 +8,10 @@
    (wordllama) + rules + nearest centroid + Thompson sample with its propensity, through the
    service's own ``ChatService.route`` on a loaded snapshot; beside it the embedding alone and the
    language detection alone (on the same prompts and on ``bench.language``'s short prompts in 14
-   languages).
+   languages). The bench's prompts come in a few lengths, so most decisions read the rows' winners
+   the view worked out for an earlier request of the same cluster and length (``learner.routing``);
+   ``decision_new_key`` gives each request a length not met before (a system message), so every
+   one is worked out.
 2. HTTP: ``turnout up`` in its own process on a zero-latency simulated pool (so the whole round
    trip is Turnout's overhead: parsing, routing, answering, emitting the event), driven open-loop
    at a fixed rate with latency counted from each request's due time. Beside it, in the same
@@ -70,6 +73,15 @@ def bench_decision(n: int, detector: str = "cld2") -> dict[str, float]:
             t0 = time.perf_counter()
             rt.chat.route(r)
             times.append(time.perf_counter() - t0)
+        # the same prompts, each after a system message of a length not met before: a prompt length
+        # (so a penalty) new to the snapshot, whose decision the view has not worked out yet
+        new_key = []
+        for i, r in enumerate(reqs):
+            system = Message(role="system", content="w" * (4 * (1000 + i)))
+            req = ChatRequest(model="auto", messages=[system, *r.messages])
+            t0 = time.perf_counter()
+            rt.chat.route(req)
+            new_key.append(time.perf_counter() - t0)
         embed_times = []
         for r in reqs[:5000]:
             text = r.messages[0].content
@@ -79,6 +91,7 @@ def bench_decision(n: int, detector: str = "cld2") -> dict[str, float]:
         language = _detection(rt.chat.language, [str(r.messages[0].content) for r in reqs])
         rt.stop()
     out = {f"decision_{k}_ms": v for k, v in percentiles(times).items()}
+    out.update({f"decision_new_key_{k}_ms": v for k, v in percentiles(new_key).items()})
     out.update({f"embed_{k}_ms": v for k, v in percentiles(embed_times).items()})
     out.update({f"language_{k}_ms": v for k, v in language.items()})
     return out

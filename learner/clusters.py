@@ -20,6 +20,15 @@ def assign(embedding: np.ndarray, centroids: np.ndarray) -> tuple[int, float]:
     sims = centroids @ embedding
     if sims.shape[0] == 1:
         return 0, float(sims[0])
+    # the top two on Python floats (exact copies of the float32 similarities; k is small), unless
+    # the top is tied or a value is NaN: then numpy's partition decides, as it always did
+    values = sims.tolist()
+    first = max(values)
+    a = values.index(first)
+    second = max(values[:a] + values[a + 1 :])
+    total = first + second + sum(values)
+    if second != first and total == total:
+        return a, float(sims[a] - sims[values.index(second)])
     top2 = np.argpartition(-sims, 1)[:2]
     a, b = (top2[0], top2[1]) if sims[top2[0]] >= sims[top2[1]] else (top2[1], top2[0])
     return int(a), float(sims[a] - sims[b])

@@ -77,6 +77,20 @@ class RouteChoice(msgspec.Struct, frozen=True):
     expected_cost_usd: float
 
 
+class _Wins(msgspec.Struct, frozen=True):
+    """What a decision reads off the sample matrix for one (cluster, penalty, allowed): a pure
+    function of the view and that key, so a view keeps it for the next request with the same key
+    (the same cluster, prompt length and weights)."""
+
+    by_mean: tuple[int, ...]  # the models, best posterior-mean utility first
+    order: tuple[int, ...]  # the order ties are broken in (``by_mean``, or the pool's with satisfice 0)
+    top: np.ndarray  # (S,) uint8: m - the place in ``order`` of each row's winner
+    propensities: tuple[float, ...]  # (m,) the share of rows each model wins
+
+
+_MEMO_ENTRIES = 4096  # keys a view remembers (about 1 KB each with 1024 samples); later ones are recomputed
+
+
 def fit_cells(total: np.ndarray, count: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
     """Per-cell means shrunk toward a two-way fit: (k, m) sums and counts -> (k, m) estimates.
 
@@ -130,7 +144,10 @@ class View:
 
     Draws are made per cluster, seeded by (seed, version, cluster), when first needed
     (``draw_all`` makes them all at once, as the service does on a swap), so every replica
-    and every offline run holds the same draws for a version.
+    and every offline run holds the same draws for a version. What a decision reads off a
+    cluster's draws depends only on the penalty and the allowed models, so the view keeps it
+    per (cluster, penalty, allowed) for the requests that come with the same key (the same
+    cluster, prompt length and weights); a decision from it is the one computed afresh.
     """
 
     def __init__(self, snapshot: Snapshot, prices: Prices, params: RoutingParams) -> None:
@@ -158,12 +175,20 @@ class View:
         self.latency_s = np.array(snapshot.latency_s, dtype=np.float64)
         s = params.n_samples
         share = snapshot.explore_share or (1.0,) * m
-        # rows each model may win: model j keeps the first ceil(share_j * S) rows; (m, S)
-        self.open_rows = np.array([math.ceil(x * s) for x in share])[:, None] > np.arange(s)[None, :]
-        self.capped = not self.open_rows.all()
+        # (m,) rows each model may win: model j keeps the first ceil(share_j * S) rows
+        self.open_rows = tuple(math.ceil(x * s) for x in share)
+        self.capped = any(n < s for n in self.open_rows)
         self._draws: list[np.ndarray | None] = [None] * k
-        for arr in (self.centroids, self.mean, self.fixed_cost, self.open_rows):
+        for arr in (self.centroids, self.mean, self.fixed_cost):
             arr.setflags(write=False)
+        # what ``decide`` reads per request, as Python floats: m is small, and arithmetic on a few
+        # floats is cheaper than a numpy call (the same IEEE operations, so the same values)
+        self._mean_rows = self.mean.tolist()
+        self._fixed_rows = self.fixed_cost.tolist()
+        self._per_token = self.per_prompt_token.tolist()
+        self._latency = self.latency_s.tolist()
+        self._ranks: dict[tuple[int, ...], np.ndarray] = {}
+        self._wins: dict[tuple, _Wins] = {}  # (cluster, penalty, allowed) -> the rows' winners
 
     @property
     def version(self) -> int:
@@ -191,6 +216,17 @@ class View:
         for c in range(len(self.centroids)):
             self.draws(c)
 
+    def rank_values(self, order: tuple[int, ...]) -> np.ndarray:
+        """(m, 1) uint8 values of the models in ``order``: the first m, the next m - 1, ... the last 1
+        (a row's maximum over its eligible models names its first in ``order``); made once per order."""
+        got = self._ranks.get(order)
+        if got is None:
+            got = np.empty((len(order), 1), dtype=np.uint8 if len(order) < 256 else np.uint16)
+            got[list(order), 0] = np.arange(len(order), 0, -1)
+            got.setflags(write=False)
+            self._ranks[order] = got
+        return got
+
     def cost_weight(self, policy: str, configured: float) -> float:
         """The weight the learner set for ``policy``'s budget, else the configured one."""
         return self.cost_weights.get(policy, configured)
@@ -217,36 +253,64 @@ def decide(
     prompt's (cluster, margin) on this view when the caller already assigned it.
     """
     cluster, margin = assign(embedding, view.centroids) if placed is None else placed
-    costs = view.costs(cluster, prompt_tokens)
-    penalty = cost_weight * costs + latency_weight * view.latency_s
-    mean_utility = view.mean[cluster] - penalty
-    utility = view.columns(cluster) - penalty[:, None]  # (m, S): one sample row is one column
-    if allowed is not None or view.capped:
-        eligible = np.broadcast_to(True if allowed is None else allowed[:, None], utility.shape)
-        if view.capped:
-            capped = eligible & view.open_rows
-            # a row where every allowed model is capped out falls back to the allowed models
-            eligible = np.where(capped.any(axis=0)[None, :], capped, eligible)
-        utility = np.where(eligible, utility, -np.inf)
-    best = utility.max(axis=0)
-    # each row's winner: among the models within ``satisfice`` of the row's best (with 0, the
-    # best itself), the first in order of posterior-mean utility. A loop over the models of
-    # whole rows (numpy's argmax across rows copies the matrix; m is small)
-    near = utility >= best - view.params.satisfice if view.params.satisfice > 0 else utility >= best
-    by_mean = np.argsort(-mean_utility, kind="stable") if view.params.satisfice > 0 else range(len(view.models))
-    winners = np.full(utility.shape[1], -1, dtype=np.int64)
-    for j in by_mean:
-        winners[(winners < 0) & near[j]] = j
-    props = np.bincount(winners, minlength=len(view.models)) / len(winners)
-    arm = int(winners[row % len(winners)])
-    order = tuple(int(j) for j in np.argsort(-mean_utility, kind="stable")
-                  if j != arm and (allowed is None or allowed[j]))  # fmt: skip
+    # per model, in Python floats (m is small): cost and penalty
+    tokens, cw, lw = float(prompt_tokens), float(cost_weight), float(latency_weight)
+    costs = [f + tokens * p for f, p in zip(view._fixed_rows[cluster], view._per_token)]
+    penalty = tuple([cw * c + lw * t for c, t in zip(costs, view._latency)])
+    ok = None if allowed is None else tuple(allowed.tolist())
+    key = (cluster, penalty, ok)
+    wins = view._wins.get(key)
+    if wins is None:
+        wins = _wins(view, cluster, penalty, ok)
+        if len(view._wins) < _MEMO_ENTRIES:
+            view._wins[key] = wins
+    top = wins.top
+    arm = wins.order[len(costs) - int(top[row % len(top)])]
     return RouteChoice(
         cluster=int(cluster),
         margin=float(margin),
         arm=arm,
-        propensity=float(props[arm]),
-        propensities=tuple(float(p) for p in props),
-        fallback_order=order,
-        expected_cost_usd=float(costs[arm]),
+        propensity=wins.propensities[arm],
+        propensities=wins.propensities,
+        fallback_order=tuple(j for j in wins.by_mean if j != arm and (ok is None or ok[j])),
+        expected_cost_usd=costs[arm],
     )
+
+
+def _wins(view: View, cluster: int, penalty: tuple[float, ...], ok: tuple[bool, ...] | None) -> _Wins:
+    """Each sample row's winner among the allowed models and the share of rows each wins.
+
+    penalty: (m,) utility subtracted from each model's draws; ok: (m,) allowed, or None for all.
+    """
+    m = len(penalty)
+    mean_utility = [q - p for q, p in zip(view._mean_rows[cluster], penalty)]
+    by_mean = tuple(sorted(range(m), key=mean_utility.__getitem__, reverse=True))  # stable: ties keep the pool's order
+    utility = view.columns(cluster) - np.array(penalty)[:, None]  # (m, S): one sample row is one column
+    if ok is not None:
+        for j in range(m):
+            if not ok[j]:
+                utility[j] = -np.inf
+    if view.capped:
+        # model j may win rows [0, open_j); a row where every allowed model is capped out (the
+        # rows from the largest allowed open_j on) falls back to the allowed models
+        opens = view.open_rows
+        last = max((opens[j] for j in range(m) if ok is None or ok[j]), default=0)
+        for j in range(m):
+            if opens[j] < last and (ok is None or ok[j]):
+                utility[j, opens[j] : last] = -np.inf
+    best = utility.max(axis=0)
+    satisfice = view.params.satisfice
+    # each row's winner: among the models within ``satisfice`` of the row's best (with 0, the
+    # best itself), the first in order of posterior-mean utility (with 0, in the pool's order).
+    # Ranked by value (first m, last 1), the winner is the row's maximum rank among those near
+    # the best, a reduction over the models (m is small) rather than an argmax across rows
+    near = utility >= best - satisfice if satisfice > 0 else utility >= best
+    order = by_mean if satisfice > 0 else tuple(range(m))
+    top = (near * view.rank_values(order)).max(axis=0)  # (S,): m - the winner's place (from 0) in ``order``
+    won = np.bincount(top, minlength=m + 1).tolist()
+    if won[0]:
+        raise ValueError("a sample row with no eligible model (a NaN utility)")
+    props = [0.0] * m
+    for place, j in enumerate(order):
+        props[j] = won[m - place] / len(top)
+    return _Wins(by_mean, order, top, tuple(props))

@@ -11,6 +11,9 @@ from learner.embedding import normalize_rows
 
 __all__ = ["WordLlamaEmbedder"]
 
+_add = np.add.reduce
+_TINY = np.float32(1e-12)
+
 
 class WordLlamaEmbedder:
     """WordLlama token-embedding average, truncated (Matryoshka) to ``dim`` and L2-normalised."""
@@ -44,7 +47,8 @@ class WordLlamaEmbedder:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             return np.zeros((1, self._table.shape[1]), dtype=np.float32)
-        vector = np.take(self._table, ids, axis=0, mode="clip").sum(axis=0, dtype=np.float32)
+        # the ufuncs and methods themselves, not numpy's Python wrappers (``np.take``, ``.sum``)
+        vector = _add(self._table.take(ids, axis=0, mode="clip"), axis=0, dtype=np.float32)
         vector /= np.float32(len(ids))
-        norm = np.float32(np.sqrt(np.dot(vector, vector)))
-        return (vector / max(norm, np.float32(1e-12)))[None, :]
+        norm = np.sqrt(np.dot(vector, vector))
+        return (vector / (_TINY if _TINY > norm else norm))[None, :]  # max(norm, tiny), NaN kept

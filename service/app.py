@@ -1,5 +1,9 @@
 """The Litestar application: ``create_app(settings, deps)`` builds it; nothing at import time.
 
+What it returns is the application the server runs: ``service.fastpath.ChatFirst``, which hands
+``POST /v1/chat/completions`` to its raw handler before Litestar's routing and passes everything
+else to the Litestar app (``.litestar``).
+
 Routes: ``POST /v1/chat/completions``, ``POST /v1/feedback``, ``GET /v1/models``,
 ``GET /v1/router/state``, ``GET /healthz`` (liveness), ``GET /readyz`` (readiness: 503 once the
 process is stopping), ``GET /metrics`` (Prometheus text) and the OpenAPI document at
@@ -25,7 +29,7 @@ from service.chat import ChatService, PolicyWeights, PoolModel
 from service.dashboard import DashboardSources, dashboard_routes
 from service.decisions import DecisionIndex
 from service.errors import ApiError, exception_handlers
-from service.fastpath import chat_endpoint, chat_path_item
+from service.fastpath import CHAT_PATH, ChatFirst, chat_endpoint, chat_path_item
 from service.failover import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from service.feedback_api import FeedbackDesk, parse_feedback
 from service.metrics import Registry
@@ -106,7 +110,7 @@ def _register_gauges(deps: Deps) -> None:
                 lambda: [((), _spill_bytes(sink))])  # fmt: skip
 
 
-def create_app(settings: Settings, deps: Deps) -> Litestar:
+def create_app(settings: Settings, deps: Deps) -> ChatFirst:
     router, pool, policies, tenants = deps.router, deps.pool, deps.policies, deps.tenants
     _register_gauges(deps)
     rejected = deps.metrics.rejected
@@ -127,9 +131,8 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         "messages": {"contains": {"type": "object", "required": ["role", "content"], "properties": {
             "role": {"const": "user"}, "content": {"type": "string", "pattern": "\\S"}}}},
     })  # fmt: skip
-    chat_completions = asgi("/v1/chat/completions", is_mount=False, copy_scope=False)(
-        chat_endpoint(deps.chat, caller_of, settings.server.max_body_bytes)
-    )
+    chat = chat_endpoint(deps.chat, caller_of, settings.server.max_body_bytes)
+    chat_completions = asgi(CHAT_PATH, is_mount=False, copy_scope=False)(chat)
 
     @post("/v1/feedback", status_code=202, operation_class=body_operation(FeedbackRequest))
     async def feedback(request: Request) -> Response:
@@ -193,5 +196,5 @@ def create_app(settings: Settings, deps: Deps) -> Litestar:
         logging_config=None,  # logging belongs to the process (service.cli, service.logs), not the app
         debug=False,
     )
-    app.openapi_schema.paths["/v1/chat/completions"] = chat_path_item(chat_body)  # an @asgi route: add its docs
-    return app
+    app.openapi_schema.paths[CHAT_PATH] = chat_path_item(chat_body)  # an @asgi route: add its docs
+    return ChatFirst(app, chat)

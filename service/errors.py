@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 
 from service.schemas import ErrorBody, ErrorDetail
 
-__all__ = ["ApiError", "exception_handlers", "error_response"]
+__all__ = ["ApiError", "error_body", "error_of", "exception_handlers"]
 
 log = logging.getLogger("turnout.http")
 
@@ -31,28 +31,28 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> bytes:
     kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    body = ErrorBody(ErrorDetail(message=message, type=kind, param=param, code=code))
-    return Response(content=_enc.encode(body), status_code=status, media_type="application/json", headers=headers)
+    return _enc.encode(ErrorBody(ErrorDetail(message=message, type=kind, param=param, code=code)))
 
 
-def _api_error(_: Request, exc: ApiError) -> Response:
-    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
-
-
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    status = exc.status_code
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if status == 413:
-        detail = f"request body too large: {detail}"
-    return error_response(status, detail, headers=getattr(exc, "headers", None))
-
-
-def _internal_error(_: Request, exc: Exception) -> Response:
+def error_of(exc: Exception) -> tuple[int, bytes, dict[str, str]]:
+    """The status, JSON body and headers an exception is answered with (an unexpected one is logged)."""
+    if isinstance(exc, ApiError):
+        return exc.status, error_body(exc.status, exc.message, exc.param, exc.code), exc.headers
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if status == 413:
+            detail = f"request body too large: {detail}"
+        return status, error_body(status, detail), getattr(exc, "headers", None) or {}
     log.exception("unhandled error: %s", exc)
-    return error_response(500, "internal error")
+    return 500, error_body(500, "internal error"), {}
 
 
-exception_handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
+def _handler(_: Request, exc: Exception) -> Response:
+    status, body, headers = error_of(exc)
+    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
+
+
+exception_handlers = {ApiError: _handler, HTTPException: _handler, Exception: _handler}

@@ -18,6 +18,33 @@ def test_assign_nearest_and_margin():
     assert abs(assign(mid, c)[1]) < 1e-6  # between two clusters: no confidence
 
 
+def test_assign_is_exactly_numpys_partition_of_the_similarities():
+    # the top two are found on Python floats; ties and NaN go to np.argpartition as before
+    def partitioned(e, c):
+        sims = c @ e
+        top2 = np.argpartition(-sims, 1)[:2]
+        a, b = (top2[0], top2[1]) if sims[top2[0]] >= sims[top2[1]] else (top2[1], top2[0])
+        return int(a), float(sims[a] - sims[b])
+
+    rng = np.random.default_rng(4)
+    for k in (2, 3, 7, 40):
+        c = normalize_rows(rng.normal(size=(k, 16)))
+        tied = c.copy()
+        tied[1] = tied[0]
+        for cents in (c, tied, np.zeros_like(c)):
+            for e in list(normalize_rows(rng.normal(size=(30, 16)))) + [cents[0], np.zeros(16, np.float32)]:
+                got, want = assign(e, cents), partitioned(e, cents)
+                assert got[0] == want[0] and got[1] == want[1]
+    e = np.eye(16, dtype=np.float32)[0]
+    for _ in range(300):  # a tie at the top, anywhere: the partition's pick, not the first index
+        sims = rng.random(int(rng.integers(2, 12))).astype(np.float32)
+        i, j = rng.choice(len(sims), 2, replace=False)
+        sims[i] = sims[j] = sims.max() + 1
+        cents = np.zeros((len(sims), 16), np.float32)
+        cents[:, 0] = sims
+        assert assign(e, cents) == partitioned(e, cents)
+
+
 def test_assign_many_matches_assign():
     rng = np.random.default_rng(3)
     c = normalize_rows(rng.normal(size=(5, 16)))

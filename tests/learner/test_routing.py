@@ -155,3 +155,46 @@ def test_propensities_sum_to_one_and_the_chosen_is_positive(seed, weight, row, c
 def test_credible_interval_holds_the_mean():
     lo, hi = credible_interval(np.array([3.0]), np.array([7.0]))
     assert lo[0] < 0.3 < hi[0]
+
+
+def _reference(view, cluster, prompt_tokens, cost_weight, latency_weight, allowed, row):
+    """The decision written plainly over the whole (m, S) matrix: what ``decide`` must equal exactly."""
+    costs = view.fixed_cost[cluster] + prompt_tokens * view.per_prompt_token
+    penalty = cost_weight * costs + latency_weight * view.latency_s
+    mean_utility = view.mean[cluster] - penalty
+    utility = view.columns(cluster) - penalty[:, None]
+    s = utility.shape[1]
+    eligible = np.broadcast_to(True if allowed is None else allowed[:, None], utility.shape)
+    capped = eligible & (np.array(view.open_rows)[:, None] > np.arange(s)[None, :])
+    eligible = np.where(capped.any(axis=0)[None, :], capped, eligible)  # all capped out: the allowed
+    utility = np.where(eligible, utility, -np.inf)
+    best = utility.max(axis=0)
+    sat = view.params.satisfice
+    near = utility >= best - sat if sat > 0 else utility >= best
+    by_mean = np.argsort(-mean_utility, kind="stable")
+    winners = np.full(s, -1)
+    for j in by_mean if sat > 0 else range(len(view.models)):
+        winners[(winners < 0) & near[j]] = j
+    props = np.bincount(winners, minlength=len(view.models)) / s
+    arm = int(winners[row % s])
+    order = tuple(int(j) for j in by_mean if j != arm and (allowed is None or allowed[j]))
+    return arm, float(props[arm]), tuple(float(p) for p in props), order, float(costs[arm])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), weight=st.sampled_from([0.0, 1.0, 30.0, 1e6]), row=st.integers(0, 10_000),
+       satisfice=st.sampled_from([0.0, 0.01, 0.06, 0.3]), n_samples=st.sampled_from([1, 7, 64, 1000]))  # fmt: skip
+def test_decide_is_exactly_the_plain_decision_over_the_sample_matrix(seed, weight, row, satisfice, n_samples):
+    rng = np.random.default_rng(seed)
+    n = rng.integers(0, 30, size=(2, 3)).astype(float)
+    share = tuple(float(x) for x in np.where(rng.random(3) < 0.5, rng.uniform(0.01, 1.0, 3), 1.0))
+    snap = _snap(n=tuple(map(tuple, n)), reward_sum=tuple(map(tuple, n * rng.random((2, 3)))), explore_share=share)
+    view = View(snap, PRICES, RoutingParams(n_samples=n_samples, seed=seed % 1000, satisfice=satisfice))
+    masks = (None, rng.random(3) < 0.5, np.array([False, True, False]))
+    for i in range(24):  # keys met again come from the view's memo
+        allowed, tokens, r = masks[i % 3], (120, 120, 4000, 0)[i % 4], row + i // 2
+        if allowed is not None and not allowed.any():
+            continue
+        choice = decide(view, np.eye(4, dtype=np.float32)[i // 12], tokens, weight, 0.5, allowed, r)  # cluster i // 12
+        got = (choice.arm, choice.propensity, choice.propensities, choice.fallback_order, choice.expected_cost_usd)
+        assert got == _reference(view, choice.cluster, tokens, weight, 0.5, allowed, r)
