@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 
 ArmId: TypeAlias = str
 ClusterId: TypeAlias = int
-FeedbackKind: TypeAlias = Literal["explicit", "re_request", "upstream_error"]
+FeedbackKind: TypeAlias = Literal["explicit", "re_request", "upstream_error", "judge"]
 
 
 def uuid7(now_ms: int | None = None, random_bytes: bytes | None = None) -> str:

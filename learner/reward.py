@@ -15,13 +15,15 @@ class RewardWeights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How much evidence one piece of feedback of each kind is worth, relative to a rating.
 
     Implicit signals are noisier than a thumbs-down (a user re-asks for many reasons), so they
-    weigh less by default. An upstream error is charged to the model the policy chose (``arm``),
+    weigh less by default, and so does a judge model's grade (a cheap judge is often wrong, and
+    it grades far more answers than users rate). An upstream error is charged to the model the policy chose (``arm``),
     every other kind to the model that answered.
     """
 
     explicit: float = 1.0
     re_request: float = 0.5
     upstream_error: float = 1.0
+    judge: float = 0.5
 
     def of(self, kind: str) -> float:
         """The weight of ``kind``; unknown kinds weigh like explicit feedback."""

@@ -66,7 +66,7 @@ def learner_params(settings: Settings) -> LearnerParams:
         recluster_until=ls.recluster_until, half_life_ms=ls.half_life_s * 1000.0,
         half_life_rewards=ls.half_life_feedback,
         rewards=RewardWeights(ls.feedback_weights.explicit, ls.feedback_weights.re_request,
-                              ls.feedback_weights.upstream_error),
+                              ls.feedback_weights.upstream_error, ls.feedback_weights.judge),
         drift=DriftParams(block=d.block, window=d.window, baseline=d.baseline, tolerance=d.tolerance,
                           threshold=d.threshold, reward_block=d.reward_block, reward_tolerance=d.reward_tolerance,
                           reward_threshold=d.reward_threshold) if d.enabled else None,

@@ -164,6 +164,7 @@ class FeedbackWeights(_Config):
     explicit: float = 1.0
     re_request: float = 0.5
     upstream_error: float = 1.0
+    judge: float = 0.5  # a grade from a judge model
 
 
 class DriftSettings(_Config):
