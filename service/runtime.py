@@ -110,7 +110,7 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
         shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
         models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim,
         language_detector=settings.language.detector, language_weight=settings.language.weight, settings=shown,
-        pool_prices=prices_of(pool),
+        pool_prices=prices_of(pool), cascades=settings.cascades,
     )  # fmt: skip
 
 

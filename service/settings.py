@@ -12,6 +12,7 @@ from typing import Any, Literal, Mapping
 
 import msgspec
 
+from learner.cascade import Cascade
 from service.settings_check import ConfigError, check
 
 __all__ = [
@@ -377,6 +378,7 @@ class Settings(_Config):
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()
+    cascades: tuple[Cascade, ...] = ()  # [[cascades]]: cheap first, strong if the gate rejects (learner/cascade.py)
 
 
 Override = tuple[str, tuple[str, ...], str]  # (variable, path of the key, value)

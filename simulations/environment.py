@@ -110,6 +110,11 @@ def _scenarios() -> dict[str, Scenario]:
         "new-model-added": Scenario(
             "new-model-added", "at 40% of the run a cheap model that is best at code and math joins the pool",
             (Phase(0.0, even, pool), Phase(0.4, even, pool + (newcomer,)))),
+        "cascade": Scenario(
+            "cascade", "a cheap model good at cooking and travel, weak at code and math, and a strong one; "
+            "a cascade (cheap first, the strong model when a simulated judge rejects) against routing, "
+            "always-cheap and always-strong, over judge noise levels (simulations/cascade_sim.py)",
+            (Phase(0.0, even, (chat, frontier)),)),
         "conversations": Scenario(
             "conversations", "multi-turn chats on the four topics, short follow-ups, some chats change topic; "
             "sticky routing against every turn afresh, with and without prompt-cache discounts "
