@@ -28,7 +28,7 @@ import numpy as np
 
 __all__ = [
     "CASCADE_POLICY", "Cascade", "CascadeArm", "GATES", "break_even", "cascade_arms", "escalation_rates",
-    "gate_evidence", "pool_names",
+    "extend_prior", "gate_evidence", "pool_names",
 ]  # fmt: skip
 
 CASCADE_POLICY = "cascade"  # the policy of an attempt's own record (cheap or strong) inside a cascade
@@ -77,6 +77,26 @@ class CascadeArm(msgspec.Struct, frozen=True):
 def pool_names(models: Sequence[str], cascades: Sequence[Cascade]) -> tuple[str, ...]:
     """The routing core's model axis: the pool's models, then the cascades (configured order)."""
     return tuple(models) + tuple(c.name for c in cascades if c.name not in models)
+
+
+def extend_prior(prior, cascades: Sequence[Cascade]):
+    """The learner's ``PoolPrior`` on the routing axis: each cascade after the models, its tier
+    configured or the mean of its two models', the cheap model's answer length, the cheap model's
+    latency plus the prior escalation rate times the strong one's."""
+    from learner.fold import PoolPrior
+
+    if not cascades:
+        return prior
+    idx = {m: j for j, m in enumerate(prior.models)}
+    tiers, tokens, latency = list(prior.prior_mean), list(prior.completion_tokens), list(prior.latency_s)
+    for c in cascades:
+        if c.name in idx:
+            continue
+        ch, st = idx[c.cheap], idx[c.strong]
+        tiers.append(c.tier if c.tier is not None else (prior.prior_mean[ch] + prior.prior_mean[st]) / 2)
+        tokens.append(prior.completion_tokens[ch])
+        latency.append(prior.latency_s[ch] + c.prior_escalation * prior.latency_s[st])
+    return PoolPrior(pool_names(prior.models, cascades), tuple(tiers), tuple(tokens), tuple(latency))
 
 
 def cascade_arms(axis: Sequence[str], cascades: Sequence[Cascade]) -> tuple[CascadeArm, ...]:

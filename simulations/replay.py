@@ -25,7 +25,7 @@ import numpy as np
 from feedback.events import DecisionMade, FeedbackGiven
 from feedback.memory import MemoryRowStore, MemorySnapshotStore
 from learner.budget import BudgetTarget
-from learner.cascade import CASCADE_POLICY, Cascade, CascadeArm, cascade_arms, gate_evidence, pool_names
+from learner.cascade import CASCADE_POLICY, Cascade, CascadeArm, cascade_arms, extend_prior, gate_evidence, pool_names
 from learner.costs import request_tokens
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior
 from learner.routing import Prices, RouteChoice, RoutingParams, View, decide
@@ -145,18 +145,12 @@ class OfflineDeployment:
         self.prices = prices = _with_arms(prices, self.models)
         self.cost_weight = d.cost_weight if cost_weight is None else cost_weight
         conf = [d.model(m) or msgspec.structs.replace(d.default, name=m) for m in models]
-        for c in self.cascade_specs:  # a cascade: the cheap model's answer length, both latencies
-            cheap, strong = conf[models.index(c.cheap)], conf[models.index(c.strong)]
-            conf.append(ConfiguredModel(c.name, tier=c.tier if c.tier is not None else (cheap.tier + strong.tier) / 2,
-                                        expected_completion_tokens=cheap.expected_completion_tokens,
-                                        expected_latency_s=cheap.expected_latency_s
-                                        + c.prior_escalation * strong.expected_latency_s))  # fmt: skip
-        prior = PoolPrior(
-            models=self.models,
+        prior = extend_prior(PoolPrior(
+            models=models,
             prior_mean=tuple(c.tier for c in conf),
             completion_tokens=tuple(c.expected_completion_tokens for c in conf),
             latency_s=tuple(c.expected_latency_s for c in conf),
-        )
+        ), self.cascade_specs)  # fmt: skip
         params = d.learner
         if budget_usd is not None:
             params = msgspec.structs.replace(params, budgets=(BudgetTarget("auto", budget_usd, self.cost_weight),))
@@ -192,8 +186,9 @@ class OfflineDeployment:
                       allowed, row)  # fmt: skip
 
     def record(self, choice: RouteChoice, embedding: np.ndarray, prompt_tokens: int, reward: float | None,
-               cost_usd: float) -> None:  # fmt: skip
-        """The decision (with its bill) and, if any, its feedback, as the service records them."""
+               cost_usd: float, judge: float | None = None) -> None:  # fmt: skip
+        """The decision (with its bill) and, if any, its feedback, as the service records them
+        (``judge``: a judge's grade of the answer, feedback of kind "judge")."""
         t = self.routed
         self.now_ms = t * 1000
         arm = choice.arm
@@ -208,6 +203,9 @@ class OfflineDeployment:
         )]  # fmt: skip
         if reward is not None:
             events.append(FeedbackGiven(event_id=f"f{did}", decision_id=did, ts_ms=self.now_ms, reward=float(reward)))
+        if judge is not None:
+            events.append(FeedbackGiven(event_id=f"j{did}", decision_id=did, ts_ms=self.now_ms, reward=float(judge),
+                                        kind="judge"))  # fmt: skip
         self.rows.insert(events)
         self.routed += 1
 
