@@ -228,6 +228,7 @@ class ChatService:
         if self.cascades is not None:
             allowed = self.cascades.widen(None if allowed is self.rules.all else allowed, stream)
             allowed = self.rules.all if allowed is None else allowed
+        breaker = self.failover.breakers.get(thread.previous_model)
         available = breaker is None or (breaker.state == "closed" and breaker.retry_in_s() == 0.0)
         return convs.keep(thread, view, placed[0], placed[1], costs, cost_weight, latency_weight,
                           None if allowed is self.rules.all else allowed, available)  # fmt: skip

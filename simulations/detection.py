@@ -4,12 +4,16 @@ Scenario ``detection`` (``simulations.environment``): the pool of ``turnout simu
 models, four topics). sim-coder answers code best for its price, until at 3/8 of the run its
 quality on code (one topic, one cluster) falls from 0.90 to 0.30; nothing else changes. Turnout as it ships (the offline deployment: the service's decision,
 records and learning cycle, one every ``learn_every`` prompts) routes the same stream in two
-arms:
+arms. Until the change both learn alike, from thumbs on the scenario's 2% of answers (5% of
+them flipped, no re-asks) and a judge (``simulations.judge``, noise ``judge_noise``) grading
+``judge_rate`` (20%) of answers, drawn independently, as feedback of kind ``judge`` with the
+deployment's weight (``[learner.feedback_weights] judge``, 0.5 by default): so both hold the
+same snapshot when the model degrades (with thumbs alone from the start, the router had not even
+learned that sim-coder is the model for code by then: its share of code was 6-10% in four seeds
+of five). From the change on:
 
-- ``thumbs``: users leave thumbs on ``thumbs_rate`` (the scenario's 2%) of answers (5% of them flipped), no re-asks;
-- ``thumbs+judge``: the same thumbs, and a judge (``simulations.judge``, noise ``judge_noise``)
-  grades ``judge_rate`` (20%) of answers, drawn independently: feedback of kind ``judge`` with the
-  deployment's weight (``[learner.feedback_weights] judge``, 0.5 by default).
+- ``thumbs``: the thumbs alone;
+- ``thumbs+judge``: the thumbs and the judge.
 
 Detection: the degraded model's share of the code prompts (the topic is known to the simulation,
 never to the router), over a trailing window of ``window`` code prompts, falls below half of its
@@ -68,7 +72,7 @@ def _delay(code_steps: np.ndarray, on_model: np.ndarray, degrade_at: int, window
     return horizon, share, False
 
 
-def _run(st, emb, dep: Deployment, users: Users, judge: SimulatedJudge | None, judge_rate: float,
+def _run(st, emb, dep: Deployment, users: Users, judge: SimulatedJudge, judge_until: int, judge_rate: float,
          z: np.ndarray, u_judge: np.ndarray, learn_every: int) -> np.ndarray:  # fmt: skip
     prices = Prices(st.models, tuple(float(x) * 1e6 for x in st.price_per_token[0]),
                     tuple(float(x) * 1e6 for x in st.price_out_per_token[0]))  # fmt: skip
@@ -81,7 +85,7 @@ def _run(st, emb, dep: Deployment, users: Users, judge: SimulatedJudge | None, j
         good = st.happy_u[t] < st.quality[t, a]
         u_thumbs, u_noise, _ = st.feedback_u[t]
         thumbs = float(good != (u_noise < users.noise)) if u_thumbs < users.feedback_rate else None
-        graded = float(judge.apply(float(good), z[t])) if judge is not None and u_judge[t] < judge_rate else None
+        graded = float(judge.apply(float(good), z[t])) if t < judge_until and u_judge[t] < judge_rate else None
         sim.record(choice, emb[t], tokens, thumbs, float(st.cost_usd[t, a]), judge=graded)
         if sim.routed % learn_every == 0:
             sim.learn()
@@ -116,8 +120,8 @@ def simulate_detection(
         dep = msgspec.structs.replace(deployment, routing=msgspec.structs.replace(deployment.routing, seed=seed))
         code = np.flatnonzero(st.topics == st.topic_names.index(TOPIC))
         j = st.models.index(DEGRADED)
-        for arm, grader in (("thumbs", None), ("thumbs+judge", judge)):
-            arms = _run(st, emb, dep, users, grader, judge_rate, z, u_judge, learn_every)
+        for arm, until in (("thumbs", steps_before), ("thumbs+judge", total)):
+            arms = _run(st, emb, dep, users, judge, until, judge_rate, z, u_judge, learn_every)
             d, s, ok = _delay(code, arms[code] == j, steps_before, window, horizon)
             share[arm].append(s)
             delay[arm].append(d)
