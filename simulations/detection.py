@@ -95,12 +95,16 @@ def _run(st, emb, dep: Deployment, users: Users, judge: SimulatedJudge, judge_un
 def simulate_detection(
     sc: Scenario, embedder: Embedder, deployment: Deployment, *, steps: int = 16000,
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4), judge_rate: float = 0.2, judge_noise: float = 0.3, window: int = 50,
-    learn_every: int = 10, progress: Callable[[int], None] | None = None,
+    learn_every: int = 10, change_at: int | None = None, progress: Callable[[int], None] | None = None,
 ) -> DetectionReport:  # fmt: skip
-    """Both arms of the module's docstring on one stream per seed of scenario ``detection``
-    (``steps`` requests, the change at its second phase's start)."""
+    """Both arms of the module's docstring on one stream per seed of scenario ``detection``:
+    ``steps`` requests, the model degrading after ``change_at`` (default: at the scenario's
+    second phase)."""
     total = steps
-    steps_before = int(round(sc.phases[1].start * steps))
+    steps_before = int(round(sc.phases[1].start * steps)) if change_at is None else change_at
+    if not 0 < steps_before < total:
+        raise ValueError(f"the change must come after the first request and before the last ({steps_before} of {total})")
+    sc = msgspec.structs.replace(sc, phases=(sc.phases[0], msgspec.structs.replace(sc.phases[1], start=steps_before / total)))
     horizon = total - steps_before
     users = sc.users
     thumbs_rate = users.feedback_rate

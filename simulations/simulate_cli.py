@@ -119,8 +119,13 @@ def _simulate_detection(args: argparse.Namespace, sc, embedder, deployment) -> i
     seeds = tuple(range(args.seed, args.seed + args.seeds))
     noise = args.judge_noise[0] if args.judge_noise else 0.3
     with Progress(args.steps * args.seeds * 2, f"simulate {sc.name}") as bar:
-        report = simulate_detection(sc, embedder, deployment, steps=args.steps, seeds=seeds, judge_rate=args.judge_rate,
-                                    judge_noise=noise, learn_every=args.learn_every, progress=bar.advance)  # fmt: skip
+        try:
+            report = simulate_detection(sc, embedder, deployment, steps=args.steps, seeds=seeds,
+                                        judge_rate=args.judge_rate, judge_noise=noise, learn_every=args.learn_every,
+                                        change_at=args.change_at, progress=bar.advance)  # fmt: skip
+        except ValueError as exc:
+            print(f"turnout simulate: --change-at: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
     else:
@@ -217,6 +222,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
                         "0.1,0.3,0.6,1.0); --scenario detection: its noise (default 0.3)")
     p.add_argument("--judge-rate", type=float, default=0.2,
                    help="--scenario detection: share of answers the judge grades (its noise: the first --judge-noise)")
+    p.add_argument("--change-at", type=int,
+                   help="--scenario detection: the request after which the model degrades (default: at 3/8 of --steps)")
     p.add_argument("--judge-bias", type=float, default=0.0,
                    help="--scenario cascade: the judge's bias (positive: lenient, negative: harsh)")
     p.add_argument("--cache-discount", type=float, default=0.9,
