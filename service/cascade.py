@@ -170,7 +170,8 @@ class Cascades:
 _enc = msgspec.json.Encoder()
 
 
-async def run_cascade(cascades: Cascades, chat: Any, turn: Any, raw: bytes, ask: Any, spec: Cascade) -> tuple[bytes, dict[str, str]]:
+async def run_cascade(cascades: Cascades, chat: Any, turn: Any, raw: bytes, ask: Any,
+                      spec: Cascade) -> tuple[bytes, dict[str, str]]:  # fmt: skip
     """Answer ``turn`` through cascade ``spec`` (non-streamed): the body and headers of the one
     answer the client gets. ``chat`` is the ``ChatService`` (its upstreams, failover, billing and
     records). A cheap model that fails outright counts as rejected (verdict ``error``)."""
@@ -216,7 +217,8 @@ async def run_cascade(cascades: Cascades, chat: Any, turn: Any, raw: bytes, ask:
             fallbacks += len(failed)
             errors += [f"{a.model}: {a.error}" for a in failed]
         strong_cost = chat._bill(turn, pool[chat.by_name[name]], done.prompt_tokens, done.completion_tokens)
-        cascades.attempt(chat.records, turn, name, spec.name, verdict, done, strong_cost, (time.perf_counter() - t1) * 1000.0)
+        cascades.attempt(chat.records, turn, name, spec.name, verdict, done, strong_cost,
+                         (time.perf_counter() - t1) * 1000.0)  # fmt: skip
         cost += strong_cost
     latency_ms = (time.perf_counter() - turn.started) * 1000.0
     chat.records.outcome(

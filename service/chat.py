@@ -221,7 +221,8 @@ class ChatService:
                       view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language)
 
     def _keep(self, convs: Conversations, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray,
-              cost_weight: float, latency_weight: float, allowed: np.ndarray, stream: bool = False) -> RouteChoice | None:  # fmt: skip
+              cost_weight: float, latency_weight: float, allowed: np.ndarray,
+              stream: bool = False) -> RouteChoice | None:  # fmt: skip
         """A turn kept on its conversation's model, or None: the rules (escalation included) and the
         model's breaker may move it, and so may economics (``Conversations.keep``)."""
         allowed = self.rules.escalate(allowed, placed[1])

@@ -102,7 +102,7 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
                         m.expected_latency_s)  # fmt: skip
         for m in settings.models
     )
-    pool = pool_from_settings(settings)[0]
+    pool, prior = pool_from_settings(settings)[:2]
     shown = {"router": msgspec.to_builtins(msgspec.structs.replace(r, cluster_examples=())),
              "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=())),
              "language": msgspec.to_builtins(settings.language)}  # fmt: skip
@@ -111,7 +111,7 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
         shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
         models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim,
         language_detector=settings.language.detector, language_weight=settings.language.weight, settings=shown,
-        pool_prices=prices_of(pool), cascades=settings.cascades,
+        pool_prices=prices_of(pool, prior.models), cascades=settings.cascades,
     )  # fmt: skip
 
 

@@ -45,7 +45,8 @@ class ArmResult(msgspec.Struct, frozen=True):
     cost_usd: Stat  # mean cost per request
     escalated: Stat  # share of requests the cascade escalated
     cascade_share: Stat  # share of requests sent to the cascade
-    by_topic: dict[str, tuple[float, float, float, float]]  # topic -> (quality, cost, escalated, cascade share), mean over seeds
+    # topic -> (quality, cost, escalated, cascade share), mean over seeds
+    by_topic: dict[str, tuple[float, float, float, float]]
 
 
 class NoiseLevel(msgspec.Struct, frozen=True):

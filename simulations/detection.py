@@ -2,7 +2,8 @@
 
 Scenario ``detection`` (``simulations.environment``): the pool of ``turnout simulate`` (four
 models, four topics). sim-coder answers code best for its price, until at 3/8 of the run its
-quality on code (one topic, one cluster) falls from 0.90 to 0.30; nothing else changes. Turnout as it ships (the offline deployment: the service's decision,
+quality on code (one topic, one cluster) falls from 0.90 to 0.30; nothing else changes.
+Turnout as it ships (the offline deployment: the service's decision,
 records and learning cycle, one every ``learn_every`` prompts) routes the same stream in two
 arms. Until the change both learn alike, from thumbs on the scenario's 2% of answers (5% of
 them flipped, no re-asks) and a judge (``simulations.judge``, noise ``judge_noise``) grading
@@ -59,7 +60,8 @@ class DetectionReport(msgspec.Struct, frozen=True):
         return [t / max(j, 1) for t, j in zip(self.delay["thumbs"], self.delay["thumbs+judge"])]
 
 
-def _delay(code_steps: np.ndarray, on_model: np.ndarray, degrade_at: int, window: int, horizon: int) -> tuple[int, float, bool]:
+def _delay(code_steps: np.ndarray, on_model: np.ndarray, degrade_at: int, window: int,
+           horizon: int) -> tuple[int, float, bool]:  # fmt: skip
     """code_steps: (n,) the steps of the code prompts, ascending; on_model: (n,) bool, routed to the
     degraded model. Returns (delay in requests, share before, detected)."""
     before = on_model[code_steps < degrade_at][-window:]
