@@ -163,3 +163,23 @@ def test_structural_checks_and_json_detection():
     assert structural('```json\n{"x": [1]}\n```', True) == "" and structural("{x}", True) == "json"
     assert wants_json(b'{"response_format": {"type": "json_schema"}}')
     assert not wants_json(b'{"response_format": {"type": "text"}}') and not wants_json(b"{}")
+
+
+def test_the_learner_folds_the_cascades_records_into_its_escalation_rate_and_the_cheap_models_evidence(
+        fleet, base, embedder):  # fmt: skip
+    with fleet.gateway(base, embedder, cascades=[{"name": "cb", "cheap": "c", "strong": "a", "tier": 0.999}],
+                       router={"prior_strength": 1000.0}, learner={"grace_s": 0.0}) as gw:  # fmt: skip
+        for i in range(6):
+            fleet.providers["c"].answer = "" if i % 3 else "fine"  # two of three rejected
+            assert _chat(gw.url).headers["x-turnout-cascade"] == "cb"
+        gw.runtime.sink.flush()
+        snap = gw.runtime.learn_now()
+        col = snap.models.index("cb")
+        assert snap.models == ("a", "b", "c", "cb")
+        assert sum(r[col] for r in snap.calls) == 6 and sum(r[col] for r in snap.escalations) == 4
+        # the attempts are not traffic; the rejections are judge evidence of 0 on the cheap model
+        assert sum(r[snap.models.index("c")] for r in snap.calls) == 0
+        c = snap.models.index("c")
+        assert sum(r[c] for r in snap.n) == pytest.approx(4 * 0.5) and sum(r[c] for r in snap.reward_sum) == 0.0
+        view = gw.runtime.router.view
+        assert view.escalation[0, 0] > 0.5  # learned from the cascade's own records
