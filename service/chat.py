@@ -201,7 +201,7 @@ class ChatService:
             kept = self._keep(self.conversations, thread, view, placed, costs, cost_weight, weights.latency_weight,
                               screen.allowed, req.stream)  # fmt: skip
             if kept is not None:  # stays on the model of the turn before: propensity 1, logged ``sticky``
-                names = tuple(self.pool[i].name for i in (kept.arm, *kept.fallback_order))
+                names = self._names(view, kept)
                 return Routed(kept, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
                               view.snapshot.clustering, names[0], screen.safety_class, costs, context,
                               msgspec.structs.replace(thread, sticky=True), language)  # fmt: skip
@@ -214,11 +214,16 @@ class ChatService:
         if tenant.exploration_cap < 1.0:
             choice = self._cap_exploration(view, choice, costs, cost_weight, weights.latency_weight,
                                            allowed, tenant.exploration_cap)  # fmt: skip
-        names = tuple(view.models[i] for i in (choice.arm, *choice.fallback_order))
-        if self.cascades is not None:  # fallbacks are models; the chosen arm may be a cascade
-            names = names[:1] + tuple(n for n in names[1:] if n in self.by_name)
+        names = self._names(view, choice)
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
                       view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language)
+
+    def _names(self, view: View, choice: RouteChoice) -> tuple[str, ...]:
+        """The candidates to try: the chosen arm (a model, or a cascade), then the fallbacks that are models."""
+        names = tuple(view.models[i] for i in (choice.arm, *choice.fallback_order))
+        if self.cascades is not None:
+            names = names[:1] + tuple(n for n in names[1:] if n in self.by_name)
+        return names
 
     def _keep(self, convs: Conversations, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray,
               cost_weight: float, latency_weight: float, allowed: np.ndarray,

@@ -183,3 +183,19 @@ def test_the_learner_folds_the_cascades_records_into_its_escalation_rate_and_the
         assert sum(r[c] for r in snap.n) == pytest.approx(4 * 0.5) and sum(r[c] for r in snap.reward_sum) == 0.0
         view = gw.runtime.router.view
         assert view.escalation[0, 0] > 0.5  # learned from the cascade's own records
+
+
+def test_a_conversations_turns_route_with_cascades_configured(fleet, base, embedder):
+    with fleet.gateway(base, embedder, cascades=[{"name": "cb", "cheap": "c", "strong": "a", "tier": 0.999}],
+                       router={"prior_strength": 1000.0}, conversations={"enabled": True}) as gw:  # fmt: skip
+        first = _chat(gw.url)
+        assert first.status_code == 200 and first.headers["x-turnout-cascade"] == "cb"
+        said = first.json()["choices"][0]["message"]["content"]
+        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": said},
+                    {"role": "user", "content": "Can you make it shorter?"}]  # fmt: skip
+        for stream in (False, True):
+            r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "auto", "messages": messages,
+                                                                  "stream": stream}, timeout=10)  # fmt: skip
+            assert r.status_code == 200 and r.headers["x-turnout-model"] in ("a", "b", "c")
+        turns = [d for d in gw.decisions() if d.conversation_id and not d.parent_decision_id]
+        assert len(turns) == 3 and len({d.conversation_id for d in turns}) == 1
