@@ -138,6 +138,9 @@ def _cascade_flag(args: argparse.Namespace, outcomes):
     _positive("--judge-noise", args.judge_noise, allow_zero=True)
     if not np.isfinite(args.judge_bias) or not np.isfinite(args.threshold):
         raise ValueError("--judge-bias and --threshold must be finite")
+    for role, name in zip(("cheap", "strong"), parts):
+        if name not in outcomes.models:
+            raise ValueError(f"--cascade: the {role} model {name!r} is not in the files ({', '.join(outcomes.models)})")
     return Cascade("cascade", parts[0], parts[1], gate="judge", threshold=args.threshold)
 
 
