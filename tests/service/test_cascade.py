@@ -6,6 +6,8 @@ cascade of tier 0.999 the router chooses the cascade for every non-streamed requ
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -172,7 +174,8 @@ def test_the_learner_folds_the_cascades_records_into_its_escalation_rate_and_the
         for i in range(6):
             fleet.providers["c"].answer = "" if i % 3 else "fine"  # two of three rejected
             assert _chat(gw.url).headers["x-turnout-cascade"] == "cb"
-        gw.runtime.sink.flush()
+        assert len(gw.decisions()) == 6 + 6 + 4  # flushed: the requests, the cheap attempts, the escalations
+        time.sleep(0.02)  # the learner's window ends before "now" (exclusive, in ms): let the clock pass the rows
         snap = gw.runtime.learn_now()
         col = snap.models.index("cb")
         assert snap.models == ("a", "b", "c", "cb")
