@@ -100,9 +100,9 @@ class ConversationArm(msgspec.Struct, frozen=True):
     cost_usd: Stat  # mean bill per turn
     switches: Stat  # changes of model per chat
     kept: Stat  # share of later turns kept on their model (sticky only)
-    utility: Stat | None = None  # quality - cost_weight x cost per turn: what the router maximises
     cost_by_seed: tuple[float, ...] = ()  # mean bill per turn of each seed (USD)
     quality_by_seed: tuple[float, ...] = ()
+    utility: Stat | None = None  # quality - cost_weight x cost per turn: what the router maximises
 
 
 class ConversationReport(msgspec.Struct, frozen=True):
