@@ -57,13 +57,28 @@ def _prompts(n: int, seed: int = 0) -> list[str]:
     return [make_prompt(DEFAULT_TOPICS[rng.integers(len(DEFAULT_TOPICS))], rng) for _ in range(n)]
 
 
-def bench_decision(n: int, detector: str = "cld2") -> dict[str, float]:
+_CASCADE = """
+[[cascades]]
+name = "mini-then-frontier"
+cheap = "sim-mini"
+strong = "sim-frontier"
+"""
+
+
+def bench_decision(n: int, detector: str = "cld2", cascade: bool = False) -> dict[str, float]:
+    """``cascade``: with a cascade configured (one more arm in every decision)."""
+    from pathlib import Path
+
     from service.runtime import Runtime
     from service.schemas import ChatRequest, Message
     from service.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_LANGUAGE__DETECTOR": detector})
+        config = None
+        if cascade:
+            config = Path(tmp) / "turnout.toml"
+            config.write_text(_CASCADE)
+        settings = load_settings(config, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_LANGUAGE__DETECTOR": detector})
         rt = Runtime(settings, learner=False, sim_latency_scale=0.0)
         reqs = [ChatRequest(model="auto", messages=[Message(role="user", content=p)]) for p in _prompts(n)]
         for r in reqs[:500]:
@@ -295,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-entries", type=int, default=100_000, help="answers stored for the cache lookup (0: skip)")
     p.add_argument("--cache-tenants", type=int, default=1,
                    help="tenants the answers are spread over (1: one namespace, the worst case)")
+    p.add_argument("--cascade", action="store_true", help="the decision with a cascade configured ([[cascades]])")
     args = p.parse_args(argv)
-    figures = bench_decision(args.decisions, args.language_detector)
+    figures = bench_decision(args.decisions, args.language_detector, args.cascade)
     if args.conversations >= 0:
         figures.update(bench_conversation(max(1, args.decisions // 10), args.conversations))
     if args.cache_entries > 0:

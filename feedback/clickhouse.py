@@ -76,6 +76,7 @@ def _decisions_table(ds: list[DecisionMade], insert_id: str) -> Any:
         "language": col("language"),  # 061_language.sql
         "conversation_id": col("conversation_id"), "turn": pa.array(col("turn"), pa.uint32()),
         "sticky": pa.array(col("sticky"), pa.bool_()),  # 060_conversations.sql
+        "escalated": pa.array(col("escalated"), pa.bool_()), "gate": col("gate"),  # 071_cascades.sql
         "insert_id": pa.array([insert_id] * len(ds), pa.string()),  # 040_exactly_once.sql
     })  # fmt: skip
 
@@ -224,9 +225,9 @@ class ClickHouseRowStore:
     def decision_stats(self, since_ms: int, until_ms: int) -> list[DecisionStats]:
         rows = self._query(
             """
-            SELECT c, k, m, count(), sum(toff), sum(lat), p, sum(cost), sum(mg), sum(mg * mg), tn
+            SELECT c, k, m, count(), sum(toff), sum(lat), p, sum(cost), sum(mg), sum(mg * mg), tn, sum(esc)
             FROM (
-                SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m,
+                SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m, any(escalated) AS esc,
                        any(policy) AS p, any(tenant) AS tn, any(completion_tokens) AS toff, any(latency_ms) AS lat,
                        any(cost_usd) AS cost, toFloat64(any(margin)) AS mg, min(ingested_ms) AS di
                 FROM decisions
@@ -241,7 +242,7 @@ class ClickHouseRowStore:
         )
         return [
             DecisionStats(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4]), float(r[5]), r[6], float(r[7]),
-                          float(r[8]), float(r[9]), r[10])
+                          float(r[8]), float(r[9]), r[10], float(r[11]))
             for r in rows
         ]  # fmt: skip
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from feedback.history import FAILOVER_POLICY, Prices, StoredPrompt, TrafficBucket
+from feedback.history import ATTEMPT_POLICIES, Prices, StoredPrompt, TrafficBucket
 
 __all__ = ["ClickHouseHistory", "uuid7_floor"]
 
@@ -47,13 +47,13 @@ class ClickHouseHistory:
                 FROM decisions
                 WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String}
                 GROUP BY decision_id
-                HAVING t >= {lo:Int64} AND t < {hi:Int64} AND any(policy) != {failover:String}
+                HAVING t >= {lo:Int64} AND t < {hi:Int64} AND any(policy) NOT IN {attempts:Array(String)}
             )
             GROUP BY bucket, c, k, m, lang
             ORDER BY bucket, c, k, m, lang
         """
         params = {
-            "b": bucket_ms, "failover": FAILOVER_POLICY, "lo": since_ms, "hi": until_ms,
+            "b": bucket_ms, "attempts": list(ATTEMPT_POLICIES), "lo": since_ms, "hi": until_ms,
             "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1),
             "pin": list(prices.price_in_per_mtok), "pout": list(prices.price_out_per_mtok),
         }  # fmt: skip
@@ -75,7 +75,7 @@ class ClickHouseHistory:
             WHERE decision_id IN (
                 SELECT decision_id FROM decisions
                 WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String} AND prompt_text != ''
-                      AND notEmpty(embedding) AND policy != {failover:String}
+                      AND notEmpty(embedding) AND policy NOT IN {attempts:Array(String)}
                       AND (NOT {filter:Bool} OR tenant IN {tenants:Array(String)})
                       AND ts >= fromUnixTimestamp64Milli({lo:Int64}) AND ts < fromUnixTimestamp64Milli({hi:Int64})
                 ORDER BY decision_id DESC LIMIT {n:UInt64})
@@ -83,7 +83,7 @@ class ClickHouseHistory:
             ORDER BY decision_id DESC
         """
         params = {
-            "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1), "failover": FAILOVER_POLICY,
+            "lo_id": uuid7_floor(since_ms - _SLACK_MS), "hi_id": uuid7_floor(until_ms + 1), "attempts": list(ATTEMPT_POLICIES),
             "filter": tenants is not None, "tenants": list(tenants or ()), "lo": since_ms, "hi": until_ms,
             "n": max(0, limit),
         }  # fmt: skip

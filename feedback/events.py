@@ -99,6 +99,13 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     conversation_id: str = ""
     turn: int = 0
     sticky: bool = False
+    # a cascade (learner/cascade.py): on the request's record (``model`` the cascade's name, the
+    # bill of both attempts), whether the gate rejected the cheap answer and the strong model
+    # answered; on each attempt's own record (policy "cascade", ``parent_decision_id`` set) and on
+    # the request's, the gate's verdict on the cheap answer: "pass" or why it was rejected
+    # ("empty", "refusal", "json", "logprob", "judge")
+    escalated: bool = False
+    gate: str = ""
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

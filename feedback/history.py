@@ -24,12 +24,14 @@ import msgspec
 from feedback.events import DecisionMade, Event
 
 __all__ = [
-    "FAILOVER_POLICY", "HistoryStore", "MemoryHistory", "Prices", "StoredPrompt", "TrafficBucket", "bucket_traffic",
+    "ATTEMPT_POLICIES", "CASCADE_POLICY", "FAILOVER_POLICY", "HistoryStore", "MemoryHistory", "Prices", "StoredPrompt", "TrafficBucket", "bucket_traffic",
     "counterfactual_cost_usd", "stored_prompts",
 ]  # fmt: skip
 
 
 FAILOVER_POLICY = "failover"  # the policy of a failed attempt's own record (see service/chat.py)
+CASCADE_POLICY = "cascade"  # the policy of an attempt's own record inside a cascade (service/cascade.py)
+ATTEMPT_POLICIES = (FAILOVER_POLICY, CASCADE_POLICY)  # records of attempts, not of requests
 
 
 class Prices(msgspec.Struct, frozen=True):
@@ -45,7 +47,7 @@ class TrafficBucket(msgspec.Struct, frozen=True):
     ``model`` is what the policy chose (the arm); ``answered`` counts those that got an answer
     from some model (status ok, after failovers). Costs and the counterfactual are summed over
     answered decisions; ``margin_sum`` over all of them. Records of single failed attempts
-    (policy ``failover``) are not requests and are left out.
+    (policy ``failover``) and a cascade's attempts (policy ``cascade``) are not requests and are left out.
     """
 
     bucket_ms: int  # start of the bucket, a multiple of the bucket width
@@ -105,7 +107,7 @@ def bucket_traffic(
         raise ValueError("bucket_ms must be positive")
     acc: dict[tuple[int, int, int, str, str], list[float]] = {}
     for d in decisions:
-        if not since_ms <= d.ts_ms < until_ms or d.policy == FAILOVER_POLICY:
+        if not since_ms <= d.ts_ms < until_ms or d.policy in ATTEMPT_POLICIES:
             continue
         key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model, d.language)
         row = acc.setdefault(key, [0, 0, 0.0, 0.0, 0.0])
@@ -125,7 +127,7 @@ def stored_prompts(decisions: Iterable[DecisionMade], since_ms: int, until_ms: i
                    tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
     """The pure selection behind ``HistoryStore.prompts`` (decisions already deduplicated)."""
     kept = [d for d in decisions if since_ms <= d.ts_ms < until_ms and d.prompt_text and d.embedding
-            and d.policy != FAILOVER_POLICY and (tenants is None or d.tenant in tenants)]  # fmt: skip
+            and d.policy not in ATTEMPT_POLICIES and (tenants is None or d.tenant in tenants)]  # fmt: skip
     kept.sort(key=lambda d: d.decision_id, reverse=True)
     return [StoredPrompt(d.ts_ms, d.tenant, d.prompt_text, d.embedding) for d in kept[: max(0, limit)]]
 

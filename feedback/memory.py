@@ -112,15 +112,16 @@ class MemoryRowStore:
                 d = self._decisions[did][1]
                 if d.model:
                     key = (d.clustering, d.cluster, d.model, d.policy, d.tenant)
-                    row = acc.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                    row = acc.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
                     row[0] += 1
                     row[1] += d.completion_tokens
                     row[2] += d.latency_ms
                     row[3] += d.cost_usd
                     row[4] += d.margin
                     row[5] += d.margin * d.margin
+                    row[6] += d.escalated
         return [
-            DecisionStats(c, k, m, int(v[0]), v[1], v[2], p, v[3], v[4], v[5], t)
+            DecisionStats(c, k, m, int(v[0]), v[1], v[2], p, v[3], v[4], v[5], t, v[6])
             for (c, k, m, p, t), v in acc.items()
         ]
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from learner.cascade import CASCADE_POLICY
 from learner.drift import Alarm
 from learner.fold import LearnerParams, PoolPrior, Window, align, fold, rebuild_clusters, recluster_snapshot
 from learner.ports import DriftEvent, LearnerLog, RewardRow, RowStore, SnapshotStore, WindowStats
@@ -131,7 +132,10 @@ class LearningCycle:
         # a failed attempt's own record (policy "failover") is not traffic: its zero reward
         # reaches the posterior through feedback, but it must not count as a decision or pull
         # the failing model's usage means (0 tokens) down
-        decisions = tuple(s for s in self._rows.decision_stats(snap.watermark_ms, until_ms) if s.policy != "failover")
+        # nor is an attempt inside a cascade (policy "cascade"): the request's own record carries
+        # the cascade's decision, its bill and whether it escalated
+        decisions = tuple(s for s in self._rows.decision_stats(snap.watermark_ms, until_ms)
+                          if s.policy not in ("failover", CASCADE_POLICY))
         return Window(snap.watermark_ms, until_ms, rewards, stale, decisions)
 
     def due_rebuild(self, snap: Snapshot) -> bool:

@@ -104,6 +104,9 @@ def align(snap: Snapshot, pool: PoolPrior) -> Snapshot:
         n=remap(snap.n, 0.0),
         reward_sum=remap(snap.reward_sum, 0.0),
         decisions=remap(snap.decisions, 0),
+        # usage tables follow the model axis too (a cascade or a model added to the pool)
+        **{name: remap(getattr(snap, name), 0.0) for name in ("calls", "bill_sum", "completion_sum", "escalations")
+           if getattr(snap, name)},
         prior_mean=pool.prior_mean,
         completion_tokens=pick(snap.completion_tokens, pool.completion_tokens),
         latency_s=pick(snap.latency_s, pool.latency_s),
@@ -180,6 +183,7 @@ def rebuild_clusters(
         calls=_rows(carry(usage_table(snap, "calls"))),
         bill_sum=_rows(carry(usage_table(snap, "bill_sum"))),
         completion_sum=_rows(carry(usage_table(snap, "completion_sum"))),
+        escalations=_rows(carry(usage_table(snap, "escalations"))),
         clustering=snap.clustering + 1,
         clustered_at=clustered_at,
         drift=(),
@@ -245,7 +249,8 @@ def fold(
     n_new, s_new = _evidence(snap, window, params.rewards)
 
     decisions = np.array(snap.decisions, dtype=np.int64)
-    calls, bills, completion = (usage_table(snap, name) for name in ("calls", "bill_sum", "completion_sum"))
+    calls, bills, completion, escalations = (
+        usage_table(snap, name) for name in ("calls", "bill_sum", "completion_sum", "escalations"))
     routed, margin_sum = np.zeros(k), np.zeros(k)
     tok_sum, lat_sum, cnt = np.zeros(m), np.zeros(m), np.zeros(m)
     for st in window.decisions:
@@ -257,6 +262,7 @@ def fold(
             routed[st.cluster] += st.decisions
             margin_sum[st.cluster] += st.margin_sum
             calls[st.cluster, j] += st.decisions
+            escalations[st.cluster, j] += st.escalations
             bills[st.cluster, j] += st.cost_usd
             completion[st.cluster, j] += st.completion_tokens
         tok_sum[j] += st.completion_tokens
@@ -299,6 +305,7 @@ def fold(
         calls=_rows(calls),
         bill_sum=_rows(bills),
         completion_sum=_rows(completion),
+        escalations=_rows(escalations),
         seen=snap.seen + int(cnt.sum()),
         budgets=_budgets(snap, window.decisions, params),
         drift=drift,
@@ -327,6 +334,7 @@ def recluster_snapshot(
         calls=_rows(carry(usage_table(snap, "calls")) / params.carry),
         bill_sum=_rows(carry(usage_table(snap, "bill_sum")) / params.carry),
         completion_sum=_rows(carry(usage_table(snap, "completion_sum")) / params.carry),
+        escalations=_rows(carry(usage_table(snap, "escalations")) / params.carry),
         clustering=snap.clustering + 1,
         drift=tuple(ClusterDrift() for _ in range(len(result.centroids))),
     )

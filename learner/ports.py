@@ -66,6 +66,7 @@ class DecisionStats(msgspec.Struct, frozen=True):
     margin_sum: float = 0.0
     margin_sq: float = 0.0  # sum of squared margins
     tenant: str = ""
+    escalations: float = 0.0  # a cascade's decisions whose gate rejected the cheap answer
 
 
 class RewardStats(msgspec.Struct, frozen=True):

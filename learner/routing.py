@@ -36,6 +36,7 @@ import msgspec
 import numpy as np
 from scipy import stats
 
+from learner.cascade import CascadeArm, escalation_rates
 from learner.clusters import assign
 from learner.hierarchy import hierarchical_posterior
 from learner.snapshot import Snapshot, SnapshotError, centroid_array, usage_table
@@ -150,7 +151,9 @@ class View:
     cluster, prompt length and weights); a decision from it is the one computed afresh.
     """
 
-    def __init__(self, snapshot: Snapshot, prices: Prices, params: RoutingParams) -> None:
+    def __init__(
+        self, snapshot: Snapshot, prices: Prices, params: RoutingParams, cascades: tuple[CascadeArm, ...] = ()
+    ) -> None:
         if snapshot.models != prices.models:
             raise SnapshotError(f"snapshot models {snapshot.models} differ from the pool {prices.models}")
         self.snapshot = snapshot
@@ -172,6 +175,16 @@ class View:
         # the part of the cost that does not depend on the prompt's length: (k, m) USD
         self.fixed_cost = np.where(self.priced[None, :], tokens * self.price_out[None, :], bills)
         self.per_prompt_token = np.where(self.priced, self.price_in, 0.0)
+        # (k, m) USD per prompt token: the price sheet's, and a cascade's per cluster (it depends on
+        # the cluster's escalation rate)
+        per_token = np.broadcast_to(self.per_prompt_token, self.fixed_cost.shape).copy()
+        self.cascades = cascades
+        # (k, len(cascades)): cost(cascade) = cost(cheap) + escalation rate x cost(strong)
+        self.escalation = escalation_rates(usage_table(snapshot, "escalations"), calls, cascades)
+        for i, a in enumerate(cascades):
+            esc = self.escalation[:, i]
+            self.fixed_cost[:, a.column] = self.fixed_cost[:, a.cheap] + esc * self.fixed_cost[:, a.strong]
+            per_token[:, a.column] = per_token[:, a.cheap] + esc * per_token[:, a.strong]
         self.latency_s = np.array(snapshot.latency_s, dtype=np.float64)
         s = params.n_samples
         share = snapshot.explore_share or (1.0,) * m
@@ -185,7 +198,7 @@ class View:
         # floats is cheaper than a numpy call (the same IEEE operations, so the same values)
         self._mean_rows = self.mean.tolist()
         self._fixed_rows = self.fixed_cost.tolist()
-        self._per_token = self.per_prompt_token.tolist()
+        self._per_token = per_token.tolist()  # per cluster
         self._latency = self.latency_s.tolist()
         self._ranks: dict[tuple[int, ...], np.ndarray] = {}
         self._wins: dict[tuple, _Wins] = {}  # (cluster, penalty, allowed) -> the rows' winners
@@ -233,7 +246,7 @@ class View:
 
     def costs(self, cluster: int, prompt_tokens: float) -> np.ndarray:
         """Expected USD of answering with each model: (m,)."""
-        return self.fixed_cost[cluster] + prompt_tokens * self.per_prompt_token
+        return self.fixed_cost[cluster] + prompt_tokens * np.array(self._per_token[cluster])
 
 
 def decide(
@@ -255,7 +268,7 @@ def decide(
     cluster, margin = assign(embedding, view.centroids) if placed is None else placed
     # per model, in Python floats (m is small): cost and penalty
     tokens, cw, lw = float(prompt_tokens), float(cost_weight), float(latency_weight)
-    costs = [f + tokens * p for f, p in zip(view._fixed_rows[cluster], view._per_token)]
+    costs = [f + tokens * p for f, p in zip(view._fixed_rows[cluster], view._per_token[cluster])]
     penalty = tuple([cw * c + lw * t for c, t in zip(costs, view._latency)])
     ok = None if allowed is None else tuple(allowed.tolist())
     key = (cluster, penalty, ok)

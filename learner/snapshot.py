@@ -83,6 +83,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     calls: tuple[tuple[float, ...], ...] = ()  # (k, m) calls that were billed
     bill_sum: tuple[tuple[float, ...], ...] = ()  # (k, m) USD billed
     completion_sum: tuple[tuple[float, ...], ...] = ()  # (k, m) completion tokens
+    escalations: tuple[tuple[float, ...], ...] = ()  # (k, m) a cascade's calls that escalated (learner.cascade)
     seen: int = 0  # decisions routed since the first snapshot
     clustered_at: int = 0  # ``seen`` when the current clustering was built from traffic
 
@@ -112,7 +113,7 @@ def centroid_array(snapshot: Snapshot) -> np.ndarray:
 
 
 def usage_table(snap: Snapshot, name: str) -> np.ndarray:
-    """``calls``, ``bill_sum`` or ``completion_sum`` as a (k, m) float64 array (zeros when empty)."""
+    """``calls``, ``bill_sum``, ``completion_sum`` or ``escalations`` as a (k, m) float64 array (zeros when empty)."""
     rows = getattr(snap, name)
     return np.array(rows, dtype=np.float64) if rows else np.zeros((len(snap.n), len(snap.models)))
 
@@ -156,7 +157,7 @@ def validate(snap: Snapshot) -> None:
 
 
 def _validate_learning(snap: Snapshot, k: int, m: int) -> None:
-    for name in ("calls", "bill_sum", "completion_sum"):
+    for name in ("calls", "bill_sum", "completion_sum", "escalations"):
         rows = getattr(snap, name)
         if not rows:
             continue

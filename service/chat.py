@@ -26,6 +26,7 @@ from learner.embedding import Embedder
 from learner.language import LanguageDetector, NoDetector, in_language
 from service.bodies import decode_body
 from service.caching import Ask, ResponseCache
+from service.cascade import Cascades, run_cascade
 from service.errors import ApiError
 from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
@@ -80,6 +81,7 @@ class ChatParts(msgspec.Struct, frozen=True):
     language: LanguageDetector = NoDetector()  # the prompt's language (learner/language.py)
     language_weight: float = 0.0  # [language] weight: its part in the routing context
     conversations: Conversations | None = None  # None: every request routed alone (service/conversations.py)
+    cascades: Cascades | None = None  # None: no [[cascades]] (service/cascade.py)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -129,6 +131,7 @@ class ChatService:
         self.language = parts.language
         self.language_weight = parts.language_weight
         self.conversations = parts.conversations
+        self.cascades = parts.cascades
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -171,10 +174,11 @@ class ChatService:
         context = None if at is embedding else at
         cluster, margin = assign(at, view.centroids)
         costs = view.costs(cluster, prompt_tokens)
+        pool_costs = costs if self.cascades is None else costs[: len(self.pool)]  # the rules screen models
         try:
             screen = self.rules.screen(
                 text=text, prompt_tokens=prompt_tokens, max_tokens=req.max_completion_tokens or req.max_tokens,
-                costs=lambda: costs, requested=req.model, tenant=tenant.name,
+                costs=lambda: pool_costs, requested=req.model, tenant=tenant.name,
                 tenant_models=self._tenant_mask(tenant.models), max_cost_usd=tenant.max_cost_usd, headers=headers,
                 language=language,
             )  # fmt: skip
@@ -183,7 +187,7 @@ class ChatService:
             raise ApiError(400, str(exc), param=exc.param, code=exc.code) from None
         placed = (cluster, margin)
         if screen.pinned >= 0:  # logged with propensity 1
-            only = np.zeros(len(self.pool), dtype=bool)
+            only = np.zeros(len(view.models), dtype=bool)
             only[screen.pinned] = True
             choice = decide(view, at, prompt_tokens, 0.0, 0.0, only, 0, placed)
             policy = "passthrough" if screen.rule == "requested" else "pinned"
@@ -191,11 +195,13 @@ class ChatService:
             return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
                           view.snapshot.clustering, name, screen.safety_class, costs, context, thread, language)  # fmt: skip
         allowed = None if screen.allowed is self.rules.all else screen.allowed
+        if self.cascades is not None:  # the routing axis: the models, then the cascades (not for streams)
+            allowed = self.cascades.widen(allowed, req.stream)
         if thread is not None and thread.previous_model and self.conversations is not None:
             kept = self._keep(self.conversations, thread, view, placed, costs, cost_weight, weights.latency_weight,
-                              screen.allowed)  # fmt: skip
+                              screen.allowed, req.stream)  # fmt: skip
             if kept is not None:  # stays on the model of the turn before: propensity 1, logged ``sticky``
-                names = tuple(self.pool[i].name for i in (kept.arm, *kept.fallback_order))
+                names = self._names(view, kept)
                 return Routed(kept, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
                               view.snapshot.clustering, names[0], screen.safety_class, costs, context,
                               msgspec.structs.replace(thread, sticky=True), language)  # fmt: skip
@@ -203,20 +209,31 @@ class ChatService:
         choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         escalated = self.rules.escalate(screen.allowed, choice.margin)
         if escalated is not screen.allowed:  # unsure of the cluster: decide again among strong models
-            allowed = escalated
+            allowed = escalated if self.cascades is None else self.cascades.widen(escalated, req.stream)
             choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
         if tenant.exploration_cap < 1.0:
             choice = self._cap_exploration(view, choice, costs, cost_weight, weights.latency_weight,
                                            allowed, tenant.exploration_cap)  # fmt: skip
-        names = tuple(self.pool[i].name for i in (choice.arm, *choice.fallback_order))
+        names = self._names(view, choice)
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
                       view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language)
 
+    def _names(self, view: View, choice: RouteChoice) -> tuple[str, ...]:
+        """The candidates to try: the chosen arm (a model, or a cascade), then the fallbacks that are models."""
+        names = tuple(view.models[i] for i in (choice.arm, *choice.fallback_order))
+        if self.cascades is not None:
+            names = names[:1] + tuple(n for n in names[1:] if n in self.by_name)
+        return names
+
     def _keep(self, convs: Conversations, thread: Thread, view: View, placed: tuple[int, float], costs: np.ndarray,
-              cost_weight: float, latency_weight: float, allowed: np.ndarray) -> RouteChoice | None:  # fmt: skip
+              cost_weight: float, latency_weight: float, allowed: np.ndarray,
+              stream: bool = False) -> RouteChoice | None:  # fmt: skip
         """A turn kept on its conversation's model, or None: the rules (escalation included) and the
         model's breaker may move it, and so may economics (``Conversations.keep``)."""
         allowed = self.rules.escalate(allowed, placed[1])
+        if self.cascades is not None:
+            allowed = self.cascades.widen(None if allowed is self.rules.all else allowed, stream)
+            allowed = self.rules.all if allowed is None else allowed
         breaker = self.failover.breakers.get(thread.previous_model)
         available = breaker is None or (breaker.state == "closed" and breaker.retry_in_s() == 0.0)
         return convs.keep(thread, view, placed[0], placed[1], costs, cost_weight, latency_weight,
@@ -355,6 +372,10 @@ class ChatService:
         if hit is not None:  # answered without calling any provider
             body = ResponseCache.body(hit, turn.decision_id, turn.routed.prompt_tokens)
             return Answer(body, self._hit_headers(turn, hit))
+        cascade = self.cascades.get(turn.routed.arm) if self.cascades is not None else None
+        if cascade is not None:  # the cheap model, the gate, the strong one if it rejects (service/cascade.py)
+            body, h = await run_cascade(self.cascades, self, turn, raw, ask, cascade[0])  # type: ignore[arg-type]
+            return Answer(body, h)
         upstream_hist = self.metrics.upstream
 
         async def call(name: str) -> Completion:

@@ -13,6 +13,7 @@ import numpy as np
 from learner.cache import AnswerCache, CacheParams
 from learner.language import build_detector
 from service.caching import ResponseCache
+from service.cascade import Cascades, JudgePort
 from service.chat import ChatParts
 from service.conversations import ConversationStore, Conversations, pool_cache_saving
 from service.metrics import Registry
@@ -51,9 +52,10 @@ def response_cache(settings: Settings, metrics: Registry) -> ResponseCache | Non
 
 
 def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
-               cache: ResponseCache | None = None) -> ChatParts:  # fmt: skip
+               cache: ResponseCache | None = None, judge: JudgePort | None = None) -> ChatParts:  # fmt: skip
     """The request path's failover (``rng`` draws its backoff jitter), rules, re-request tracking,
-    response cache (``response_cache``) and language step."""
+    response cache (``response_cache``), language step and cascades (``judge``: the port a
+    cascade's judge gate grades through; None: that part of the gate passes)."""
     b, r = settings.breaker, settings.retry
     breakers = {m.name: CircuitBreaker(b.failure_threshold, b.open_s, b.half_open_probes, b.close_after) for m in pool}
     policy = RetryPolicy(settings.router.max_attempts, r.backoff_base_s, r.backoff_max_s, r.max_retry_after_s)
@@ -68,6 +70,7 @@ def chat_parts(settings: Settings, pool: tuple, rng: np.random.Generator,
         language=build_detector(settings.language.detector),
         language_weight=settings.language.weight,
         conversations=conversations(settings, pool),
+        cascades=Cascades(settings.cascades, [m.name for m in pool], judge) if settings.cascades else None,
     )
 
 

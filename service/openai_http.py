@@ -40,9 +40,18 @@ class _Message(msgspec.Struct, frozen=True):
     content: str | None = None
 
 
+class _TokenLogprob(msgspec.Struct, frozen=True):
+    logprob: float = 0.0
+
+
+class _Logprobs(msgspec.Struct, frozen=True):
+    content: list[_TokenLogprob] | None = None
+
+
 class _Choice(msgspec.Struct, frozen=True):
     message: _Message = _Message()
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _Answer(msgspec.Struct, frozen=True):
@@ -176,7 +185,8 @@ class OpenAIUpstream:
         usage = answer.usage or _Usage()
         prompt = usage.prompt_tokens or _prompt_tokens(call)
         completion = usage.completion_tokens or estimate_tokens(text)
-        return Completion(text, int(prompt), int(completion), choice.finish_reason or "stop")
+        lp = tuple(t.logprob for t in choice.logprobs.content or ()) if choice.logprobs else ()
+        return Completion(text, int(prompt), int(completion), choice.finish_reason or "stop", lp)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:
         """Chunks of the answer; the first arrives within ``ttft_timeout_s`` or this raises."""

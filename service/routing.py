@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from learner.cascade import CascadeArm
 from learner.routing import Prices, RouteChoice, RoutingParams, View
 from learner.snapshot import Snapshot, SnapshotError, validate
 
@@ -20,9 +21,10 @@ log = logging.getLogger("turnout.router")
 
 
 class Router:
-    def __init__(self, prices: Prices, params: RoutingParams) -> None:
+    def __init__(self, prices: Prices, params: RoutingParams, cascades: tuple[CascadeArm, ...] = ()) -> None:
         self._prices = prices
         self._params = params
+        self._cascades = cascades  # columns of the routing axis that are cascades (learner/cascade.py)
         self._lock = threading.Lock()
         self._view: View | None = None
         self.rejected = 0
@@ -46,7 +48,7 @@ class Router:
         """Install ``snapshot`` if it validates and is newer; keep the last good one otherwise."""
         try:
             validate(snapshot)
-            view = View(snapshot, self._prices, self._params)
+            view = View(snapshot, self._prices, self._params, self._cascades)
             view.draw_all()  # every draw made here, none on the request path
         except (SnapshotError, ValueError) as exc:
             self.rejected += 1

@@ -22,6 +22,7 @@ from feedback.memory import MemoryLearnerLog
 from feedback.ports import EventSink
 from learner.clusters import kmeans
 from learner.budget import BudgetParams, BudgetTarget, tenant_budget_key
+from learner.cascade import cascade_arms, extend_prior
 from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
 from learner.drift import DriftParams
 from learner.embedding import Embedder, HashingEmbedder
@@ -101,7 +102,7 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
                         m.expected_latency_s)  # fmt: skip
         for m in settings.models
     )
-    pool = pool_from_settings(settings)[0]
+    pool, prior = pool_from_settings(settings)[:2]
     shown = {"router": msgspec.to_builtins(msgspec.structs.replace(r, cluster_examples=())),
              "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=())),
              "language": msgspec.to_builtins(settings.language)}  # fmt: skip
@@ -110,14 +111,16 @@ def deployment(settings: Settings):  # -> simulations.replay.Deployment
         shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
         models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim,
         language_detector=settings.language.detector, language_weight=settings.language.weight, settings=shown,
-        pool_prices=prices_of(pool),
+        pool_prices=prices_of(pool, prior.models), cascades=settings.cascades,
     )  # fmt: skip
 
 
-def prices_of(pool) -> Prices:
-    """The price sheet of the pool, in its order."""
-    return Prices(tuple(m.name for m in pool), tuple(m.price_in_per_mtok for m in pool),
-                  tuple(m.price_out_per_mtok for m in pool))  # fmt: skip
+def prices_of(pool, axis: tuple[str, ...] = ()) -> Prices:
+    """The price sheet of the pool, in its order; on a routing ``axis`` with cascades after the
+    models, each cascade priced 0 (its cost is estimated from its models, learner/cascade.py)."""
+    extra = max(0, len(axis) - len(pool))
+    return Prices(tuple(m.name for m in pool) + tuple(axis[len(pool):]), tuple(m.price_in_per_mtok for m in pool)
+                  + (0.0,) * extra, tuple(m.price_out_per_mtok for m in pool) + (0.0,) * extra)  # fmt: skip
 
 
 def open_stores(settings: Settings) -> tuple[RowStore, SnapshotStore, LearnerLog]:
@@ -173,7 +176,7 @@ def pool_from_settings(
             latency_s=tuple(m.latency_s * sim_latency_scale for m in DEFAULT_POOL),
         )
         ups: dict[str, Upstream] = {m.name: SimulatedUpstream(m, rng, sim_latency_scale) for m in DEFAULT_POOL}
-        return pool, prior, ups, examples or tuple(topic_examples()), True
+        return pool, extend_prior(prior, settings.cascades), ups, examples or tuple(topic_examples()), True
     from service.gateway import openai_upstream, unset_keys
 
     for name, var in unset_keys(settings.models, os.environ):
@@ -190,7 +193,7 @@ def pool_from_settings(
         latency_s=tuple(m.expected_latency_s for m in settings.models),
     )
     ups = {m.name: openai_upstream(m) for m in settings.models}
-    return pool, prior, ups, examples, False
+    return pool, extend_prior(prior, settings.cascades), ups, examples, False
 
 
 def bootstrap_snapshot(
@@ -268,7 +271,8 @@ class Runtime:
 
             dead = ClickHouseDeadLetterStore(self.client) if self.client is not None else MemoryDeadLetterStore()
             self.pipeline = build_sink(settings, self.rows, dead)
-        self.router = Router(prices_of(pool), routing_params(settings))
+        self.router = Router(prices_of(pool, prior.models), routing_params(settings),
+                             cascade_arms(prior.models, settings.cascades))  # fmt: skip
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
         policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping
 
 import msgspec
 
+from learner.cascade import Cascade
 from service.settings_check import ConfigError, Section, check
 from service.settings_gateway import (
     BreakerSettings, CacheSettings, ConversationSettings, FeedbackCapSettings, LanguageRule, PinRule,
@@ -213,6 +214,7 @@ class Settings(Section):
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()
+    cascades: tuple[Cascade, ...] = ()  # [[cascades]]: cheap first, strong if the gate rejects (learner/cascade.py)
 
 
 Override = tuple[str, tuple[str, ...], str]  # (variable, path of the key, value)

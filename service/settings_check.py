@@ -99,6 +99,21 @@ def check(s: Settings, source: str) -> None:
     if not 0.0 < s.learner.explore_share <= 1.0:
         raise ConfigError(f"config error in {source}: learner.explore_share must be in (0, 1]")
     _check_gateway(s, source)
+    _check_cascades(s, source, names, policy_names)
+
+
+def _check_cascades(s: Settings, source: str, names: list[str], policies: set[str]) -> None:
+    """[[cascades]]: names of their own, two models of the pool (when the pool is configured)."""
+    seen: set[str] = set()
+    for i, c in enumerate(s.cascades):
+        if c.name in seen or c.name in names or c.name in policies:
+            raise ConfigError(f"config error in {source}: cascades[{i}].name {c.name!r} is taken (a model, a policy "
+                              "or another cascade)")  # fmt: skip
+        seen.add(c.name)
+        for key in ("cheap", "strong"):
+            if names and getattr(c, key) not in names:
+                raise ConfigError(f"config error in {source}: cascades[{i}].{key} names {getattr(c, key)!r}, "
+                                  "not in [[models]]")  # fmt: skip
 
 
 def _check_gateway(s: Settings, source: str) -> None:

@@ -28,6 +28,7 @@ class Completion(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"
+    logprobs: tuple[float, ...] = ()  # per token, where the provider returned them (a cascade's gate reads them)
 
 
 class Chunk(msgspec.Struct, frozen=True):

@@ -60,7 +60,7 @@ class Turnout:
 
     def decide(self, t, emb, tokens, allowed, per_token):
         sheet = self._prices(t)
-        if sheet != self.sim.prices:
+        if sheet != self.sim.sheet:
             self.sim.set_prices(sheet)
         self._tokens = int(tokens) + 4  # the request's tokens as the service counts them (one message)
         self._choice = self.sim.route(emb, self._tokens, None if allowed.all() else allowed)

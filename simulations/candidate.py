@@ -69,6 +69,7 @@ def evaluate_candidate(client: Any, snapshots: Any, deployment: Any, candidate: 
                          f"pass the --config the service runs with")  # fmt: skip
     weight = deployment.cost_weight if candidate.cost_weight is None else candidate.cost_weight
     target = candidate_target(logs, snap, deployment.pool_prices, deployment.routing, weight,
-                              deployment.latency_weight, exclude=candidate.exclude_models)  # fmt: skip
+                              deployment.latency_weight, exclude=candidate.exclude_models,
+                              cascades=deployment.cascades)  # fmt: skip
     logged = to_logged(logs, snap.models, target)
     return estimate(logged, clip=candidate.clip, level=candidate.level, min_ess=candidate.min_ess)

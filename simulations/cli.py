@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from simulations.plots import PlotsUnavailable, pyplot
 from simulations.replay import ReplayConfig
@@ -76,7 +77,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if warm_outcomes is not None:
                 warm_outcomes = warm_outcomes.select_models([m for m in names if m in warm_outcomes.models])
         config = ReplayConfig(cost_weight=args.cost_weight, budget_usd=args.budget_usd, passes=args.passes,
-                              learn_every=args.learn_every, seed=args.seed)  # fmt: skip
+                              learn_every=args.learn_every, seed=args.seed, judge_noise=args.judge_noise,
+                              judge_bias=args.judge_bias)  # fmt: skip
+        if args.cascade:
+            args.cascade = _cascade_flag(args, outcomes)
         if args.plot:  # said before the run, not after it
             pyplot()
     except (OSError, ValueError, msgspec.ValidationError, PlotsUnavailable) as exc:
@@ -91,6 +95,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     embeddings = contexts(outcomes)
     warm = (warm_outcomes, contexts(warm_outcomes)) if warm_outcomes is not None else None
     embed_s = time.perf_counter() - t0
+    if args.cascade:
+        return _replay_cascade(args, outcomes, embeddings, deployment, config, warm)
     weights = sweep_weights(outcomes) if args.sweep else None
     report, runs = run_replays(outcomes, embeddings, deployment, config, weights, warm)
     print_report = (lambda: _print_json({**msgspec.to_builtins(report), "embed_seconds": embed_s,
@@ -119,6 +125,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"turnout replay: --plot: {exc}", file=sys.stderr)
             status = 2
     return status
+
+
+def _cascade_flag(args: argparse.Namespace, outcomes):
+    from learner.cascade import Cascade
+
+    if args.sweep or args.warm_start or args.decisions_out or args.plot:
+        raise ValueError("--cascade: not with --sweep, --warm-start, --decisions-out or --plot")
+    parts = [x.strip() for x in args.cascade.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"--cascade: {args.cascade!r} must name two models, CHEAP,STRONG")
+    _positive("--judge-noise", args.judge_noise, allow_zero=True)
+    if not np.isfinite(args.judge_bias) or not np.isfinite(args.threshold):
+        raise ValueError("--judge-bias and --threshold must be finite")
+    for role, name in zip(("cheap", "strong"), parts):
+        if name not in outcomes.models:
+            raise ValueError(f"--cascade: the {role} model {name!r} is not in the files ({', '.join(outcomes.models)})")
+    return Cascade("cascade", parts[0], parts[1], gate="judge", threshold=args.threshold)
+
+
+def _replay_cascade(args: argparse.Namespace, outcomes, embeddings, deployment, config, warm) -> int:
+    from simulations.cascade_replay import cascade_replay, markdown
+
+    try:
+        report, _, _ = cascade_replay(outcomes, embeddings, deployment, config, args.cascade)
+    except ValueError as exc:
+        print(f"turnout replay: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(report)
+    else:
+        print(markdown(report))
+    return 0
 
 
 def _ms(text: str | None, default: int, flag: str = "") -> int:
@@ -223,6 +261,12 @@ def _replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-start", nargs="+", metavar="FILE",
                    help="stream these outcome files first, the same way, as traffic served before the replay")
     p.add_argument("--models", help="comma-separated subset of the pool (e.g. two models for APGR/CPT)")
+    p.add_argument("--cascade", metavar="CHEAP,STRONG",
+                   help="replay plain routing and routing with this cascade as an arm (the gate: a simulated judge "
+                        "reading the cheap model's outcome); report per task where the cascade wins or loses")
+    p.add_argument("--judge-noise", type=float, default=D.judge_noise, help="--cascade: the judge's noise (default 0.3)")
+    p.add_argument("--judge-bias", type=float, default=D.judge_bias, help="--cascade: the judge's bias (default 0)")
+    p.add_argument("--threshold", type=float, default=0.5, help="--cascade: the gate passes grades >= this (default 0.5)")
     p.add_argument("--decisions-out", metavar="FILE", help="one JSON line per routed prompt (suffix per weight in a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw the cost-quality plane (needs matplotlib)")

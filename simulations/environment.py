@@ -110,6 +110,17 @@ def _scenarios() -> dict[str, Scenario]:
         "new-model-added": Scenario(
             "new-model-added", "at 40% of the run a cheap model that is best at code and math joins the pool",
             (Phase(0.0, even, pool), Phase(0.4, even, pool + (newcomer,)))),
+        "cascade": Scenario(
+            "cascade", "a cheap model good at cooking and travel, weak at code and math, and a strong one; "
+            "a cascade (cheap first, the strong model when a simulated judge rejects) against routing, "
+            "always-cheap and always-strong, over judge noise levels (simulations/cascade_sim.py)",
+            (Phase(0.0, even, (chat, frontier)),)),
+        "detection": Scenario(
+            "detection", "at 3/8 of the run sim-coder's quality on code alone falls from 0.90 to 0.30; users leave "
+            "thumbs on 2% of answers, a judge grades 20%: how much sooner it is noticed (simulations/detection.py)",
+            (Phase(0.0, even, pool), Phase(0.375, even, (frontier, _with(coder, quality={**coder.quality, "code": 0.3}),
+                                                         chat, mini))),
+            users=Users(feedback_rate=0.02, noise=0.05, reask_rate=0.0)),
         "conversations": Scenario(
             "conversations", "multi-turn chats on the four topics, short follow-ups, some chats change topic; "
             "sticky routing against every turn afresh, with and without prompt-cache discounts "

@@ -53,7 +53,7 @@ FROM (
            min(toUnixTimestamp64Milli(ts)) AS l_ts
     FROM decisions
     WHERE toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}
-      AND policy != 'failover' AND arm != '' {tenant_filter}
+      AND policy NOT IN ('failover', 'cascade') AND arm != '' {tenant_filter}
     GROUP BY decision_id
 ) AS d
 INNER JOIN (
@@ -77,7 +77,7 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
     the policy's; read as the policy's, it would say the policy was certain. So are turns a
     conversation kept on its model (``sticky``): deterministic given the conversation, they give
     no support to any other model (the learner still learns their quality). Records of failed
-    attempts (policy ``failover``) are not requests and are left out uncounted. Decisions of every
+    attempts (policy ``failover``) and a cascade's attempts (policy ``cascade``) are not requests and are left out uncounted. Decisions of every
     policy name are read, also one asked for by name (``model="cheap"``): their propensity is the
     policy's. A decision's reward is the mean of the feedback the learner counts: its first
     rating (kind ``explicit``; later ones do not count, see ``feedback.clickhouse``) and each
@@ -116,6 +116,7 @@ def candidate_target(
     latency_weight: float = 0.0,
     *,
     exclude: tuple[str, ...] = (),
+    cascades: tuple = (),
 ) -> np.ndarray:
     """The candidate's probability of each of ``snapshot.models`` for each logged prompt: (n, m).
 
@@ -131,7 +132,10 @@ def candidate_target(
     allowed = np.array([name not in exclude for name in snapshot.models])
     if not allowed.any():
         raise ValueError("the candidate excludes every model")
-    view = View(snapshot, prices, routing)
+    from learner.cascade import cascade_arms
+
+    arms = cascade_arms(snapshot.models, [c for c in cascades if c.name in snapshot.models])
+    view = View(snapshot, prices, routing, arms)
     mask = None if allowed.all() else allowed
     out = np.zeros((len(logs.arms), len(snapshot.models)))
     for i in range(len(out)):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from simulations.plots import PlotsUnavailable, pyplot
 
@@ -18,6 +19,16 @@ def _quiet_learner() -> None:
     import logging
 
     logging.getLogger("turnout.learner").setLevel(logging.WARNING)
+
+
+def _noises(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--judge-noise: {text!r} is not a comma-separated list of numbers") from None
+    if not values or not all(np.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"--judge-noise: {text!r} needs numbers >= 0")
+    return values
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -40,6 +51,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for flag, share in (("--repeat", args.repeat), ("--paraphrase", args.paraphrase)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{flag} must be a share in [0, 1], got {share:g}")
+        args.judge_noise = _noises(args.judge_noise) if args.judge_noise is not None else None
+        if not 0.0 <= args.judge_rate <= 1.0:
+            raise ValueError(f"--judge-rate must be a share in [0, 1], got {args.judge_rate:g}")
+        if not np.isfinite(args.judge_bias):
+            raise ValueError(f"--judge-bias must be finite, got {args.judge_bias:g}")
         if not 0.0 <= args.cache_discount <= 1.0:
             raise ValueError(f"--cache-discount must be a share in [0, 1], got {args.cache_discount:g}")
         if args.repeat + args.paraphrase > 1.0:
@@ -62,6 +78,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         embedder = WordLlamaEmbedder(256)
     weight = deployment.cost_weight if args.cost_weight is None else args.cost_weight
+    if sc.name == "detection":
+        return _simulate_detection(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
+    if sc.name == "cascade":
+        return _simulate_cascade(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
     if sc.name == "conversations":
         return _simulate_conversations(args, sc, embedder, msgspec.structs.replace(deployment, cost_weight=weight))
     if args.cache:
@@ -88,6 +108,47 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"turnout simulate: --out: {exc}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _simulate_detection(args: argparse.Namespace, sc, embedder, deployment) -> int:
+    """``--scenario detection``: how much sooner a degraded model is noticed with judge feedback."""
+    from simulations.detection import markdown, simulate_detection
+    from simulations.progress import Progress
+
+    seeds = tuple(range(args.seed, args.seed + args.seeds))
+    noise = args.judge_noise[0] if args.judge_noise else 0.3
+    with Progress(args.steps * args.seeds * 2, f"simulate {sc.name}") as bar:
+        try:
+            report = simulate_detection(sc, embedder, deployment, steps=args.steps, seeds=seeds,
+                                        judge_rate=args.judge_rate, judge_noise=noise, learn_every=args.learn_every,
+                                        change_at=args.change_at, progress=bar.advance)  # fmt: skip
+        except ValueError as exc:
+            print(f"turnout simulate: --change-at: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(markdown(report))
+    return 0
+
+
+def _simulate_cascade(args: argparse.Namespace, sc, embedder, deployment) -> int:
+    """``--scenario cascade``: the cascade against routing, always-cheap and always-strong, per judge noise."""
+    from simulations.cascade_sim import markdown, simulate_cascade
+    from simulations.progress import Progress
+
+    from simulations.cascade_sim import NOISES
+
+    noises = args.judge_noise or NOISES
+    with Progress(args.steps * args.seeds * (1 + len(noises)), f"simulate {sc.name}") as bar:
+        report = simulate_cascade(sc, embedder, deployment, steps=args.steps, seeds=args.seeds, base_seed=args.seed,
+                                  learn_every=args.learn_every, noises=noises, bias=args.judge_bias,
+                                  progress=bar.advance)  # fmt: skip
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(markdown(report))
     return 0
 
 
@@ -139,7 +200,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
                        description="Every policy routes the same simulated stream per seed; regret against the "
                                    "per-prompt oracle, the best model per cluster and the best single model.")  # fmt: skip
     p.add_argument("--scenario", default="stationary",
-                   help="stationary, model-degrades, new-topic, price-change, new-model-added, conversations")
+                   help="stationary, model-degrades, new-topic, price-change, new-model-added, conversations, cascade, "
+                        "detection")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="base seed")
@@ -155,6 +217,15 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
                         "users repeat and paraphrase earlier questions: cost saved, users pleased, hit rates")
     p.add_argument("--repeat", type=float, default=0.3, help="--cache: share of prompts repeated word for word")
     p.add_argument("--paraphrase", type=float, default=0.2, help="--cache: share of prompts asked again in other words")
+    p.add_argument("--judge-noise",
+                   help="--scenario cascade: the simulated judge's noise levels, comma-separated (default "
+                        "0.1,0.3,0.6,1.0); --scenario detection: its noise (default 0.3)")
+    p.add_argument("--judge-rate", type=float, default=0.2,
+                   help="--scenario detection: share of answers the judge grades (its noise: the first --judge-noise)")
+    p.add_argument("--change-at", type=int,
+                   help="--scenario detection: the request after which the model degrades (default: at 3/8 of --steps)")
+    p.add_argument("--judge-bias", type=float, default=0.0,
+                   help="--scenario cascade: the judge's bias (positive: lenient, negative: harsh)")
     p.add_argument("--cache-discount", type=float, default=0.9,
                    help="--scenario conversations: share of the input price a cached prompt prefix saves")
     p.set_defaults(func=cmd_simulate)

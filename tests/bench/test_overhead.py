@@ -16,3 +16,10 @@ def test_the_cache_lookup_bench_runs_and_reports_its_figures():
         assert {f"cache_{what}_{p}_ms" for p in ("p50", "p90", "p99", "max")} <= out.keys()
         assert all(out[f"cache_{what}_{p}_ms"] >= 0 for p in ("p50", "p99"))
 
+
+
+def test_the_decision_bench_runs_with_a_cascade_configured():
+    from bench.overhead import bench_decision
+
+    out = bench_decision(600, cascade=True)
+    assert {"decision_p50_ms", "decision_p99_ms", "decision_new_key_p99_ms"} <= out.keys()

@@ -113,3 +113,13 @@ def test_prompts_are_the_newest_stored_ones_of_the_window_and_tenants(store):
         f"prompt {i}" for i in (4, 3, 2, 1, 0)]  # fmt: skip
     assert history.prompts(T0, T0 + 60_000, 10, tenants=[]) == []
     assert history.prompts(T0, T0 + 60_000, 0) == []
+
+
+def test_a_cascades_attempts_are_not_traffic(store):
+    insert, history = store
+    request = _d(T0 + 1_000, cluster=0, arm="cb", cost=0.004)  # the request's record: the cascade, both bills
+    cheap = _d(T0 + 1_001, cluster=0, arm="cb", model="c", cost=0.001, policy="cascade")
+    strong = _d(T0 + 1_002, cluster=0, arm="cb", model="a", cost=0.003, policy="cascade")
+    insert([request, cheap, strong])
+    got = history.traffic(T0, T0 + 60_000, 60_000, PRICES)
+    assert [(b.model, b.decisions, b.cost_usd) for b in got] == [("cb", 1, pytest.approx(0.004))]

@@ -36,6 +36,7 @@ class FakeProvider:
         self.requests = 0
         self.bodies: list[dict] = []
         self.auth: list[str] = []
+        self.logprobs: list[float] | None = None  # per token in a JSON answer's choice, when set
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -76,7 +77,9 @@ class FakeProvider:
         await self._json(send, 200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": req.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer},
-                         "finish_reason": "stop"}], "usage": usage,
+                         "finish_reason": "stop",
+                         **({"logprobs": {"content": [{"token": "t", "logprob": x} for x in self.logprobs]}}
+                            if self.logprobs is not None else {})}], "usage": usage,
         })  # fmt: skip
 
     async def _json(self, send: Any, status: int, obj: dict, headers: list | None = None) -> None:

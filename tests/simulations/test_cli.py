@@ -163,3 +163,29 @@ def test_progress_writes_a_line_every_few_seconds_where_stderr_is_no_terminal():
     with Progress(10, "replay", stream=nothing, enabled=False, clock=lambda: float(next(ticks))) as bar:
         bar.advance(10)
     assert nothing.getvalue() == ""
+
+
+def test_replay_cascade_reports_per_task_and_names_bad_flags(outcome_file, capsys):
+    assert main(["replay", str(outcome_file), "--cascade", "sim-chat,sim-frontier", "--judge-noise", "0.2",
+                 "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["task"]: r for r in report["rows"]}
+    assert "all" in rows and report["cascade"]["cheap"] == "sim-chat" and report["judge_noise"] == 0.2
+    assert main(["replay", str(outcome_file), "--cascade", "sim-chat"]) == 2
+    assert "CHEAP,STRONG" in capsys.readouterr().err
+    assert main(["replay", str(outcome_file), "--cascade", "sim-chat,nope"]) == 2
+    assert "the strong model 'nope'" in capsys.readouterr().err
+    assert main(["replay", str(outcome_file), "--cascade", "sim-chat,sim-frontier", "--sweep"]) == 2
+
+
+def test_simulate_cascade_and_detection_flags(capsys):
+    assert main(["simulate", "--scenario", "cascade", "--judge-noise", "abc"]) == 2
+    assert "--judge-noise" in capsys.readouterr().err
+    assert main(["simulate", "--scenario", "detection", "--judge-rate", "2"]) == 2
+    assert main(["simulate", "--scenario", "cascade", "--steps", "60", "--seeds", "1", "--embedder", "hashing",
+                 "--judge-noise", "0.1,1.0"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "break-even escalation rate" in out and "| 1 | 30.9% / 30.9% | always-cascade |" in out
+    assert main(["simulate", "--scenario", "detection", "--steps", "60", "--change-at", "80", "--seeds", "1",
+                 "--embedder", "hashing"]) == 2  # fmt: skip
+    assert "--change-at" in capsys.readouterr().err
