@@ -27,6 +27,7 @@ from learner.language import LanguageDetector, NoDetector, in_language
 from service.bodies import decode_body
 from service.caching import Ask, ResponseCache
 from service.errors import ApiError
+from service.evaluation import Evaluation
 from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
 from service.conversations import Conversations, Thread
@@ -80,6 +81,7 @@ class ChatParts(msgspec.Struct, frozen=True):
     language: LanguageDetector = NoDetector()  # the prompt's language (learner/language.py)
     language_weight: float = 0.0  # [language] weight: its part in the routing context
     conversations: Conversations | None = None  # None: every request routed alone (service/conversations.py)
+    evaluation: Evaluation | None = None  # None: no judge, no shadow (service/evaluation.py)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -129,6 +131,7 @@ class ChatService:
         self.language = parts.language
         self.language_weight = parts.language_weight
         self.conversations = parts.conversations
+        self.evaluation = parts.evaluation
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -383,6 +386,8 @@ class ChatService:
         if self.conversations is not None:
             self.conversations.answered(turn.routed.thread, name)
         self._offer(ask, turn, name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, cost)
+        if self.evaluation is not None:  # draws only; a grade or a shadow runs in the background
+            self.evaluation.answered(turn, name, done.text, cost)
         if self.log_requests:
             log.info("answered", extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name,
                                         "model": name, "fallbacks": len(attempts),
@@ -484,6 +489,9 @@ class ChatService:
                 self.conversations.answered(turn.routed.thread, model.name)
             self._offer(ask, turn, model.name, "".join(texts), finish, prompt_tokens, completion_tokens,
                         self._bill(turn, model, prompt_tokens, completion_tokens))  # fmt: skip
+            if self.evaluation is not None:
+                self.evaluation.answered(turn, model.name, "".join(texts),
+                                         self._bill(turn, model, prompt_tokens, completion_tokens))  # fmt: skip
         req = turn.req
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)

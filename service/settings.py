@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from service.settings_check import ConfigError, check
+from service.judge_settings import JudgeSettings, ShadowSettings
 
 __all__ = [
     "BudgetSettings",
@@ -376,6 +377,8 @@ class Settings(_Config):
     conversations: ConversationSettings = ConversationSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
+    judge: JudgeSettings = JudgeSettings()  # issue 13: service/judge.py
+    shadow: ShadowSettings = ShadowSettings()  # issue 13: service/shadow.py
     probes: ProbeSettings = ProbeSettings()
 
 
