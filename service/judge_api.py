@@ -25,7 +25,7 @@ from service.evaluation import Evaluation
 from service.settings import Settings
 from service.tenants import AdminGate
 
-__all__ = ["admin_gate_of", "judge_deps", "judge_routes"]
+__all__ = ["admin_gate_of", "judge_deps", "judge_routes", "shadow_report"]
 
 _enc = msgspec.json.Encoder()
 _TAGS = ["admin"]
@@ -46,12 +46,23 @@ def _window_ms(request: Request) -> int:
     return value * 1000
 
 
+_QUERIES = threading.Lock()  # one report query at a time on a process's connection
+
+
+def shadow_report(client: Any) -> Callable[[int], list[Any]]:
+    """Leakage per cluster since a time, on ``client``: what the dashboard shows."""
+
+    def report(since_ms: int) -> list[Any]:
+        with _QUERIES:
+            return leakage(client, since_ms)
+
+    return report
+
+
 def judge_routes(evaluation: Evaluation, client: Any, gate: AdminGate, agree_at: float,
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> list:  # fmt: skip
-    lock = threading.Lock()  # one query at a time on this process's connection
-
     def query(fn: Callable[..., Any], *args: Any) -> Any:
-        with lock:
+        with _QUERIES:
             return fn(client, *args)
 
     @get("/v1/admin/judge", tags=_TAGS, summary="The judge: queue, budget, counts, agreement with thumbs")

@@ -40,7 +40,7 @@ from service.decisions import DecisionIndex
 from service.feedback_api import FeedbackDesk
 from service.gateway import build_tenants, chat_parts, response_cache
 from service.evaluation_parts import build_evaluation
-from service.judge_api import admin_gate_of, judge_deps
+from service.judge_api import admin_gate_of, judge_deps, shadow_report
 from learner.routing import Prices, RoutingParams
 from service.metrics import Registry
 from service.records import Recorder
@@ -299,6 +299,8 @@ class Runtime:
         dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
             name: b.state for name, b in self.failover.breakers.items()}, drift=self.learner_log.drift_events,
             examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
+        if self.evaluation is not None and self.evaluation.shadow is not None and self.client is not None:
+            dashboard.shadow = shadow_report(self.client)  # issue 13: leakage per cluster on the dashboard
         tenants = build_tenants(settings, prior.models)
         admin = Admin(router=self.router, snapshots=self.snapshots, learner_log=self.learner_log,
                       align=lambda snap: align(snap, prior), learn=lambda: self.learn_now(reason="manual"),
