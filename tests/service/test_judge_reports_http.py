@@ -4,6 +4,7 @@ admin API and the dashboard, and the judge's agreement with the thumbs given."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -11,6 +12,7 @@ import msgspec
 import pytest
 
 from tests.servers import serve
+from tests.service.test_dashboard_browser import _run, chromium  # noqa: F401  (the browser fixture)
 from tests.service.providers import FakeProvider
 
 
@@ -35,7 +37,7 @@ def judged(settings, embedder):
             rt.stop()
 
 
-def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashboard(judged):
+def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashboard(judged, chromium, tmp_path):
     rt, url, grader = judged
     ids = []
     for i in range(12):
@@ -74,4 +76,12 @@ def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashb
     history = httpx.get(url + "/v1/router/history?window_s=3600&buckets=6").json()
     assert history["shadow"] == rows
     assert history["decisions"] == 12  # shadow and judge calls are not traffic
-    assert "shadow-section" in httpx.get(url + "/dashboard").text
+    # the page draws the table: one row per cluster with its leakage and interval
+    dom = _run(chromium, tmp_path / "profile", "--virtual-time-budget=4000", "--dump-dom",
+               f"{url}/dashboard?refresh_s=1&window_s=3600")  # fmt: skip
+    assert 'data-ready="1"' in dom, dom[:2000]
+    section = re.search(r'<section id="shadow-section"[^>]*>(.*?)</section>', dom, re.S)
+    assert section and "hidden" not in section.group(0)[:60], dom[:3000]
+    drawn = re.findall(r'<tr data-cluster="(\d+)">(.*?)</tr>', section.group(1), re.S)
+    assert sorted(int(c) for c, _ in drawn) == sorted(r["cluster"] for r in rows)
+    assert all("0.0%" in cells for _, cells in drawn)
