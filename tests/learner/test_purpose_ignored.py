@@ -8,6 +8,8 @@ must give the same snapshot. A store that ignored the mark would count the shado
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,7 @@ def _learn(kind: str, chdb_dir, database: str, events: list) -> tuple:
     cycle = LearningCycle(rows, snapshots, POOL, LearnerParams(grace_ms=0, n_clusters=2, drift=None),
                           np.random.default_rng(0), learner_log=log)  # fmt: skip
     rows.insert(events)
+    time.sleep(0.005)  # ingestion time is the store's clock: the window ends before this millisecond
     snap = cycle.run()
     return snap, rows, client
 
@@ -122,5 +125,6 @@ def test_a_snapshot_is_unchanged_by_marked_records_alone(chdb_dir):
     cycle = LearningCycle(rows, snapshots, POOL, LearnerParams(grace_ms=0, n_clusters=2, drift=None),
                           np.random.default_rng(0), learner_log=log)  # fmt: skip
     rows.insert(_marked(routed, now))
+    time.sleep(0.005)
     snap = cycle.run()
     assert snap.version == 1 and decode_snapshot(snapshots.latest()).n == first.n
