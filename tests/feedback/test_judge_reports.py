@@ -3,6 +3,8 @@ checked on a hand-built log whose answers are known."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from feedback.clickhouse import ClickHouseRowStore, connect
@@ -10,7 +12,7 @@ from feedback.clickhouse_judge import calibration, leakage, wilson
 from feedback.clickhouse_schema import migrate
 from feedback.events import DecisionMade, FeedbackGiven, uuid7
 
-NOW = 1_700_000_000_000
+NOW = int(time.time() * 1000) - 3_600_000  # an hour ago: inside the CLI's default window
 
 
 def _ids(n: int, start: int) -> list[str]:
@@ -83,3 +85,18 @@ def test_wilson_interval():
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def test_turnout_judge_reads_the_store_when_no_service_holds_it(client, chdb_dir, ch_database, tmp_path, capsys):
+    from service.cli import main
+
+    config = tmp_path / "turnout.toml"
+    config.write_text(f'[storage]\nclickhouse_dsn = "chdb://{chdb_dir}"\nclickhouse_database = "{ch_database}"\n'
+                      f'data_dir = "{tmp_path}"\n')  # fmt: skip
+    assert main(["judge", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "4 decisions with both, agreement 50.0%" in out and "kappa 0.00" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("0/")]
+    assert [r[:5] for r in rows] == [["0/0", "4", "3", "1", "33.3%"], ["0/1", "1", "1", "1", "100.0%"]]
+    assert main(["judge", "--config", str(config), "--window-s", "0"]) == 2
+    assert "--window-s must be in" in capsys.readouterr().err

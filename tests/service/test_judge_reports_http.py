@@ -37,7 +37,8 @@ def judged(settings, embedder):
             rt.stop()
 
 
-def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashboard(judged, chromium, tmp_path):
+def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashboard(judged, chromium, tmp_path,
+                                                                                       capsys):
     rt, url, grader = judged
     ids = []
     for i in range(12):
@@ -74,7 +75,9 @@ def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashb
     assert judge["judge"]["spent_today_usd"] > 0 and judge["queue"]["jobs"]
 
     history = httpx.get(url + "/v1/router/history?window_s=3600&buckets=6").json()
-    assert history["shadow"] == rows
+    counted = ("clustering", "cluster", "shadowed", "judged", "worse", "better")
+    assert [{k: r[k] for k in counted} for r in history["shadow"]] == [{k: r[k] for k in counted} for r in rows]
+    assert [r["saved_usd"] for r in history["shadow"]] == pytest.approx([r["saved_usd"] for r in rows])  # sums in any order
     assert history["decisions"] == 12  # shadow and judge calls are not traffic
     # the page draws the table: one row per cluster with its leakage and interval
     dom = _run(chromium, tmp_path / "profile", "--virtual-time-budget=4000", "--dump-dom",
@@ -85,3 +88,11 @@ def test_leakage_per_cluster_and_calibration_through_the_admin_api_and_the_dashb
     drawn = re.findall(r'<tr data-cluster="(\d+)">(.*?)</tr>', section.group(1), re.S)
     assert sorted(int(c) for c, _ in drawn) == sorted(r["cluster"] for r in rows)
     assert all("0.0%" in cells for _, cells in drawn)
+
+    # the same through ``turnout judge`` against the running service
+    from service.cli import main
+
+    assert main(["judge", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert f"judge vs thumbs: {len(graded)} decisions with both" in out
+    assert sum(int(line.split()[1]) for line in out.splitlines() if line.strip()[:1].isdigit()) == shadowed
