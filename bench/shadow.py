@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             for t in targets:  # warm up (not reported)
                 t.run(20.0, 3.0, 0.0)
             lat: dict[str, list[float]] = {t.name: [] for t in [direct, *targets]}
+            per_round: dict[str, list[tuple[float, float]]] = {t.name: [] for t in [direct, *targets]}
             errors = {t.name: 0 for t in targets}
             for r in range(args.rounds):
                 shift = r % len(targets)  # each round in another order: drift on a shared machine spreads evenly
                 for t in [direct, *targets[shift:], *targets[:shift]]:
                     res = t.run(args.rate, args.duration_s, args.warmup_s)
                     lat[t.name] += list(res.latencies_s)
+                    per_round[t.name].append((res.pct_ms(50), res.pct_ms(99)))
                     if t.name in errors:
                         errors[t.name] += res.errors
                     print(f"  round {r + 1} {t.name}: p50 {res.pct_ms(50):.2f} ms, p99 {res.pct_ms(99):.2f} ms, "
@@ -167,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = {k: pct[name][k] / pct["off"][k] for k in (50, 99)}
                 summary[f"{name}_over_off"] = {f"p{k}": round(v, 3) for k, v in ratio.items()}
                 print(f"{name} / off: client p50 x{ratio[50]:.2f}, p99 x{ratio[99]:.2f}")
+            # a round spoilt by the machine (another job's burst) moves pooled percentiles: the
+            # median over rounds of each round's own percentile is steadier
+            med = {n: (float(np.median([r[0] for r in v])), float(np.median([r[1] for r in v]))) for n, v in per_round.items()}
+            summary["median_of_rounds_ms"] = {n: {"p50": round(a, 3), "p99": round(b, 3)} for n, (a, b) in med.items()}
+            print("median over rounds: " + ", ".join(f"{n} p50 {a:.2f} / p99 {b:.2f} ms" for n, (a, b) in med.items()))
+            for name in ("idle", "shadow"):
+                print(f"  {name} / off (median of rounds): p50 x{med[name][0] / med['off'][0]:.2f}, "
+                      f"p99 x{med[name][1] / med['off'][1]:.2f}")  # fmt: skip
             if args.json:
                 Path(args.json).write_text(json.dumps(summary, indent=2))
         finally:
