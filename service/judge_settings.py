@@ -9,7 +9,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Callable
 
-import msgspec
+from service.settings_check import Section
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -25,11 +25,7 @@ DEFAULT_PROMPT = (
 DEFAULT_SCORE_PATTERN = r"(?i)score\s*[:=]?\s*(\d+(?:\.\d+)?)"
 
 
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class JudgeSettings(_Section):
+class JudgeSettings(Section):
     """[judge]: a model that grades a sample of answers off the request path.
 
     The judge is a pool model (``model``) or a dedicated OpenAI-compatible endpoint (``base_url``,
@@ -58,7 +54,7 @@ class JudgeSettings(_Section):
     agree_at: float = 0.5  # a grade at or above this "agrees" with a thumbs-up (calibration report)
 
 
-class ShadowSettings(_Section):
+class ShadowSettings(Section):
     """[shadow]: a share of requests also sent, in the background, to a reference model."""
 
     enabled: bool = False

@@ -1,5 +1,10 @@
 """Configuration: one TOML file validated into a frozen Struct tree, with TURNOUT_ overrides.
 
+The sections live beside this module: the learner's in ``service/settings_learner.py``, the
+request path's (retries, breakers, rules, tenants, re-requests, conversations, cache) in
+``service/settings_gateway.py``; the root ``Settings``, the server, storage, events, models and
+router sections, and the loader are here. Every section is importable from here.
+
 ``TURNOUT_ROUTER__COST_WEIGHT=5`` overrides ``[router] cost_weight``: double underscores walk
 into tables. A wrong key or value raises ``ConfigError`` naming the key and the file.
 """
@@ -12,35 +17,49 @@ from typing import Any, Literal, Mapping
 
 import msgspec
 
-from service.settings_check import ConfigError, check
 from service.judge_settings import JudgeSettings, ShadowSettings
+from service.settings_check import ConfigError, Section, check
+from service.settings_gateway import (
+    BreakerSettings, CacheSettings, ConversationSettings, FeedbackCapSettings, LanguageRule, PinRule,
+    RerequestSettings, RetrySettings, RulesSettings, SafetyClass, TenantSettings,
+)  # fmt: skip
+from service.settings_learner import (
+    BudgetSettings, DriftSettings, FeedbackWeights, LearnerSettings, ReclusterSettings,
+)  # fmt: skip
 
 __all__ = [
+    "BreakerSettings",
     "BudgetSettings",
     "CacheSettings",
     "ConfigError",
     "ConversationSettings",
     "DriftSettings",
     "EventsSettings",
+    "FeedbackCapSettings",
     "FeedbackWeights",
+    "LanguageRule",
     "LanguageSettings",
     "LearnerSettings",
     "ModelSettings",
+    "PinRule",
     "PolicySettings",
+    "ProbeSettings",
     "ReclusterSettings",
+    "RerequestSettings",
+    "RetrySettings",
     "RouterSettings",
+    "RulesSettings",
+    "SafetyClass",
     "ServerSettings",
     "Settings",
+    "SimulatedSettings",
     "StorageSettings",
+    "TenantSettings",
     "load_settings",
 ]
 
 
-class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class ServerSettings(_Config):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_000_000
@@ -60,7 +79,7 @@ class ServerSettings(_Config):
     admin_key_sha256: tuple[str, ...] = ()
 
 
-class StorageSettings(_Config):
+class StorageSettings(Section):
     data_dir: str = ".turnout"
     clickhouse_dsn: str = ""  # default: chdb:///<data_dir>/clickhouse
     clickhouse_database: str = "turnout"
@@ -80,7 +99,7 @@ class StorageSettings(_Config):
         return "chdb://" + str((Path(self.data_dir) / "clickhouse").resolve())
 
 
-class EventsSettings(_Config):
+class EventsSettings(Section):
     backend: Literal["inprocess", "kafka"] = "inprocess"
     # in-process bus: how often it writes a batch (each write is a ClickHouse part to merge later)
     inprocess_flush_s: float = 1.0
@@ -106,7 +125,7 @@ class EventsSettings(_Config):
         return self.spill_dir or str(Path(data_dir) / "spill")
 
 
-class ModelSettings(_Config):
+class ModelSettings(Section):
     name: str
     provider: Literal["openai", "simulated"] = "openai"
     base_url: str = ""
@@ -125,13 +144,13 @@ class ModelSettings(_Config):
     expected_latency_s: float = 1.0
 
 
-class PolicySettings(_Config):
+class PolicySettings(Section):
     name: str
     cost_weight: float
     latency_weight: float = 0.0
 
 
-class RouterSettings(_Config):
+class RouterSettings(Section):
     embedder: Literal["wordllama", "hashing"] = "wordllama"
     embedding_dim: int = 256
     n_clusters: int = 4
@@ -147,7 +166,7 @@ class RouterSettings(_Config):
     switch_margin: float = 0.02  # utility a conversation's switch of model must gain beyond its lost cache discount
 
 
-class LanguageSettings(_Config):
+class LanguageSettings(Section):
     """[language]: the prompt's language, detected offline on the request path (learner/language.py).
 
     Recorded with each decision, matched by rules (``[[rules.languages]]``, a pin's ``language``),
@@ -159,196 +178,13 @@ class LanguageSettings(_Config):
     weight: float = 0.0  # how far the routing context moves toward the language; 0: not at all
 
 
-class FeedbackWeights(_Config):
-    """[learner.feedback_weights]: evidence one piece of feedback of each kind is worth."""
-
-    explicit: float = 1.0
-    re_request: float = 0.5
-    upstream_error: float = 1.0
-    judge: float = 0.5  # a grade from a judge model
-
-
-class DriftSettings(_Config):
-    """[learner.drift]: Page-Hinkley on cluster margins (re-cluster) and model rewards (fade)."""
-
-    enabled: bool = True
-    block: int = 100  # decisions per margin block
-    window: int = 64  # blocks kept
-    baseline: int = 8  # oldest blocks forming the margin baseline
-    tolerance: float = 0.1  # relative margin decay never called drift
-    threshold: float = 0.5  # cumulative relative decay that is drift
-    reward_block: float = 50.0  # feedback (evidence weight) per reward block
-    reward_tolerance: float = 0.05
-    reward_threshold: float = 0.6
-    reward_reset: float = 0.1  # old evidence kept where a model's reward fell
-
-
-class ReclusterSettings(_Config):
-    """[learner.recluster]: what a re-clustering reads and when it splits or merges clusters."""
-
-    sample: int = 4096  # recent embeddings read
-    max_clusters: int = 16
-    min_size: int = 32
-    split_gain: float = 0.25
-    split_cos: float = 0.5
-    growth: float = 3.0
-    merge_cos: float = 0.9
-    carry: float = 0.5  # share of the old clusters' evidence carried to the new ones
-
-
-class BudgetSettings(_Config):
-    """[[learner.budgets]]: a target mean cost per request; the learner steers the cost weight."""
-
-    policy: str = "auto"
-    target_cost_usd: float = 0.0
-
-
-class LearnerSettings(_Config):
-    interval_s: float = 30.0
-    grace_s: float = 2.0
-    discount: float = 1.0
-    cold_start_min: int = 64  # decisions before the traffic is first clustered
-    recluster_growth: float = 2.0  # cluster the traffic again each time it grows by this factor (0: never)
-    recluster_until: int = 4096  # ... until this many decisions were routed
-    snapshot_poll_s: float = 5.0
-    half_life_s: float = 7 * 24 * 3600.0  # evidence halves every week of traffic; 0 = never
-    half_life_feedback: float = 0.0  # ... and every this much new feedback in its cluster; 0 = never
-    feedback_weights: FeedbackWeights = FeedbackWeights()
-    drift: DriftSettings = DriftSettings()
-    recluster: ReclusterSettings = ReclusterSettings()
-    budgets: tuple[BudgetSettings, ...] = ()
-    budget_step: float = 0.5  # change of log cost weight per unit of relative overspend, per cycle
-    explore_min_evidence: float = 20.0  # a model with less evidence than this ...
-    explore_share: float = 0.1  # ... may win at most this share of the posterior samples
-
-
-class SimulatedSettings(_Config):
+class SimulatedSettings(Section):
     """The simulated model pool served when no [[models]] are configured."""
 
     latency_scale: float = 1.0  # 0 makes the simulated models answer instantly (benchmarks)
 
 
-class RetrySettings(_Config):
-    """[retry]: how a failed attempt is retried (``router.max_attempts`` bounds the attempts)."""
-
-    backoff_base_s: float = 0.05  # full jitter: sleep uniform(0, min(max, base * 2**round))
-    backoff_max_s: float = 2.0
-    max_retry_after_s: float = 5.0  # a provider's longer Retry-After skips it instead of waiting
-
-
-class BreakerSettings(_Config):
-    """[breaker]: one circuit breaker per provider (closed, open, half-open)."""
-
-    failure_threshold: int = 5  # consecutive failures that open the circuit
-    open_s: float = 15.0  # how long an open circuit rejects before it lets probes through
-    half_open_probes: int = 1  # requests let through at once while half-open
-    close_after: int = 2  # successful probes that close it again
-
-
-class PinRule(_Config):
-    """[[rules.pins]]: send matching requests to ``model``. Every condition given must hold."""
-
-    model: str
-    tenant: str = ""
-    header: str = ""  # a request header name ...
-    header_value: str = ""  # ... and the value it must have
-    requested_model: str = ""  # the ``model`` the client asked for (an alias such as "gpt-4o")
-    pattern: str = ""  # a regular expression searched in the last user message
-    language: str = ""  # the last user message's language, ISO 639-1 ("zh"); see [language]
-
-
-class LanguageRule(_Config):
-    """[[rules.languages]]: prompts in one of ``languages`` (ISO 639-1 codes, "" for a language
-    not detected) may only be served by ``models`` (empty: any), and never by ``forbid``."""
-
-    languages: tuple[str, ...]
-    models: tuple[str, ...] = ()
-    forbid: tuple[str, ...] = ()
-
-
-class SafetyClass(_Config):
-    """[[rules.safety]]: prompts matching ``pattern`` may only be served by ``models``."""
-
-    name: str
-    pattern: str
-    models: tuple[str, ...]
-
-
-class RulesSettings(_Config):
-    """[rules]: checks before the bandit: safety, languages, context window, cost cap, then pins."""
-
-    pins: tuple[PinRule, ...] = ()
-    safety: tuple[SafetyClass, ...] = ()
-    languages: tuple[LanguageRule, ...] = ()
-    max_cost_usd: float = 0.0  # per request, expected from prices; 0 = no cap
-    answer_reserve_tokens: int = 256  # room left for the answer when the request sets no max_tokens
-    escalation_margin: float = 0.0  # a cluster margin below this escalates ...
-    escalation_min_tier: float = 0.0  # ... to models of at least this tier; 0 = off
-
-
-class TenantSettings(_Config):
-    """[[tenants]]: who may call, with which keys (SHA-256 hex of the key, never the key)."""
-
-    name: str
-    api_key_sha256: tuple[str, ...] = ()
-    policy: str = "auto"  # what model="auto" means for this tenant
-    cost_weight: float | None = None  # overrides the policy's cost weight
-    # a target mean cost per request for all of this tenant's requests: the learner steers the
-    # tenant's cost weight (starting from cost_weight, or the policy's) to keep it; 0 = none
-    budget_usd: float = 0.0
-    max_cost_usd: float = 0.0  # per request; 0 = no cap beyond [rules]
-    exploration_cap: float = 1.0  # the largest share of requests that may explore
-    models: tuple[str, ...] = ()  # models the tenant may use; empty = all
-    rate_limit_rps: float = 0.0  # per key; 0 = unlimited
-    rate_limit_burst: int = 0  # bucket size; 0 = max(1, rate_limit_rps)
-    store_prompts: bool = False  # opt in to keeping prompt text with decisions
-    cache: bool = True  # may use the response cache when [cache] is enabled (false: opt out)
-
-
-class RerequestSettings(_Config):
-    """[rerequest]: a close prompt from the same user soon after is negative feedback."""
-
-    enabled: bool = True
-    window_s: float = 120.0
-    min_cosine: float = 0.9
-    session_header: str = "x-session-id"  # identifies the asker when the body has no ``user``
-    capacity: int = 100_000  # askers remembered
-
-
-class ConversationSettings(_Config):
-    """[conversations]: turns of one chat recognised, routed in context, kept on their model (docs/conversations.md)."""
-
-    enabled: bool = True
-    sticky: bool = True  # keep a conversation on its model unless switching pays ([router] switch_margin)
-    context_decay: float = 0.5  # weight of the turn before in the routing context (0: the last message alone)
-    capacity: int = 100_000  # conversation keys remembered, across tenants (least recently used go first)
-    ttl_s: float = 3600.0  # a conversation is forgotten this long after its last answered turn
-
-
-class CacheSettings(_Config):
-    """[cache]: the response cache (docs/cache.md). Off by default: serving a stored answer instead
-    of a fresh one is a product decision (answers can go stale, repeat askers get the same text)."""
-
-    enabled: bool = False
-    ttl_s: float = 3600.0  # an entry's life from when it was stored
-    max_entries: int = 100_000  # across all tenants; the least recently used go first
-    max_bytes: int = 256_000_000  # text + embedding + keys + overhead, across all tenants
-    semantic: bool = True  # also serve an answer to a prompt of the same meaning (same context)
-    similarity: float = 0.95  # cosine of the prompt embeddings a semantic hit needs
-    min_quality: float = 0.7  # posterior mean of the answering model in the cluster, to be kept
-    evict_below: float = 0.5  # explicit feedback (reward) below this evicts: a thumbs-down is 0
-    per_user: bool = False  # one namespace per (tenant, user) instead of per tenant
-    header: str = "x-turnout-cache"  # "on": cache this request whatever its sampling; "off": skip
-
-
-class FeedbackCapSettings(_Config):
-    """[feedback_cap]: one user's feedback moves the posterior by at most this much per window."""
-
-    max_per_user: int = 30
-    window_s: float = 3600.0
-
-
-class ProbeSettings(_Config):
+class ProbeSettings(Section):
     """Health probes of ``turnout sink`` and ``turnout learn`` (the service has its own /healthz).
 
     A port of None serves no probe; 0 takes a free port (printed at start).
@@ -359,7 +195,7 @@ class ProbeSettings(_Config):
     learner_port: int | None = None
 
 
-class Settings(_Config):
+class Settings(Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
     events: EventsSettings = EventsSettings()

@@ -10,10 +10,16 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+import msgspec
+
 if TYPE_CHECKING:
     from service.settings import Settings
 
-__all__ = ["ConfigError", "check"]
+__all__ = ["ConfigError", "Section", "check"]
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The base of every settings section: frozen, keyword-only, unknown keys refused."""
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,12 @@ Each runs with the cache discount and without one (cached input at full price: s
 saves nothing and only its margin holds a chat). Quality is the expected quality of the model
 that answered (the users' draws drive the feedback the learner sees); cost is the bill per turn;
 switches are changes of model between consecutive turns of a chat. Intervals over seeds.
+
+Two comparisons. **Learning**: each arm learns from nothing on its own traffic, so an arm's cost
+is mostly where its learner happened to settle. **Frozen**: one deployment first learns on other
+chats of the same seed (routed in context), then every arm routes the same evaluation chats on
+that one snapshot, learning nothing, with the same uniform draw per turn: the arms then differ
+only by how they route a turn, which is the effect of stickiness itself (a paired comparison).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from learner.clusters import assign
 from learner.conversation import kept_choice, routed_on, switch_gain
 from learner.costs import estimate_tokens
 from learner.embedding import Embedder
-from learner.routing import Prices
+from learner.routing import Prices, decide
 from simulations.environment import Scenario, Users
 from simulations.pool import answer, make_prompt
 from simulations.replay import Deployment, OfflineDeployment
@@ -96,6 +102,7 @@ class ConversationArm(msgspec.Struct, frozen=True):
     kept: Stat  # share of later turns kept on their model (sticky only)
     cost_by_seed: tuple[float, ...] = ()  # mean bill per turn of each seed (USD)
     quality_by_seed: tuple[float, ...] = ()
+    utility: Stat | None = None  # quality - cost_weight x cost per turn: what the router maximises
 
 
 class ConversationReport(msgspec.Struct, frozen=True):
@@ -108,6 +115,10 @@ class ConversationReport(msgspec.Struct, frozen=True):
     arms: tuple[ConversationArm, ...]
     cost_saved: Stat  # sticky against afresh, with the discount: 1 - cost / cost
     quality_change: Stat  # sticky - afresh, with the discount
+    cost_weight: float = 0.0  # quality points one US dollar is worth (the deployment's)
+    frozen: tuple[ConversationArm, ...] = ()  # the same arms on one learned snapshot, learning off
+    frozen_cost_saved: Stat | None = None
+    frozen_quality_change: Stat | None = None
 
 
 def _feedback(users: Users, happy: bool, u: np.ndarray) -> float | None:
@@ -116,14 +127,24 @@ def _feedback(users: Users, happy: bool, u: np.ndarray) -> float | None:
     return 0.0 if not happy and u[2] < users.reask_rate else None
 
 
-def _run(ch: Chats, emb: np.ndarray, sc: Scenario, deployment: Deployment, arm: str, discount: float, decay: float,
-         margin: float, learn_every: int) -> dict[str, float]:  # fmt: skip
+def _deployment(sc: Scenario, deployment: Deployment, dim: int) -> OfflineDeployment:
     pool = sc.phases[0].pool
     models = tuple(m.name for m in pool)
     prices = Prices(models, tuple(m.price_in_per_mtok for m in pool), tuple(m.price_out_per_mtok for m in pool))
-    price_in = np.array(prices.price_in_per_mtok) / 1e6
-    price_out = np.array(prices.price_out_per_mtok) / 1e6
-    sim = OfflineDeployment(models, emb.shape[1], deployment, prices)
+    return OfflineDeployment(models, dim, deployment, prices)
+
+
+def _run(ch: Chats, emb: np.ndarray, sc: Scenario, deployment: Deployment, arm: str, discount: float, decay: float,
+         margin: float, learn_every: int, sim: OfflineDeployment | None = None, learn: bool = True,
+         ) -> dict[str, float]:  # fmt: skip
+    """One arm over the chats on ``sim`` (a new deployment by default), learning as it goes; or,
+    with ``learn`` off, on ``sim``'s snapshot as it stands, with one row draw per turn that is the
+    same for every arm."""
+    pool = sc.phases[0].pool
+    sim = _deployment(sc, deployment, emb.shape[1]) if sim is None else sim
+    price_in = np.array(sim.prices.price_in_per_mtok) / 1e6
+    price_out = np.array(sim.prices.price_out_per_mtok) / 1e6
+    rows = np.random.default_rng([deployment.routing.seed, 31]).integers(1 << 30, size=len(ch.texts))
     contexts: list[np.ndarray | None] = [None] * ch.n_chats
     previous = np.full(ch.n_chats, -1)
     prefix = np.zeros(ch.n_chats, dtype=np.int64)  # tokens of the chat so far
@@ -143,7 +164,9 @@ def _run(ch: Chats, emb: np.ndarray, sc: Scenario, deployment: Deployment, arm: 
                 choice = kept_choice(view, cluster, cmargin, costs, sim.current_weight, deployment.latency_weight,
                                      None, prev, saved)  # fmt: skip
         kept += choice is not None
-        if choice is None:
+        if choice is None and not learn:
+            choice = decide(view, at, tokens, sim.current_weight, deployment.latency_weight, None, int(rows[t]))
+        elif choice is None:
             choice = sim.route(at, tokens, None)
         j = choice.arm
         model = pool[j]
@@ -152,10 +175,10 @@ def _run(ch: Chats, emb: np.ndarray, sc: Scenario, deployment: Deployment, arm: 
         bill = full - (prefix[c] * price_in[j] * discount if j == prev else 0.0)
         q = model.quality_on(sc.topics[int(ch.topic[t])].name)
         reward = _feedback(sc.users, bool(ch.happy_u[t] < q), ch.feedback_u[t])
-        # the learner is told the undiscounted bill: it infers the completion tokens from it
-        sim.record(choice, at, tokens, reward, full)
-        if sim.routed % learn_every == 0:
-            sim.learn()
+        if learn:  # the learner is told the undiscounted bill: it infers the completion tokens from it
+            sim.record(choice, at, tokens, reward, full)
+            if sim.routed % learn_every == 0:
+                sim.learn()
         quality += q
         cost += bill
         later += prev >= 0
@@ -174,11 +197,16 @@ def simulate_conversations(
     """Each arm, with the cache discount and without, on ``seeds`` draws of ``n_chats`` chats."""
     runs = [(a, d) for d in (cache_discount, 0.0) for a in ARMS]
     out: dict[tuple[str, float], dict[str, list[float]]] = {r: {k: [] for k in "qcsk"} for r in runs}
-    for seed in range(seeds):
-        ch = chats(sc, n_chats, np.random.default_rng([base_seed, seed, 12]))
+    held: dict[tuple[str, float], dict[str, list[float]]] = {r: {k: [] for k in "qcsk"} for r in runs}
+
+    def embedded(ch: Chats) -> np.ndarray:
         unique = list(dict.fromkeys(ch.texts))
         table = dict(zip(unique, embedder.embed(unique)))
-        emb = np.stack([table[p] for p in ch.texts])
+        return np.stack([table[p] for p in ch.texts])
+
+    for seed in range(seeds):
+        ch = chats(sc, n_chats, np.random.default_rng([base_seed, seed, 12]))
+        emb = embedded(ch)
         dep = msgspec.structs.replace(deployment, routing=msgspec.structs.replace(deployment.routing, seed=seed))
         for arm, d in runs:
             got = _run(ch, emb, sc, dep, arm, d, context_decay, switch_margin, learn_every)
@@ -186,32 +214,65 @@ def simulate_conversations(
                 out[arm, d][k].append(v)
             if progress is not None:
                 progress(len(ch.texts))
-    arms = tuple(ConversationArm(a, d, _stat(out[a, d]["q"]), _stat(out[a, d]["c"]), _stat(out[a, d]["s"]),
-                                 _stat(out[a, d]["k"]), tuple(map(float, out[a, d]["c"])),
-                                 tuple(map(float, out[a, d]["q"])))
-                 for a, d in runs)  # fmt: skip
-    fresh, sticky = out["afresh", cache_discount], out["sticky", cache_discount]
+        # frozen: learn once on other chats of this seed, then every arm on that one snapshot
+        warm = chats(sc, n_chats, np.random.default_rng([base_seed, seed, 13]))
+        learned = _deployment(sc, dep, emb.shape[1])
+        _run(warm, embedded(warm), sc, dep, "context", cache_discount, context_decay, switch_margin, learn_every,
+             learned)  # fmt: skip
+        for arm, d in runs:
+            got = _run(ch, emb, sc, dep, arm, d, context_decay, switch_margin, learn_every, learned, learn=False)
+            for k, v in got.items():
+                held[arm, d][k].append(v)
+        if progress is not None:
+            progress(len(warm.texts))
+
+    w = deployment.cost_weight
+
+    def table(got: dict[tuple[str, float], dict[str, list[float]]]) -> tuple[ConversationArm, ...]:
+        return tuple(ConversationArm(a, d, _stat(got[a, d]["q"]), _stat(got[a, d]["c"]), _stat(got[a, d]["s"]),
+                                     _stat(got[a, d]["k"]), tuple(map(float, got[a, d]["c"])),
+                                     tuple(map(float, got[a, d]["q"])),
+                                     _stat([q - w * c for q, c in zip(got[a, d]["q"], got[a, d]["c"])]))
+                     for a, d in runs)  # fmt: skip
+
+    def saved(got: dict[tuple[str, float], dict[str, list[float]]]) -> tuple[Stat, Stat]:
+        fresh, sticky = got["afresh", cache_discount], got["sticky", cache_discount]
+        return (_stat([1 - b / a for a, b in zip(fresh["c"], sticky["c"])]),
+                _stat([b - a for a, b in zip(fresh["q"], sticky["q"])]))  # fmt: skip
+
+    (cost_saved, quality_change), (frozen_saved, frozen_change) = saved(out), saved(held)
     return ConversationReport(
         scenario=sc.name, chats=n_chats, seeds=seeds, cache_discount=cache_discount, switch_margin=switch_margin,
-        context_decay=context_decay, arms=arms,
-        cost_saved=_stat([1 - b / a for a, b in zip(fresh["c"], sticky["c"])]),
-        quality_change=_stat([b - a for a, b in zip(fresh["q"], sticky["q"])]),
+        context_decay=context_decay, arms=table(out), cost_weight=w, cost_saved=cost_saved, quality_change=quality_change,
+        frozen=table(held), frozen_cost_saved=frozen_saved, frozen_quality_change=frozen_change,
     )  # fmt: skip
 
 
 def markdown(r: ConversationReport) -> str:
     fmt = lambda s, k=1.0, d=3: f"{s.mean * k:.{d}f} ± {s.ci * k:.{d}f}"  # noqa: E731
+    head = ["| arm | cache discount | quality | mean cost (mUSD/turn) | utility | switches per chat | later turns kept |",
+            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+
+    def rows(arms: tuple[ConversationArm, ...]) -> list[str]:
+        return [f"| {a.name} | {a.discount:.0%} | {fmt(a.quality)} | {fmt(a.cost_usd, 1000, 4)} | "
+                f"{fmt(a.utility) if a.utility is not None else '-'} | {fmt(a.switches, 1, 2)} | "
+                f"{fmt(a.kept, 100, 1)}% |" for a in arms]  # fmt: skip
+
     lines = [
         f"scenario {r.scenario}: {r.chats} chats x {r.seeds} seeds; cached input at {1 - r.cache_discount:.0%} of the "
         f"input price, or at full price; switch margin {r.switch_margin:g}, context decay {r.context_decay:g}; "
-        "95% intervals over seeds",
+        f"utility = quality - {r.cost_weight:g} x cost in USD (the cost weight routed with); 95% intervals over seeds",
         "",
-        "| arm | cache discount | quality | mean cost (mUSD/turn) | switches per chat | later turns kept |",
-        "|---|---:|---:|---:|---:|---:|",
+        "learning (each arm learns from nothing on its own traffic):",
+        "",
+        *head, *rows(r.arms),
+        "",
+        f"sticky against afresh, with the discount: cost saved {fmt(r.cost_saved, 100, 1)}%, change in "
+        f"quality {fmt(r.quality_change)}",
     ]  # fmt: skip
-    for a in r.arms:
-        lines.append(f"| {a.name} | {a.discount:.0%} | {fmt(a.quality)} | {fmt(a.cost_usd, 1000, 4)} | "
-                     f"{fmt(a.switches, 1, 2)} | {fmt(a.kept, 100, 1)}% |")  # fmt: skip
-    lines += ["", f"sticky against afresh, with the discount: cost saved {fmt(r.cost_saved, 100, 1)}%, change in "
-              f"quality {fmt(r.quality_change)}"]  # fmt: skip
+    if r.frozen and r.frozen_cost_saved is not None and r.frozen_quality_change is not None:
+        lines += ["", "frozen (one snapshot learned on other chats of the seed; every arm on it, the same draws):", "",
+                  *head, *rows(r.frozen), "",
+                  f"sticky against afresh, with the discount: cost saved {fmt(r.frozen_cost_saved, 100, 1)}%, "
+                  f"change in quality {fmt(r.frozen_quality_change)}"]  # fmt: skip
     return "\n".join(lines)

@@ -120,7 +120,7 @@ def _simulate_conversations(args: argparse.Namespace, sc, embedder, deployment) 
 
     settings = args.load_settings(args)
     chats = max(2, args.steps // 5)  # about five turns a chat: --steps turns
-    with Progress(args.steps * args.seeds * 6, f"simulate {sc.name}") as bar:
+    with Progress(args.steps * args.seeds * 7, f"simulate {sc.name}") as bar:  # six arms and a warm-up
         report = simulate_conversations(sc, embedder, deployment, n_chats=chats, seeds=args.seeds,
                                         base_seed=args.seed, learn_every=args.learn_every,
                                         cache_discount=args.cache_discount,

@@ -48,6 +48,17 @@ def test_sticky_routing_keeps_chats_on_their_model_and_saves_with_a_cache_discou
     # routing afresh does not depend on the discount (same decisions), only its bills do
     assert arms["afresh", 0.0].quality.mean == fresh.quality.mean and arms["afresh", 0.0].cost_usd.mean > fresh.cost_usd.mean
     assert r.cost_saved.mean == pytest.approx(1 - sticky.cost_usd.mean / fresh.cost_usd.mean, abs=0.05)
+    # frozen: every arm on one learned snapshot, nothing learned, the same draw per turn
+    frozen = {(a.name, a.discount): a for a in r.frozen}
+    assert set(frozen) == set(arms)
+    assert frozen["afresh", 0.0].quality.mean == frozen["afresh", 0.9].quality.mean
+    assert frozen["context", 0.0].quality.mean == frozen["context", 0.9].quality.mean
+    assert frozen["sticky", 0.9].kept.mean > 0.5 and frozen["context", 0.9].kept.mean == 0.0
+    assert r.frozen_cost_saved is not None and r.cost_weight == dep.cost_weight
+    a = frozen["sticky", 0.9]
+    assert a.utility is not None and a.utility.mean == pytest.approx(a.quality.mean - r.cost_weight * a.cost_usd.mean)
+    assert r.frozen_cost_saved.mean == pytest.approx(
+        1 - frozen["sticky", 0.9].cost_usd.mean / frozen["afresh", 0.9].cost_usd.mean, abs=0.05)
 
 
 def test_simulate_conversations_json(capsys):
