@@ -168,3 +168,26 @@ def test_a_low_grade_evicts_the_answer_from_the_response_cache(fleet, grader, em
         settle(gw, 2)  # the second answer, graded low too, leaves as well
         text = httpx.get(gw.url + "/metrics").text
         assert 'turnout_cache_evictions_total{reason="judge"} 2' in text and "turnout_cache_entries 0" in text
+
+
+def test_a_pool_model_as_judge_bills_at_its_prices_and_its_calls_are_not_traffic(fleet, embedder):
+    judge = fleet.providers["c"]
+    tenants = [*TENANTS, {"name": "bound", "api_key_sha256": [hash_key("sk-bound-judge-3333")], "models": ["a"]}]
+    KEYS["bound"] = "sk-bound-judge-3333"
+    try:
+        judge.answer = "Score: 9"
+        with fleet.gateway(load_settings(None, {}), embedder, tenants=tenants, server=SERVER,
+                           judge={"enabled": True, "model": "c", "sample": 1.0}) as gw:  # fmt: skip
+            ids = [chat(gw).headers["x-turnout-decision-id"] for _ in range(3)]
+            chat(gw, "bound")  # held to model a: its prompts may not go to the judge c
+            settle(gw, 3)
+            calls = [d for d in gw.decisions() if d.purpose == "judge"]
+            assert sorted(d.parent_decision_id for d in calls) == sorted(ids)
+            assert all(d.model == "c" and d.cost_usd == pytest.approx((11 * 1.0 + 7 * 2.0) / 1e6) for d in calls)
+            assert judge.requests == 3 and judge.bodies[0]["model"] == "up-c"
+            assert {f.reward for f in gw.feedback() if f.kind == "judge"} == {0.9}
+            stats = gw.rows.decision_stats(0, 2**62)  # what the learner reads: routed traffic only
+            assert {s.model for s in stats} == {"a"} and sum(s.decisions for s in stats) == 4
+    finally:
+        judge.answer = "answer from c"
+        del KEYS["bound"]
