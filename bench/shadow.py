@@ -1,6 +1,7 @@
 """The client's latency with shadow routing and the judge, against without them, in one run.
 
     python -m bench.shadow [--rate 50] [--duration-s 10] [--rounds 2] [--judge-delay-ms 200]
+    python -m bench.shadow --modes off,idle,off          # a control: two identical plain processes
 
 1. A zero-latency OpenAI-compatible upstream (``bench.upstream``) for the pool, and a slow judge
    endpoint (this module, ``--serve-judge``: answers "Score: 7" after ``--judge-delay-ms``).
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--judge-delay-ms", type=float, default=200.0)
     p.add_argument("--serve-judge", type=int, help=argparse.SUPPRESS)  # run the slow judge on this port
+    p.add_argument("--modes", default="off,idle,shadow",
+                   help="the processes, in order (a control: off,idle,off; a repeated mode is named off-2)")
     p.add_argument("--json", help="also write the summary here")
     args = p.parse_args(argv)
     if args.serve_judge:
@@ -110,16 +113,20 @@ def main(argv: list[str] | None = None) -> int:
             body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}]})
             auth = {"authorization": f"Bearer {BENCH_KEY}"}
             targets = []
-            for mode in ("off", "idle", "shadow"):
+            names: list[tuple[str, str]] = []
+            for mode in args.modes.split(","):
+                seen = sum(1 for _, m in names if m == mode)
+                names.append((mode if not seen else f"{mode}-{seen + 1}", mode))
+            for name, mode in names:
                 port = _free_port()
-                (tmp / mode).mkdir()
-                (tmp / mode / "turnout.toml").write_text(_config(mode, up, judge))
+                (tmp / name).mkdir()
+                (tmp / name / "turnout.toml").write_text(_config(mode, up, judge))
                 proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--config",
-                                         str(tmp / mode / "turnout.toml"), "--port", str(port), "--data-dir",
-                                         str(tmp / mode / "data")], stdout=subprocess.DEVNULL,
-                                        stderr=open(tmp / mode / "turnout.log", "w"))  # fmt: skip
+                                         str(tmp / name / "turnout.toml"), "--port", str(port), "--data-dir",
+                                         str(tmp / name / "data")], stdout=subprocess.DEVNULL,
+                                        stderr=open(tmp / name / "turnout.log", "w"))  # fmt: skip
                 procs.append(proc)
-                targets.append(Target(mode, port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth, proc))
+                targets.append(Target(name, port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth, proc))
             _wait_http(up, "/v1/models")
             for t in targets:
                 try:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "judge_grades": grades}  # fmt: skip
                 print(f"{name:<8} {q[50]:8.2f} {q[99]:8.2f} {ovh[50] if name != 'direct' else 0:8.2f} "
                       f"{ovh[99] if name != 'direct' else 0:8.2f} {errors.get(name, 0):6d}  {jobs}")  # fmt: skip
-            for name in ("idle", "shadow"):
+            for name in [n for n, _ in names if n != "off"]:
                 ratio = {k: pct[name][k] / pct["off"][k] for k in (50, 99)}
                 summary[f"{name}_over_off"] = {f"p{k}": round(v, 3) for k, v in ratio.items()}
                 print(f"{name} / off: client p50 x{ratio[50]:.2f}, p99 x{ratio[99]:.2f}")
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             med = {n: (float(np.median([r[0] for r in v])), float(np.median([r[1] for r in v]))) for n, v in per_round.items()}
             summary["median_of_rounds_ms"] = {n: {"p50": round(a, 3), "p99": round(b, 3)} for n, (a, b) in med.items()}
             print("median over rounds: " + ", ".join(f"{n} p50 {a:.2f} / p99 {b:.2f} ms" for n, (a, b) in med.items()))
-            for name in ("idle", "shadow"):
+            for name in [n for n, _ in names if n != "off"]:
                 print(f"  {name} / off (median of rounds): p50 x{med[name][0] / med['off'][0]:.2f}, "
                       f"p99 x{med[name][1] / med['off'][1]:.2f}")  # fmt: skip
             if args.json:
