@@ -77,6 +77,7 @@ def _decisions_table(ds: list[DecisionMade], insert_id: str) -> Any:
         "conversation_id": col("conversation_id"), "turn": pa.array(col("turn"), pa.uint32()),
         "sticky": pa.array(col("sticky"), pa.bool_()),  # 060_conversations.sql
         "escalated": pa.array(col("escalated"), pa.bool_()), "gate": col("gate"),  # 071_cascades.sql
+        "purpose": col("purpose"),  # 070_judge_shadow.sql
         "insert_id": pa.array([insert_id] * len(ds), pa.string()),  # 040_exactly_once.sql
     })  # fmt: skip
 
@@ -164,7 +165,8 @@ class ClickHouseRowStore:
         """Feedback joined to its decision, for pairs whose later half arrived in the window; of
         the ratings (kind ``explicit``) only each decision's first (see the class docstring)."""
         outer = ", ".join(f"d.{c} AS {c}" for c in decision_cols)
-        inner = ", ".join(f"any({c}) AS {c}" for c in decision_cols)
+        # shadow and judge records (070_judge_shadow.sql) are not routed traffic: never evidence
+        inner = ", ".join(f"any({c}) AS {c}" for c in (*decision_cols, "purpose"))
         in_play = """
             SELECT decision_id FROM feedback WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64}
             UNION ALL
@@ -191,7 +193,7 @@ class ClickHouseRowStore:
                 GROUP BY decision_id
             ) AS d ON f.decision_id = d.decision_id
             WHERE greatest(f.fi, d.di) >= {{lo:Int64}} AND greatest(f.fi, d.di) < {{hi:Int64}}
-              AND (f.kind != 'explicit' OR f.nth = 1)
+              AND (f.kind != 'explicit' OR f.nth = 1) AND d.purpose = ''
         """
 
     def rewards(self, since_ms: int, until_ms: int, clustering: int) -> list[RewardRow]:
@@ -229,12 +231,13 @@ class ClickHouseRowStore:
             FROM (
                 SELECT decision_id, any(clustering) AS c, any(cluster) AS k, any(model) AS m, any(escalated) AS esc,
                        any(policy) AS p, any(tenant) AS tn, any(completion_tokens) AS toff, any(latency_ms) AS lat,
-                       any(cost_usd) AS cost, toFloat64(any(margin)) AS mg, min(ingested_ms) AS di
+                       any(cost_usd) AS cost, toFloat64(any(margin)) AS mg, min(ingested_ms) AS di,
+                       any(purpose) AS pu
                 FROM decisions
                 WHERE decision_id IN (SELECT decision_id FROM decisions
                                       WHERE ingested_ms >= {lo:Int64} AND ingested_ms < {hi:Int64})
                 GROUP BY decision_id
-                HAVING di >= {lo:Int64} AND m != ''
+                HAVING di >= {lo:Int64} AND m != '' AND pu = ''
             )
             GROUP BY c, k, m, p, tn
             """,
@@ -253,7 +256,7 @@ class ClickHouseRowStore:
             SELECT any(embedding) FROM decisions
             WHERE decision_id IN (
                 SELECT decision_id FROM decisions
-                WHERE ingested_ms < {until:Int64} AND notEmpty(embedding)
+                WHERE ingested_ms < {until:Int64} AND notEmpty(embedding) AND purpose = ''
                 ORDER BY ingested_ms DESC LIMIT {n:UInt64})
             GROUP BY decision_id
             """,

@@ -48,6 +48,7 @@ class ClickHouseHistory:
                 WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String}
                 GROUP BY decision_id
                 HAVING t >= {lo:Int64} AND t < {hi:Int64} AND any(policy) NOT IN {attempts:Array(String)}
+                       AND any(purpose) = ''  -- shadow and judge calls are not traffic (070_judge_shadow.sql)
             )
             GROUP BY bucket, c, k, m, lang
             ORDER BY bucket, c, k, m, lang
@@ -75,7 +76,7 @@ class ClickHouseHistory:
             WHERE decision_id IN (
                 SELECT decision_id FROM decisions
                 WHERE decision_id >= {lo_id:String} AND decision_id < {hi_id:String} AND prompt_text != ''
-                      AND notEmpty(embedding) AND policy NOT IN {attempts:Array(String)}
+                      AND notEmpty(embedding) AND policy NOT IN {attempts:Array(String)} AND purpose = ''
                       AND (NOT {filter:Bool} OR tenant IN {tenants:Array(String)})
                       AND ts >= fromUnixTimestamp64Milli({lo:Int64}) AND ts < fromUnixTimestamp64Milli({hi:Int64})
                 ORDER BY decision_id DESC LIMIT {n:UInt64})

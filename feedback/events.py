@@ -19,6 +19,7 @@ __all__ = [
     "DecisionMade",
     "Event",
     "FeedbackGiven",
+    "Purpose",
     "decode_event",
     "encode_event",
     "uuid7",
@@ -29,6 +30,9 @@ SCHEMA_VERSION = 1
 ArmId: TypeAlias = str
 ClusterId: TypeAlias = int
 FeedbackKind: TypeAlias = Literal["explicit", "re_request", "upstream_error", "judge"]
+# what a decision record is: routed traffic (""), a shadow call to a reference model, or a judge
+# call (service/shadow.py, service/judge.py). Only routed traffic is learned from or evaluated.
+Purpose: TypeAlias = Literal["", "shadow", "judge"]
 
 
 def uuid7(now_ms: int | None = None, random_bytes: bytes | None = None) -> str:
@@ -106,6 +110,11 @@ class DecisionMade(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     # ("empty", "refusal", "json", "logprob", "judge")
     escalated: bool = False
     gate: str = ""
+    # "shadow" or "judge": not a routed request but a call made off the request path about the
+    # decision ``parent_decision_id`` (a reference model's answer to the same prompt, or a grade
+    # of an answer). The learner, its usage means, budgets and off-policy evaluation leave these
+    # records out; the leakage and calibration reports read them (feedback/clickhouse_judge.py).
+    purpose: Purpose = ""
 
 
 class FeedbackGiven(msgspec.Struct, frozen=True, tag="feedback", kw_only=True):

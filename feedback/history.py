@@ -107,7 +107,7 @@ def bucket_traffic(
         raise ValueError("bucket_ms must be positive")
     acc: dict[tuple[int, int, int, str, str], list[float]] = {}
     for d in decisions:
-        if not since_ms <= d.ts_ms < until_ms or d.policy in ATTEMPT_POLICIES:
+        if not since_ms <= d.ts_ms < until_ms or d.policy in ATTEMPT_POLICIES or d.purpose:  # not traffic
             continue
         key = ((d.ts_ms // bucket_ms) * bucket_ms, d.clustering, d.cluster, d.arm or d.model, d.language)
         row = acc.setdefault(key, [0, 0, 0.0, 0.0, 0.0])
@@ -127,7 +127,7 @@ def stored_prompts(decisions: Iterable[DecisionMade], since_ms: int, until_ms: i
                    tenants: Sequence[str] | None = None) -> list[StoredPrompt]:  # fmt: skip
     """The pure selection behind ``HistoryStore.prompts`` (decisions already deduplicated)."""
     kept = [d for d in decisions if since_ms <= d.ts_ms < until_ms and d.prompt_text and d.embedding
-            and d.policy not in ATTEMPT_POLICIES and (tenants is None or d.tenant in tenants)]  # fmt: skip
+            and d.policy not in ATTEMPT_POLICIES and not d.purpose and (tenants is None or d.tenant in tenants)]  # fmt: skip
     kept.sort(key=lambda d: d.decision_id, reverse=True)
     return [StoredPrompt(d.ts_ms, d.tenant, d.prompt_text, d.embedding) for d in kept[: max(0, limit)]]
 

@@ -86,7 +86,7 @@ class MemoryRowStore:
                 if fb.kind == _EXPLICIT and self._first_rating[fb.decision_id] != (at, eid):
                     continue
                 item = self._decisions.get(fb.decision_id)
-                if item is not None and since_ms <= max(at, item[0]) < until_ms:
+                if item is not None and not item[1].purpose and since_ms <= max(at, item[0]) < until_ms:
                     out.append((fb, item[1]))
         return out
 
@@ -110,7 +110,7 @@ class MemoryRowStore:
         with self._lock:
             for at, did in _between(self._decision_times, since_ms, until_ms):
                 d = self._decisions[did][1]
-                if d.model:
+                if d.model and not d.purpose:  # shadow and judge records are not routed traffic
                     key = (d.clustering, d.cluster, d.model, d.policy, d.tenant)
                     row = acc.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
                     row[0] += 1
@@ -129,7 +129,7 @@ class MemoryRowStore:
         with self._lock:
             end = len(self._decision_times) if until_ms is None else bisect.bisect_left(self._decision_times, (until_ms, ""))
             newest = [self._decisions[did][1] for _, did in reversed(self._decision_times[max(0, end - limit) : end])]
-        return [d.embedding for d in newest if d.embedding]
+        return [d.embedding for d in newest if d.embedding and not d.purpose]
 
     def count(self, table: str) -> int:
         with self._lock:

@@ -64,6 +64,24 @@ class AdminClient:
     def learn(self) -> LearnedNow:
         return msgspec.convert(self._call("POST", "/v1/admin/learner/cycle"), LearnedNow)
 
+    def judge(self, window_s: int) -> dict[str, Any]:
+        """``GET /v1/admin/judge`` as builtins (issue 13; docs/judge.md)."""
+        return self._judge_call(f"/v1/admin/judge?window_s={window_s}")
+
+    def shadow(self, window_s: int) -> dict[str, Any]:
+        return self._judge_call(f"/v1/admin/shadow?window_s={window_s}")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _judge_call(self, path: str) -> dict[str, Any]:
+        try:
+            return self._call("GET", path)
+        except AdminError as exc:
+            if "answered 404" in str(exc):
+                raise AdminError(f"the service at {self.url} runs no judge and no shadow ([judge], [shadow])") from None
+            raise
+
     def ope(self, candidate: msgspec.Struct) -> dict[str, Any]:
         """The report as builtins (``simulations.ope.OpeReport`` fields)."""
         return self._call("POST", "/v1/admin/ope", msgspec.to_builtins(candidate))

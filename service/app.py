@@ -69,6 +69,8 @@ class Deps(msgspec.Struct, frozen=True, kw_only=True):
     admin_gate: AdminGate = msgspec.field(default_factory=lambda: AdminGate(()))
     # set when the process stops: /readyz answers 503 (service/serving.py)
     draining: threading.Event = msgspec.field(default_factory=threading.Event)
+    routes: tuple[Any, ...] = ()  # more route handlers (issue 13: /v1/admin/judge, /v1/admin/shadow)
+    on_shutdown: tuple[Callable[[], Any], ...] = ()  # more shutdown hooks (issue 13: the background queue)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -188,11 +190,12 @@ def create_app(settings: Settings, deps: Deps) -> ChatFirst:
     app = Litestar(
         route_handlers=[chat_completions, feedback, models, healthz, readyz, state, metrics,
                         *dashboard_routes(router, deps.dashboard, caller_of),  # issue 7: /dashboard, /v1/router/history
-                        *(admin_routes(deps.admin, deps.admin_gate) if deps.admin else ())],  # issue 11: /v1/admin/...
+                        *(admin_routes(deps.admin, deps.admin_gate) if deps.admin else ()),  # issue 11: /v1/admin/...
+                        *deps.routes],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),
-        on_shutdown=[close_upstreams],
+        on_shutdown=[*deps.on_shutdown, close_upstreams],
         logging_config=None,  # logging belongs to the process (service.cli, service.logs), not the app
         debug=False,
     )

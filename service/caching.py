@@ -17,7 +17,8 @@ module decides, per request:
   the live view. A hit is served only if its model is still among the request's candidates (rules,
   tenant models) and still above the bar (else it is evicted, reason ``quality``).
 - **eviction by verdict**: explicit feedback below ``evict_below`` on the hit or on the decision
-  that stored the answer, a re-request of either, or a judge (``judge``: the hook, no judge yet).
+  that stored the answer, a re-request of either, or a judge grade below it (``judge``,
+  ``service/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ class ResponseCache:
         self.cache.verdict(tenant, decision_id, "re_request")
 
     def judge(self, tenant: str, decision_id: str, score: float) -> None:
-        """The hook for an answer judge (none runs yet): a score in [0, 1] below ``evict_below`` evicts."""
+        """A judge's grade of a stored answer (``service/evaluation.py``): a score in [0, 1] below
+        ``evict_below`` evicts it."""
         if score < self.evict_below:
             self.cache.verdict(tenant, decision_id, "judge")
 

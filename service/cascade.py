@@ -39,7 +39,7 @@ import numpy as np
 from feedback.events import FeedbackGiven, uuid7
 from learner.cascade import CASCADE_POLICY, Cascade, CascadeArm, cascade_arms, gate_evidence
 from service.upstream import Completion
-from service.schemas import ChatRequest
+from service.records import Turn
 
 __all__ = ["Cascades", "Gate", "JudgePort", "run_cascade", "structural", "wants_json"]
 
@@ -86,9 +86,10 @@ def structural(text: str, json_asked: bool) -> str:
 
 
 class JudgePort(Protocol):
-    """A judge of one answer to one request: a grade in [0, 1], or None when it cannot grade."""
+    """A judge of one answer to one request's turn: a grade in [0, 1], or None when it cannot grade
+    (the service's judge, ``service.evaluation.Evaluation.grade``, records each call it makes)."""
 
-    async def grade(self, req: ChatRequest, answer: str) -> float | None: ...
+    async def grade(self, turn: Turn, answer: str) -> float | None: ...
 
 
 class Gate:
@@ -99,7 +100,7 @@ class Gate:
         self.judge = judge
         self.judge_failures = 0
 
-    async def verdict(self, req: ChatRequest, raw: bytes, done: Completion) -> str:
+    async def verdict(self, turn: Turn, raw: bytes, done: Completion) -> str:
         """``pass``, or the reason the cheap answer is rejected."""
         reason = structural(done.text, wants_json(raw))
         if reason:
@@ -110,7 +111,7 @@ class Gate:
                 return "logprob"
         if spec.gate == "judge" and self.judge is not None:
             try:
-                grade = await self.judge.grade(req, done.text)
+                grade = await self.judge.grade(turn, done.text)
             except Exception:  # noqa: BLE001 - a failing judge never fails a request: its part passes
                 self.judge_failures += 1
                 grade = None
@@ -128,6 +129,11 @@ class Cascades:
         self.arms: tuple[CascadeArm, ...] = cascade_arms(self.pool + tuple(c.name for c in self.specs), self.specs)
         self.gates = {c.name: Gate(c, judge) for c in self.specs}
         self.by_name = {c.name: (c, a) for c, a in zip(self.specs, self.arms)}
+
+    def use_judge(self, judge: JudgePort) -> None:
+        """The judge every judge gate grades through (the service's ``[judge]``, once it is built)."""
+        for gate in self.gates.values():
+            gate.judge = judge
 
     def widen(self, allowed: np.ndarray | None, stream: bool) -> np.ndarray | None:
         """A mask over the pool (or None: all) as a mask over the routing axis: a cascade is allowed
@@ -199,7 +205,7 @@ async def run_cascade(cascades: Cascades, chat: Any, turn: Any, raw: bytes, ask:
         fallbacks += len(failed)
         errors += [f"{a.model}: {a.error}" for a in failed]
     if cheap is not None:
-        verdict = await cascades.gates[spec.name].verdict(turn.req, raw, cheap)
+        verdict = await cascades.gates[spec.name].verdict(turn, raw, cheap)
         cost = chat._bill(turn, pool[chat.by_name[spec.cheap]], cheap.prompt_tokens, cheap.completion_tokens)
         cheap_id = cascades.attempt(chat.records, turn, spec.cheap, spec.name, verdict, cheap, cost,
                                     (time.perf_counter() - t0) * 1000.0)  # fmt: skip

@@ -28,6 +28,7 @@ from service.bodies import decode_body
 from service.caching import Ask, ResponseCache
 from service.cascade import Cascades, run_cascade
 from service.errors import ApiError
+from service.evaluation import Evaluation
 from service.failover import AllFailed, Attempt, Failover
 from service.metrics import Registry
 from service.conversations import Conversations, Thread
@@ -82,6 +83,7 @@ class ChatParts(msgspec.Struct, frozen=True):
     language_weight: float = 0.0  # [language] weight: its part in the routing context
     conversations: Conversations | None = None  # None: every request routed alone (service/conversations.py)
     cascades: Cascades | None = None  # None: no [[cascades]] (service/cascade.py)
+    evaluation: Evaluation | None = None  # None: no judge, no shadow (service/evaluation.py)
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -132,6 +134,7 @@ class ChatService:
         self.language_weight = parts.language_weight
         self.conversations = parts.conversations
         self.cascades = parts.cascades
+        self.evaluation = parts.evaluation
         self.records = records
         self.metrics = metrics
         self.rng = rng
@@ -404,6 +407,8 @@ class ChatService:
         if self.conversations is not None:
             self.conversations.answered(turn.routed.thread, name)
         self._offer(ask, turn, name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, cost)
+        if self.evaluation is not None:  # draws only; a grade or a shadow runs in the background
+            self.evaluation.answered(turn, name, done.text, cost)
         if self.log_requests:
             log.info("answered", extra={"decision_id": turn.decision_id, "tenant": turn.caller.tenant.name,
                                         "model": name, "fallbacks": len(attempts),
@@ -505,6 +510,9 @@ class ChatService:
                 self.conversations.answered(turn.routed.thread, model.name)
             self._offer(ask, turn, model.name, "".join(texts), finish, prompt_tokens, completion_tokens,
                         self._bill(turn, model, prompt_tokens, completion_tokens))  # fmt: skip
+            if self.evaluation is not None:
+                self.evaluation.answered(turn, model.name, "".join(texts),
+                                         self._bill(turn, model, prompt_tokens, completion_tokens))  # fmt: skip
         req = turn.req
         if status == "ok" and req.stream_options and req.stream_options.include_usage:
             usage = Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)

@@ -288,7 +288,7 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
 def _extensions() -> list:
     """Commands that live with their package (simulations, sink, snapshots)."""
     regs = []
-    for mod in ("simulations.cli", "feedback.cli", "learner.cli"):
+    for mod in ("simulations.cli", "feedback.cli", "learner.cli", "service.judge_cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -52,8 +52,9 @@ class DashboardSources:
                  drift: Callable[[int], Sequence[DriftEvent]] | None = None,
                  breakers: Callable[[], dict[str, str]] | None = None,
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 about: ClusterTexts | None = None) -> None:  # fmt: skip
+                 about: ClusterTexts | None = None, shadow: Callable[[int], Sequence[Any]] | None = None) -> None:  # fmt: skip
         self.history = history
+        self.shadow = shadow  # issue 13: leakage and cost saved per cluster since a time (feedback/clickhouse_judge.py)
         self.snapshots = snapshots
         self.drift = drift
         self.breakers = breakers
@@ -136,6 +137,7 @@ class RouterHistory(msgspec.Struct, frozen=True):
     breakers: dict[str, str] | None  # None: no breaker registry wired
     about: list[ClusterAbout] | None = None  # per cluster of the live snapshot; None: not wired
     languages: list[LanguageTraffic] = []
+    shadow: list[Any] | None = None  # per cluster, leakage against the reference (ClusterLeakage); None: no shadow
 
 
 def _traffic(cluster: int, rows: Sequence[TrafficBucket], index: dict[int, int], models: list[str]) -> ClusterTraffic:
@@ -180,6 +182,7 @@ def router_history(
     drift: Sequence[DriftEvent] | None = None,
     breakers: dict[str, str] | None = None,
     about: list[ClusterAbout] | None = None,
+    shadow: list[Any] | None = None,
 ) -> RouterHistory:
     """Shape traffic buckets (``since_ms`` a multiple of ``bucket_ms``) into per-bucket series."""
     buckets = list(range(since_ms, until_ms, bucket_ms))
@@ -213,7 +216,7 @@ def router_history(
         drift=None if drift is None else sorted(
             (DriftMark(e.at_ms, e.kind, list(e.clusters), e.model, e.old_value, e.new_value, e.action, e.version)
              for e in drift if since_ms <= e.at_ms < until_ms), key=lambda e: e.at_ms),
-        breakers=breakers, about=about, languages=_languages(rows),
+        breakers=breakers, about=about, languages=_languages(rows), shadow=shadow,
     )  # fmt: skip
 
 
@@ -270,6 +273,7 @@ def dashboard_routes(router: Router, sources: DashboardSources | None,
             bucket_ms=width, snapshots=sources.snapshots.list(500) if sources.snapshots else (),
             drift=sources.drift(500) if sources.drift else None,
             breakers=breakers, about=sources.about.about(view.snapshot, since, until) if sources.about else None,
+            shadow=list(sources.shadow(since)) if sources.shadow else None,
         )  # fmt: skip
 
     # many open dashboards cost one query per window and second, not one per page and poll

@@ -40,6 +40,8 @@ from service.dashboard import clickhouse_sources
 from service.decisions import DecisionIndex
 from service.feedback_api import FeedbackDesk
 from service.gateway import build_tenants, chat_parts, response_cache
+from service.evaluation_parts import build_evaluation
+from service.judge_api import admin_gate_of, judge_deps, shadow_report
 from learner.routing import Prices, RoutingParams
 from service.metrics import Registry
 from service.records import Recorder
@@ -280,11 +282,16 @@ class Runtime:
         decisions = DecisionIndex(self.rows, settings.server.decision_cache)
         cache = response_cache(settings, metrics)  # issue 14: None unless [cache] enabled
         parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3), cache)
+        records = Recorder(self.sink, decisions, metrics, settings.server.store_prompts)
+        self.evaluation = build_evaluation(settings, pool, self.upstreams, records, metrics,  # issue 13: judge, shadow
+                                           np.random.default_rng(settings.router.seed + 4), cache)  # fmt: skip
+        parts = msgspec.structs.replace(parts, evaluation=self.evaluation)
+        if parts.cascades is not None and self.evaluation is not None and self.evaluation.judge is not None:
+            parts.cascades.use_judge(self.evaluation)  # a cascade's judge gate grades through [judge]
         self.failover = parts.failover
         self.chat = ChatService(
             embedder=self.embedder, router=self.router, pool=pool, upstreams=self.upstreams, policies=policies,
-            parts=parts, records=Recorder(self.sink, decisions, metrics, settings.server.store_prompts),
-            metrics=metrics, rng=np.random.default_rng(settings.router.seed + 1),
+            parts=parts, records=records, metrics=metrics, rng=np.random.default_rng(settings.router.seed + 1),
         )  # fmt: skip
         cap = settings.feedback_cap
         feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s),
@@ -298,6 +305,8 @@ class Runtime:
         dashboard = clickhouse_sources(self.client, self.snapshots, lambda: {  # issue 7: what /dashboard reads
             name: b.state for name, b in self.failover.breakers.items()}, drift=self.learner_log.drift_events,
             examples=examples, embed=self.embedder.embed, prompts=prompt_scope(settings))  # issue 11: clusters described
+        if self.evaluation is not None and self.evaluation.shadow is not None and self.client is not None:
+            dashboard.shadow = shadow_report(self.client)  # issue 13: leakage per cluster on the dashboard
         tenants = build_tenants(settings, prior.models)
         admin = Admin(router=self.router, snapshots=self.snapshots, learner_log=self.learner_log,
                       align=lambda snap: align(snap, prior), learn=lambda: self.learn_now(reason="manual"),
@@ -309,6 +318,7 @@ class Runtime:
             feedback=feedback, pool=pool, policies=policies, aliases=parts.rules.aliases, upstreams=self.upstreams,
             sink=self.sink, tenants=tenants, extra_state=self.event_state, dashboard=dashboard, admin=admin,
             admin_gate=AdminGate(settings.server.admin_key_sha256, [h for t in settings.tenants for h in t.api_key_sha256]),
+            **judge_deps(self.evaluation, self.client, admin_gate_of(settings), settings.judge.agree_at),  # issue 13
         )  # fmt: skip
         self.draining = deps.draining  # set by the server when the process stops (service/serving.py)
         self.app = create_app(settings, deps)

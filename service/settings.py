@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from learner.cascade import Cascade
+from service.judge_settings import JudgeSettings, ShadowSettings
 from service.settings_check import ConfigError, Section, check
 from service.settings_gateway import (
     BreakerSettings, CacheSettings, ConversationSettings, FeedbackCapSettings, LanguageRule, PinRule,
@@ -213,6 +214,8 @@ class Settings(Section):
     conversations: ConversationSettings = ConversationSettings()
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
+    judge: JudgeSettings = JudgeSettings()  # issue 13: service/judge.py
+    shadow: ShadowSettings = ShadowSettings()  # issue 13: service/shadow.py
     probes: ProbeSettings = ProbeSettings()
     cascades: tuple[Cascade, ...] = ()  # [[cascades]]: cheap first, strong if the gate rejects (learner/cascade.py)
 

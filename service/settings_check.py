@@ -167,6 +167,9 @@ def _check_gateway(s: Settings, source: str) -> None:
     if not 0.0 < s.rerequest.min_cosine <= 1.0:
         raise bad("rerequest.min_cosine", "must be in (0, 1]")
     _check_cache(s, bad)
+    from service.judge_settings import check_judge
+
+    check_judge(s, source, bad)
 
 
 def _check_cache(s: Settings, bad) -> None:

@@ -53,7 +53,7 @@ FROM (
            min(toUnixTimestamp64Milli(ts)) AS l_ts
     FROM decisions
     WHERE toUnixTimestamp64Milli(ts) >= {lo:Int64} AND toUnixTimestamp64Milli(ts) < {hi:Int64}
-      AND policy NOT IN ('failover', 'cascade') AND arm != '' {tenant_filter}
+      AND policy NOT IN ('failover', 'cascade') AND arm != '' AND purpose = '' {tenant_filter}
     GROUP BY decision_id
 ) AS d
 INNER JOIN (
@@ -77,7 +77,9 @@ def read_decisions(client: Any, since_ms: int, until_ms: int, tenant: str = "") 
     the policy's; read as the policy's, it would say the policy was certain. So are turns a
     conversation kept on its model (``sticky``): deterministic given the conversation, they give
     no support to any other model (the learner still learns their quality). Records of failed
-    attempts (policy ``failover``) and a cascade's attempts (policy ``cascade``) are not requests and are left out uncounted. Decisions of every
+    attempts (policy ``failover``) and a cascade's attempts (policy ``cascade``) are not requests
+    and are left out uncounted, and so are shadow and judge calls (``purpose``,
+    070_judge_shadow.sql). Decisions of every
     policy name are read, also one asked for by name (``model="cheap"``): their propensity is the
     policy's. A decision's reward is the mean of the feedback the learner counts: its first
     rating (kind ``explicit``; later ones do not count, see ``feedback.clickhouse``) and each

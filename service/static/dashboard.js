@@ -295,6 +295,29 @@
     });
   }
 
+  // Shadow routing (issue 13): per cluster, the share of routed answers the judge graded below
+  // the reference's (95% Wilson interval) and the cost saved against always asking the reference
+  function renderShadow(rows) {
+    var section = document.getElementById("shadow-section");
+    var table = document.getElementById("shadow");
+    section.hidden = !rows;
+    if (!rows) return;
+    clear(table);
+    var head = htmlEl("tr", {}, htmlEl("thead", {}, table));
+    ["cluster", "shadowed", "judged", "leakage", "95% interval", "saved"].forEach(function (h) { htmlEl("th", {}, head, h); });
+    var body = htmlEl("tbody", {}, table);
+    if (!rows.length) { htmlEl("td", { "colspan": "6" }, htmlEl("tr", {}, body), "no shadowed request in this window"); return; }
+    rows.forEach(function (r) {
+      var tr = htmlEl("tr", { "data-cluster": String(r.cluster) }, body);
+      htmlEl("td", {}, tr, String(r.cluster));
+      htmlEl("td", {}, tr, compact(r.shadowed));
+      htmlEl("td", {}, tr, compact(r.judged));
+      htmlEl("td", {}, tr, r.judged ? (100 * r.leakage).toFixed(1) + "%" : "n/a");
+      htmlEl("td", {}, tr, r.judged ? (100 * r.leakage_low).toFixed(1) + "-" + (100 * r.leakage_high).toFixed(1) + "%" : "n/a");
+      htmlEl("td", {}, tr, usd(r.saved_usd) + (r.reference_cost_usd > 0 ? " (" + (100 * r.saved_share).toFixed(0) + "%)" : ""));
+    });
+  }
+
   function renderDriftList(drift) {
     var list = document.getElementById("drift-events");
     clear(list);
@@ -381,6 +404,7 @@
     renderBreakers(hist.breakers);
     renderDriftList(hist.drift);
     renderLanguages(hist.languages);
+    renderShadow(hist.shadow);
     shareChart(document.getElementById("share-overall"), hist, hist.overall);
     renderClusters(state, hist);
   }

@@ -14,7 +14,9 @@ import pytest
 from feedback.events import DecisionMade
 from service.cascade import structural, wants_json
 from service.settings import load_settings
+from tests.servers import serve
 from tests.service.fleet import Fleet
+from tests.service.providers import FakeProvider
 
 PROMPT = "Write a Python function that sorts a list."
 
@@ -111,7 +113,7 @@ class _Judge:
     def __init__(self, grade: float | None = None, fail: bool = False) -> None:
         self.grade_, self.fail, self.seen = grade, fail, []
 
-    async def grade(self, req, answer: str) -> float | None:
+    async def grade(self, turn, answer: str) -> float | None:
         self.seen.append(answer)
         if self.fail:
             raise RuntimeError("judge down")
@@ -202,3 +204,24 @@ def test_a_conversations_turns_route_with_cascades_configured(fleet, base, embed
             assert r.status_code == 200 and r.headers["x-turnout-model"] in ("a", "b", "c")
         turns = [d for d in gw.decisions() if d.conversation_id and not d.parent_decision_id]
         assert len(turns) == 3 and len({d.conversation_id for d in turns}) == 1
+
+
+def test_the_judge_gate_grades_through_the_configured_judge_and_its_calls_are_recorded(fleet, base, embedder):
+    """``[judge]`` configured: a cascade's judge gate grades through it (on the request path, the
+    cheap answer), each gate call is a record of purpose "judge", and a low grade escalates."""
+    grader = FakeProvider("grader", answer="Score: 2")
+    with serve(grader) as url:
+        judge = {"enabled": True, "base_url": url + "/v1", "upstream_model": "grader", "price_in_per_mtok": 1.0,
+                 "price_out_per_mtok": 1.0, "sample": 0.0, "timeout_s": 2.0}  # fmt: skip
+        cascade = {"name": "cb", "cheap": "c", "strong": "a", "gate": "judge", "threshold": 0.5, "tier": 0.999}
+        with fleet.gateway(base, embedder, cascades=[cascade], router={"prior_strength": 1000.0}, judge=judge) as gw:
+            low = _chat(gw.url)
+            assert low.status_code == 200 and low.headers["x-turnout-gate"] == "judge"
+            assert low.json()["choices"][0]["message"]["content"] == "answer from a"
+            grader.answer = "Score: 5"
+            high = _chat(gw.url)
+            assert high.headers["x-turnout-gate"] == "pass" and high.headers["x-turnout-model"] == "c"
+            assert grader.requests == 2 and "answer from c" in grader.bodies[0]["messages"][0]["content"]
+            calls = [d for d in gw.decisions() if d.purpose == "judge"]
+            ids = {low.headers["x-turnout-decision-id"], high.headers["x-turnout-decision-id"]}
+            assert {d.parent_decision_id for d in calls} == ids and all(d.cost_usd > 0 for d in calls)

@@ -1,0 +1,92 @@
+"""``[judge]`` and ``[shadow]`` built into an ``Evaluation`` (service/evaluation.py), or None when both are off.
+
+Called by the composition root (``service.runtime``). A pool judge uses the pool model's adapter;
+a dedicated endpoint gets an adapter of its own, closed with the evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from service.caching import ResponseCache
+from service.daily_budget import DailyBudget
+from service.evaluation import Evaluation, JudgeScope
+from service.judge import Judge
+from service.metrics import Registry
+from service.offpath import OffPath
+from service.records import Recorder
+from service.settings import ConfigError, ModelSettings, Settings
+from service.shadow import Shadow
+from service.upstream import Upstream
+
+__all__ = ["build_evaluation"]
+
+
+def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Upstream], records: Recorder,
+                     metrics: Registry, rng: np.random.Generator, cache: ResponseCache | None = None,
+                     judge_upstream: Upstream | None = None) -> Evaluation | None:  # fmt: skip
+    """The evaluation of ``settings`` over ``pool`` (PoolModels) and its ``upstreams``.
+
+    ``judge_upstream`` replaces the adapter of a dedicated judge endpoint (tests)."""
+    j, sh = settings.judge, settings.shadow
+    if not j.enabled and not sh.enabled:
+        return None
+    by_name = {m.name: (i, m) for i, m in enumerate(pool)}
+    judge, closers = None, ()
+    if j.enabled:
+        if j.model:
+            if j.model not in by_name:
+                raise ConfigError(f"config error: judge.model '{j.model}' is not in the pool ({', '.join(by_name)})")
+            m = by_name[j.model][1]
+            upstream, upstream_model, prices = upstreams[j.model], m.upstream_model, (m.price_in_per_mtok, m.price_out_per_mtok)
+        else:
+            if not j.base_url and judge_upstream is None:
+                raise ConfigError("config error: judge.model or judge.base_url must name the judge")
+            if judge_upstream is None:
+                from service.gateway import openai_upstream
+
+                judge_upstream = openai_upstream(ModelSettings(name="judge", base_url=j.base_url, api_key_env=j.api_key_env,
+                                                               timeout_s=j.timeout_s, ttft_timeout_s=j.timeout_s))  # fmt: skip
+                closers = (judge_upstream,)
+            upstream, upstream_model, prices = judge_upstream, j.upstream_model or "judge", (j.price_in_per_mtok, j.price_out_per_mtok)
+        judge = Judge(name=j.model or "judge", upstream=upstream, upstream_model=upstream_model,
+                      price_in_per_mtok=prices[0], price_out_per_mtok=prices[1], template=j.prompt,
+                      score_pattern=j.score_pattern, score_max=j.score_max, max_tokens=j.max_tokens,
+                      timeout_s=j.timeout_s, budget=DailyBudget(j.budget_usd_per_day))  # fmt: skip
+    shadow = None
+    if sh.enabled:
+        if sh.reference not in by_name:
+            raise ConfigError(f"config error: shadow.reference '{sh.reference}' is not in the pool ({', '.join(by_name)})")
+        i, m = by_name[sh.reference]
+        timeout = next((x.timeout_s for x in settings.models if x.name == m.name), 60.0)
+        shadow = Shadow(reference=m.name, index=i, upstream=upstreams[m.name], upstream_model=m.upstream_model,
+                        prices=(m.price_in_per_mtok, m.price_out_per_mtok), share=sh.share,
+                        tenant_share=sh.tenant_share, tenants=sh.tenants, budget=DailyBudget(sh.budget_usd_per_day),
+                        timeout_s=timeout, rng=np.random.default_rng(rng.integers(1 << 62)))  # fmt: skip
+    evaluation = Evaluation(
+        offpath=OffPath(j.queue_size, j.workers), records=records, rng=rng, judge=judge,
+        scope=JudgeScope(j.model, frozenset(j.tenants), frozenset(j.private_tenants)), sample=j.sample,
+        shadow=shadow, cache=cache, closers=closers,
+    )  # fmt: skip
+    _gauges(metrics, evaluation)
+    return evaluation
+
+
+def _gauges(metrics: Registry, ev: Evaluation) -> None:
+    def jobs() -> Any:
+        for (kind, outcome), n in sorted(ev.offpath.counts.items()):
+            yield (kind, outcome), float(n)
+
+    metrics.add_gauge("turnout_offpath_jobs", "Background judge and shadow jobs since start, by kind and outcome "
+                      "(queued, done, failed, skipped_full).", ("kind", "outcome"), jobs)  # fmt: skip
+
+    def spent() -> Any:
+        if ev.judge is not None:
+            yield ("judge",), ev.judge.budget.spent_today()
+        if ev.shadow is not None:
+            yield ("shadow",), ev.shadow.budget.spent_today()
+
+    metrics.add_gauge("turnout_offpath_spent_usd", "USD spent today (UTC) by the judge and by shadow calls.",
+                      ("kind",), spent)  # fmt: skip
