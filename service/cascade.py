@@ -17,8 +17,9 @@ The gate (``Gate.verdict``), in order, each on the cheap answer:
 - ``gate = "logprob"``: the mean token log-probability, where the provider returned them, below
   ``threshold`` (``logprob``); without them this part passes;
 - ``gate = "judge"``: a grade in [0, 1] from the ``JudgePort`` below ``threshold`` (``judge``).
-  The port is what a judge client fills; without one, or when it fails or gives no grade, this
-  part passes: a failing judge never fails a request.
+  The service's ``[judge]`` fills the port (``Evaluation.grade``, which records each call);
+  without one, or when it fails or gives no grade, this part passes: a failing judge never
+  fails a request.
 
 Records (``service.records``): the request's decision (``model`` the cascade's name, the bill of
 every attempt, ``escalated``, ``gate`` the verdict), and each attempt's own record (policy
