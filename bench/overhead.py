@@ -69,6 +69,7 @@ def bench_decision(n: int, detector: str = "cld2", cascade: bool = False) -> dic
     """``cascade``: with a cascade configured (one more arm in every decision)."""
     from pathlib import Path
 
+    from feedback.memory import MemoryRowStore, MemorySnapshotStore
     from service.runtime import Runtime
     from service.schemas import ChatRequest, Message
     from service.settings import load_settings
@@ -79,7 +80,8 @@ def bench_decision(n: int, detector: str = "cld2", cascade: bool = False) -> dic
             config = Path(tmp) / "turnout.toml"
             config.write_text(_CASCADE)
         settings = load_settings(config, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_LANGUAGE__DETECTOR": detector})
-        rt = Runtime(settings, learner=False, sim_latency_scale=0.0)
+        rt = Runtime(settings, learner=False, sim_latency_scale=0.0, rows=MemoryRowStore(),
+                     snapshots=MemorySnapshotStore())  # fmt: skip (chDB: one engine path per process)
         reqs = [ChatRequest(model="auto", messages=[Message(role="user", content=p)]) for p in _prompts(n)]
         for r in reqs[:500]:
             rt.chat.route(r)

@@ -35,7 +35,7 @@ class _SwapOnRead(Router):
 
 def test_a_swap_during_routing_does_not_mix_two_snapshots(runtime):
     chat = runtime.chat
-    live = chat.router.view.snapshot
+    live = chat.routing.router.view.snapshot  # the router of the routing step (service/route_request.py)
     # the next snapshot: a single catch-all cluster, so cluster ids >= 1 do not exist in it
     k1 = msgspec.structs.replace(
         live, version=live.version + 1, parent=live.version, reason="manual", clustering=live.clustering + 1,
@@ -43,14 +43,14 @@ def test_a_swap_during_routing_does_not_mix_two_snapshots(runtime):
         n=(live.n[0],), reward_sum=(live.reward_sum[0],), decisions=(live.decisions[0],), drift=(),
     )  # fmt: skip
     assert len(live.n) > 1  # the demo topics' clusters
-    chat.router = _SwapOnRead(chat.router, k1)
+    chat.routing.router = _SwapOnRead(chat.routing.router, k1)
     prompts = ["Write a Python function that parses a CSV file", "Plan three days in Lisbon",
                "Give me a recipe for banana bread", "Prove that the square root of 2 is irrational"]  # fmt: skip
     body = {"model": "auto", "messages": [{"role": "user", "content": prompts[0]}]}
     routed = chat.route(chat.parse(msgspec.json.encode(body)))
-    assert chat.router.reads >= 1 and chat.router._view.snapshot.version == live.version + 1  # swapped mid-request
+    assert chat.routing.router.reads >= 1 and chat.routing.router._view.snapshot.version == live.version + 1  # swapped mid-request
     assert (routed.snapshot_version, routed.clustering) == (live.version, live.clustering)
     assert 0 <= routed.choice.cluster < len(live.n)
-    expected = chat.router._view  # the new view routes the next request
+    expected = chat.routing.router._view  # the new view routes the next request
     again = chat.route(chat.parse(msgspec.json.encode({**body, "messages": [{"role": "user", "content": prompts[1]}]})))
     assert again.snapshot_version == expected.snapshot.version and again.choice.cluster == 0
