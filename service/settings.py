@@ -358,6 +358,16 @@ class ProbeSettings(_Config):
     learner_port: int | None = None
 
 
+class ProcessSettings(_Config):
+    """``[processes]``: how ``turnout up`` and ``serve`` spread over processes (docs/processes.md)."""
+
+    # serving processes on the one port (SO_REUSEPORT), each on the same snapshot
+    workers: int = 1
+    # turnout up on the embedded store: "process" keeps chDB (writer, learner, reads) in a
+    # process of its own, fed in batches; "inline" opens it in the serving process
+    storage: Literal["process", "inline"] = "process"
+
+
 class Settings(_Config):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -377,6 +387,7 @@ class Settings(_Config):
     feedback_cap: FeedbackCapSettings = FeedbackCapSettings()
     cache: CacheSettings = CacheSettings()
     probes: ProbeSettings = ProbeSettings()
+    processes: ProcessSettings = ProcessSettings()
 
 
 Override = tuple[str, tuple[str, ...], str]  # (variable, path of the key, value)
