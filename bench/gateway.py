@@ -11,8 +11,16 @@
    each gateway. Overhead at a percentile = gateway latency - direct latency at that percentile.
    The highest rate whose p99 overhead stays under 10 ms is each gateway's sustained rate; the
    highest whose p99 overhead stays under 1 s (beyond, it queues) is its saturation rate.
-CPU per request is read from /proc for each gateway's processes. The machine may be shared:
-run twice and compare ratios, not absolute figures.
+CPU per request is read from /proc for each gateway's processes (a Turnout's storage process and
+workers included), and printed with requests per second per core (1000 / CPU ms). The machine may
+be shared: run twice and compare ratios, not absolute figures.
+
+Per second: each run's p99 overhead is also printed for every whole second (by due time), with
+the worst second and the count of seconds above 20 ms, so a stall shows as a bad second.
+``--loadgens 2``: two independent generators, each in its own process with its own event loop and
+connections, share each rate; each one's p99 overhead is printed beside the merged figure.
+``--storage inline,process`` / ``--workers 1,2``: one Turnout per value (``[processes]`` storage,
+``--workers``), all started at once and measured in turn at each rate (A/B in one run).
 
 ``--cache``: Turnout with ``[cache] enabled`` (``min_quality = 0.5``, so every model of the bench
 pool may be cached) and no LiteLLM. The same eight prompts at temperature 0 go through it twice
