@@ -53,7 +53,7 @@ def _round(mode: str, settings, rate: float, duration_s: float, dim: int) -> dic
     from feedback.spill import SpillJournal
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stalls-"))
-    data = tmp / "data"
+    data = _INLINE_DIR / "data" if mode == "inline" else tmp / "data"  # inline: one engine for the run
     import msgspec
 
     s = msgspec.structs.replace(settings, storage=msgspec.structs.replace(settings.storage, data_dir=str(data)))
@@ -100,6 +100,7 @@ def _round(mode: str, settings, rate: float, duration_s: float, dim: int) -> dic
 
 
 _CLIENTS: dict[str, object] = {}
+_INLINE_DIR = Path(tempfile.mkdtemp(prefix="bench-stalls-inline-"))
 
 
 def _inline_client(settings, connect, prepare):
@@ -122,13 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     dim = settings.router.embedding_dim
     print(f"{args.rate:g} events/s for {args.duration_s:g} s a round, embeddings of {dim} floats; "
           f"probe lateness in ms (seconds whose worst wake-up was later than {STALL_MS:g} ms)")  # fmt: skip
+    try:
+        _rounds(settings, args, dim)
+    finally:
+        shutil.rmtree(_INLINE_DIR, ignore_errors=True)
+    return 0
+
+
+def _rounds(settings, args, dim: int) -> None:
     for r in range(args.rounds):
         for mode in ("inline", "process"):
             res = _round(mode, settings, args.rate, args.duration_s, dim)
             print(f"round {r + 1} {mode:<8} p99 {res['p99_ms']:6.2f}  max {res['max_ms']:7.2f}  worst second p99 "
                   f"{res['worst_second_p99_ms']:6.2f}  seconds > {STALL_MS:g} ms: {res['seconds_over']}/{res['seconds']}",
                   flush=True)  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def storage_main(settings: Settings, address: str, authkey: bytes, parent_pid: i
     from service.runtime import Runtime
 
     try:
-        rt = Runtime(settings, learner=True, embedded_sink=True)
+        rt = Runtime(settings, learner=True, embedded_sink=True, publishes=False)
     except StoreLocked as exc:
         ready.send(("error", "StoreLocked", exc.path, exc.pid))
         return

@@ -115,3 +115,28 @@ def test_events_the_storage_process_did_not_take_are_journaled_and_sent_at_the_n
         link.close()
     finally:
         storage.stop()
+
+
+def test_up_on_kafka_runs_the_sink_in_the_storage_process(tmp_path, kafka_broker, unique_topics):
+    """``[events] backend = "kafka"``: the serving process publishes, the storage process's sink
+    stores them, each once (what it had not read at the stop stays in Kafka for the next start)."""
+    port, data, names = free_port(), tmp_path / "data", unique_topics
+    env = {**ENV, "TURNOUT_EVENTS__BACKEND": "kafka", "TURNOUT_EVENTS__BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
+           "TURNOUT_EVENTS__DECISIONS_TOPIC": names["decisions"], "TURNOUT_EVENTS__FEEDBACK_TOPIC": names["feedback"],
+           "TURNOUT_EVENTS__DLQ_TOPIC": names["dlq"], "TURNOUT_EVENTS__SINK_GROUP": names["group"],
+           "TURNOUT_EVENTS__SINK_BATCH_S": "0.1"}  # fmt: skip
+    with Turnout(["up", "--port", str(port), "--data-dir", str(data), "--learn-interval-s", "1"], env, tmp_path) as up:
+        up.wait_for_line("listening on")
+        url = f"http://127.0.0.1:{port}"
+        with Traffic(url) as traffic:
+            wait_until(lambda: traffic.answered >= 30 and len(traffic.feedback) >= 15, 120, "answers", up)
+        # stored by the storage process's sink, read back through it (the dashboard's history)
+        wait_until(lambda: httpx.get(url + "/v1/router/history").json()["decisions"] == len(traffic.decisions), 60,
+                   "every decision stored", up)  # fmt: skip
+        code = up.stop(signal.SIGTERM)
+    assert code == 0, up.output
+    assert ", 0 lost" in up.output, up.output
+    store = dump_store(f"chdb://{(data / 'clickhouse').resolve()}", "turnout")
+    assert sorted(d for (d,) in store["decisions"]) == sorted(traffic.decisions)  # raw rows: each exactly once
+    thumbs = [e for e, kind in store["feedback"] if kind == "explicit"]
+    assert len(thumbs) == len(set(thumbs)) and set(thumbs) <= set(traffic.feedback)
