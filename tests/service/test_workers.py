@@ -106,3 +106,16 @@ def test_sigterm_to_a_group_of_two_workers_loses_nothing(tmp_path):
     store = dump_store(f"chdb://{(data / 'clickhouse').resolve()}", "turnout")
     assert sorted(d for (d,) in store["decisions"]) == sorted(traffic.decisions)  # raw rows: each exactly once
     assert sorted(e for e, kind in store["feedback"] if kind == "explicit") == sorted(traffic.feedback)
+
+
+def test_serve_with_workers_on_the_embedded_store_is_one_line(tmp_path):
+    """Each worker of ``serve`` would open the store: one line and exit 2, nothing started."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                           "--workers", "2", "--port", "0"], capture_output=True, text=True, cwd=ROOT, env=clean,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        'turnout: --workers needs the store outside the serving processes: turnout up with [processes] storage = '
+        '"process" on the embedded store, or a ClickHouse server ([storage] clickhouse_dsn)']
+    assert not (tmp_path / "d").exists()
