@@ -79,6 +79,8 @@ class StorageProcess:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
+            if self._proc is None:  # never started: nothing will stop it
+                shutil.rmtree(self._dir, ignore_errors=True)
             if ready[1] == "StoreLocked":
                 raise StoreLocked(ready[2], ready[3])
             raise RuntimeError(f"the storage process failed to start: {ready[1]}: {ready[2]}")
