@@ -173,7 +173,6 @@ def _event_summary(rt: Any) -> str:
     return event_line(sink_stats(rt))
 
 
-
 def cmd_learn(args: argparse.Namespace) -> int:
     from feedback.stop import StopSignal
     from service.runtime import Runtime
