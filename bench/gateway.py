@@ -2,6 +2,7 @@
 
     python -m bench.gateway [--rates 50,100,200,300,400] [--litellm-rates 10,20,50,100] [--duration-s 10]
     python -m bench.gateway --cache [--rates ...]     # repeated prompts: the response cache
+    python -m bench.gateway --storage inline,process --workers 1,2 --loadgens 2 --litellm ''
 
 1. A zero-latency OpenAI-compatible upstream (``bench.upstream``) in its own process.
 2. Turnout (``turnout up``: service, in-process event bus, embedded ClickHouse, learner) with three
@@ -10,8 +11,16 @@
    each gateway. Overhead at a percentile = gateway latency - direct latency at that percentile.
    The highest rate whose p99 overhead stays under 10 ms is each gateway's sustained rate; the
    highest whose p99 overhead stays under 1 s (beyond, it queues) is its saturation rate.
-CPU per request is read from /proc for each gateway's processes. The machine may be shared:
-run twice and compare ratios, not absolute figures.
+CPU per request is read from /proc for each gateway's processes (a Turnout's storage process and
+workers included), and printed with requests per second per core (1000 / CPU ms). The machine may
+be shared: run twice and compare ratios, not absolute figures.
+
+Per second: each run's p99 overhead is also printed for every whole second (by due time), with
+the worst second and the count of seconds above 20 ms, so a stall shows as a bad second.
+``--loadgens 2``: two independent generators, each in its own process with its own event loop and
+connections, share each rate; each one's p99 overhead is printed beside the merged figure.
+``--storage inline,process`` / ``--workers 1,2``: one Turnout per value (``[processes]`` storage,
+``--workers``), all started at once and measured in turn at each rate (A/B in one run).
 
 ``--cache``: Turnout with ``[cache] enabled`` (``min_quality = 0.5``, so every model of the bench
 pool may be cached) and no LiteLLM. The same eight prompts at temperature 0 go through it twice
@@ -47,6 +56,7 @@ PROMPTS = [
 ]  # fmt: skip
 P_LEVELS = (50, 90, 99)
 LIMIT_MS = 10.0
+SECOND_LIMIT_MS = 20.0  # no second of a run should have a p99 overhead above this
 KEEPS_UP_MS = 1000.0  # beyond this p99 overhead a gateway is queueing: saturated
 BENCH_KEY = "sk-bench-" + "0123456789abcdef" * 4  # both gateways check a bearer key
 
@@ -91,6 +101,26 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _load(rate: float, port: int, path: str, body: bytes, headers: dict[str, str], duration_s: float,
+          warmup_s: float) -> LoadResult:  # fmt: skip
+    bodies = [body.replace(b"__PROMPT__", p.encode()) for p in PROMPTS]
+    return open_loop(f"http://127.0.0.1:{port}", path, lambda i: bodies[i % len(bodies)], rate=rate,
+                     duration_s=duration_s, warmup_s=warmup_s, headers=headers)  # fmt: skip
+
+
+def _merge(rate: float, parts: list[LoadResult]) -> LoadResult:
+    """The generators' results as one run at the sum of their rates."""
+    statuses: dict[int, int] = {}
+    kinds: dict[str, int] = {}
+    for r in parts:
+        for k, v in r.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+        for k, v in r.error_kinds.items():
+            kinds[k] = kinds.get(k, 0) + v
+    return LoadResult(rate, sum(r.sent for r in parts), tuple(x for r in parts for x in r.latencies_s), statuses,
+                      sum(r.errors for r in parts), kinds, tuple(x for r in parts for x in r.due_s))  # fmt: skip
+
+
 class Target:
     def __init__(self, name: str, port: int, path: str, body: bytes, headers: dict[str, str],
                  proc: subprocess.Popen | None = None, helpers: list[subprocess.Popen] | None = None,
@@ -101,13 +131,21 @@ class Target:
         self.results: dict[float, LoadResult] = {}
         self.cpu_ms: dict[float, float] = {}
         self.helper_cpu_ms: dict[float, float] = {}
+        self.by_loadgen: dict[float, list[LoadResult]] = {}  # --loadgens > 1: what each generator saw
 
-    def run(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
-        bodies = [self.body.replace(b"__PROMPT__", p.encode()) for p in PROMPTS]
+    def run(self, rate: float, duration_s: float, warmup_s: float, loadgens: int = 1) -> LoadResult:
         cpu0 = _cpu_s(self.proc.pid) if self.proc else 0.0
         help0 = sum(_cpu_s(p.pid) for p in self.helpers)
-        res = open_loop(f"http://127.0.0.1:{self.port}", self.path, lambda i: bodies[i % len(bodies)], rate=rate,
-                        duration_s=duration_s, warmup_s=warmup_s, headers=self.headers)  # fmt: skip
+        args = (self.port, self.path, self.body, self.headers, duration_s, warmup_s)
+        if loadgens <= 1:
+            res = _load(rate, *args)
+        else:  # independent generators, each in its own process with its own event loop and connections
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(loadgens) as pool:
+                parts = pool.starmap(_load, [(rate / loadgens, *args)] * loadgens)
+            res = _merge(rate, parts)
+            self.by_loadgen[rate] = parts
         n = max(1, res.sent + int(rate * warmup_s))
         if self.proc:
             self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / n
@@ -128,7 +166,8 @@ def _tansu() -> str:
     return str(path) if path.exists() else (shutil.which("tansu") or "tansu")
 
 
-def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bool = False) -> list[subprocess.Popen]:
+def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bool = False,
+                   env_extra: dict[str, str] | None = None) -> list[subprocess.Popen]:  # fmt: skip
     """``up``: one process (service, in-process event bus into embedded ClickHouse, learner).
     ``kafka``: ``turnout serve`` publishing events to a Tansu broker, and ``turnout sink`` storing
     them (the production shape: no ClickHouse work in the service process). First process: the
@@ -153,7 +192,7 @@ def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bo
     (tmp / "turnout.toml").write_text(
         f'[server]\nlog_format = "text"\n\n{events}[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
     )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     cli = [sys.executable, "-m", "service.cli"]
     conf = ["--config", str(tmp / "turnout.toml")]
     command = "up" if topology == "up" else "serve"
@@ -203,7 +242,7 @@ def _overhead(target: Target, direct: Target, rate: float, p: float) -> float:
 
 
 def _report(direct: Target, gateways: list[Target], rates: list[float], against_litellm: bool = True) -> dict:
-    print(f"\n{'rate/s':>7} {'target':<9} {'ok':>6} {'err':>4} " + " ".join(f"{'p' + str(p) + ' ms':>9}" for p in P_LEVELS)
+    print(f"\n{'rate/s':>7} {'target':<16} {'ok':>6} {'err':>4} " + " ".join(f"{'p' + str(p) + ' ms':>9}" for p in P_LEVELS)
           + " " + " ".join(f"{'ovh p' + str(p):>9}" for p in P_LEVELS) + f" {'cpu ms/req':>10}")  # fmt: skip
     summary: dict = {"rates": {}, "sustained": {}}
     for rate in rates:
@@ -215,12 +254,32 @@ def _report(direct: Target, gateways: list[Target], rates: list[float], against_
             ovh = " ".join(f"{_overhead(t, direct, rate, p):9.2f}" if t is not direct else f"{'':9}" for p in P_LEVELS)
             cpu = f"{t.cpu_ms[rate]:10.2f}" if rate in t.cpu_ms else f"{'':10}"
             helpers = f"  (+{t.helper_cpu_ms[rate]:.2f} sink, broker)" if rate in t.helper_cpu_ms else ""
-            print(f"{rate:7g} {t.name:<9} {r.ok:6d} {r.errors:4d} {lat} {ovh} {cpu}{helpers}")
+            print(f"{rate:7g} {t.name:<16} {r.ok:6d} {r.errors:4d} {lat} {ovh} {cpu}{helpers}")
             if t is not direct:
                 summary["rates"].setdefault(str(rate), {})[t.name] = {
                     f"overhead_p{p}_ms": round(_overhead(t, direct, rate, p), 3) for p in P_LEVELS
                 } | {"errors": r.errors, "cpu_ms_per_request": round(t.cpu_ms.get(rate, float("nan")), 3),
                      "helper_cpu_ms_per_request": round(t.helper_cpu_ms.get(rate, 0.0), 3)}
+    print(f"\nper second (by due time): p99 overhead of the worst second, and seconds above {SECOND_LIMIT_MS:g} ms")
+    for rate in rates:
+        for t in gateways:
+            if rate not in t.results:
+                continue
+            base = direct.results[rate].pct_ms(99)
+            secs = [v - base for v in t.results[rate].per_second_ms(99)]
+            worst, over = max(secs, default=float("nan")), sum(v > SECOND_LIMIT_MS for v in secs)
+            gens = "".join(f"  loadgen {i + 1}: p99 ovh {r.pct_ms(99) - base:.2f} ms"
+                           for i, r in enumerate(t.by_loadgen.get(rate, [])))  # fmt: skip
+            print(f"{rate:7g} {t.name:<16} worst second {worst:8.2f} ms  seconds > {SECOND_LIMIT_MS:g} ms: "
+                  f"{over}/{len(secs)}{gens}")  # fmt: skip
+            summary["rates"][str(rate)][t.name] |= {"worst_second_p99_overhead_ms": round(worst, 3),
+                                                   "seconds_over_20ms": over,
+                                                   "per_second_p99_overhead_ms": [round(v, 2) for v in secs]}
+    print("\nCPU per request (ms, the gateway's processes) and requests per second per core (1000 / that)")
+    for t in gateways:
+        if t.cpu_ms:
+            print(f"  {t.name:<16} " + ", ".join(f"{r:g}/s: {c:.2f} ms = {1000 / max(c, 1e-6):.0f} req/s/core"
+                                                 for r, c in sorted(t.cpu_ms.items())))  # fmt: skip
     summary["keeps_up"] = {}
     for t in gateways:
         clean = [rate for rate in rates if rate in t.results and t.results[rate].errors == 0]
@@ -230,8 +289,8 @@ def _report(direct: Target, gateways: list[Target], rates: list[float], against_
           + ", ".join(f"{n} {r:g}/s" for n, r in summary["sustained"].items()))  # fmt: skip
     print(f"highest rate kept up with (p99 overhead < {KEEPS_UP_MS / 1000:g} s, no errors): "
           + ", ".join(f"{n} {r:g}/s" for n, r in summary["keeps_up"].items()))  # fmt: skip
-    if len(gateways) == 2 and against_litellm:
-        t, other = gateways
+    if len(gateways) >= 2 and gateways[-1].name == "litellm" and against_litellm:
+        t, other = gateways[0], gateways[-1]
         at = 50.0
         if at in t.results and at in other.results:
             mine, theirs = _overhead(t, direct, at, 99), _overhead(other, direct, at, 99)
@@ -258,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topology", choices=("up", "kafka"), default="up",
                    help="up: one process with embedded ClickHouse (default); kafka: serve + broker + sink")
     p.add_argument("--json", help="also write the summary here")
+    p.add_argument("--workers", default="1", help="serving processes of turnout (--workers); a list (1,2) runs "
+                                                  "one turnout per value, measured in turn at each rate")
+    p.add_argument("--storage", default="", help="[processes] storage of turnout up: process or inline (the "
+                                                 "store in the serving process); a list (inline,process) runs one "
+                                                 "turnout per value, measured in turn (A/B in one run)")
+    p.add_argument("--loadgens", type=int, default=1,
+                   help="independent load generators, each in its own process, sharing the rate")
     p.add_argument("--cache", action="store_true",
                    help="repeated prompts through Turnout's response cache, beside its uncached path (no LiteLLM)")
     args = p.parse_args(argv)
@@ -271,26 +337,40 @@ def main(argv: list[str] | None = None) -> int:
         try:
             up_port, t_port, l_port = _free_port(), _free_port(), _free_port()
             procs.append(_start_upstream(up_port))
-            turnout_procs = _start_turnout(t_port, up_port, tmp, args.topology, args.cache)
-            turnout = turnout_procs[0]
-            procs += turnout_procs
+            variants = [(s, w) for s in (args.storage.split(",") if args.storage else [""])
+                        for w in args.workers.split(",")]  # fmt: skip
+            started = []  # (name, port, processes)
+            for storage, workers in variants:
+                port = t_port if not started else _free_port()
+                env = {"TURNOUT_PROCESSES__WORKERS": workers} if workers != "1" else {}
+                if storage:
+                    env["TURNOUT_PROCESSES__STORAGE"] = storage
+                name = "turnout" if len(variants) == 1 else f"turnout-{storage or 'd'}-w{workers}"
+                sub = tmp / name
+                sub.mkdir()
+                ps = _start_turnout(port, up_port, sub, args.topology, args.cache, env)
+                procs += ps
+                started.append((name, port, ps, sub))
+            turnout = started[0][2][0]
             litellm = None
             if args.litellm and shutil.which(args.litellm):
                 litellm = _start_litellm(args.litellm, l_port, up_port, tmp, args.litellm_workers)
                 procs.append(litellm)
             _wait_http(up_port, "/v1/models")
-            try:
-                _wait_http(t_port, "/healthz", proc=turnout)
-            except RuntimeError:
-                print((tmp / "turnout.log").read_text()[-3000:], file=sys.stderr)
-                raise
+            for name, port, ps, sub in started:
+                try:
+                    _wait_http(port, "/healthz", proc=ps[0])
+                except RuntimeError:
+                    print((sub / "turnout.log").read_text()[-3000:], file=sys.stderr)
+                    raise
             body = msgspec.json.encode({"model": "__MODEL__", "messages": [{"role": "user", "content": "__PROMPT__"}],
                                         **({"temperature": 0} if args.cache else {})})  # fmt: skip
             direct = Target("direct", up_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"bench"), {})
             auth = {"authorization": f"Bearer {BENCH_KEY}"}
-            gateways = [Target("turnout", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"),
-                               {**auth, "x-turnout-cache": "off"} if args.cache else auth, turnout,
-                               turnout_procs[1:], rates)]  # fmt: skip
+            gateways = [Target(name, port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"),
+                               {**auth, "x-turnout-cache": "off"} if args.cache else auth, ps[0], ps[1:], rates)
+                        for name, port, ps, _ in started]  # fmt: skip
+            turnout_procs = started[0][2]
             if args.cache:  # the same requests, answered from the cache after the warm-up
                 gateways.append(Target("cached", t_port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"),
                                        auth, turnout, turnout_procs[1:], rates))  # fmt: skip
@@ -314,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             saturated: set[str] = set()
             all_rates = sorted({r for t in gateways for r in t.rates})
             for rate in all_rates:
-                direct.run(rate, args.duration_s, args.warmup_s)
+                direct.run(rate, args.duration_s, args.warmup_s, args.loadgens)
                 for t in gateways:
                     if t.name in saturated or rate not in t.rates:
                         continue
                     calls = _metric(t_port, "turnout_upstream_latency_seconds_count") if t.name == "cached" else 0.0
-                    res = t.run(rate, args.duration_s, args.warmup_s)
+                    res = t.run(rate, args.duration_s, args.warmup_s, args.loadgens)
                     if t.name == "cached":
                         upstream_calls[rate] = _metric(t_port, "turnout_upstream_latency_seconds_count") - calls
                         print(f"  {rate:g}/s cached: {res.sent} requests, {upstream_calls[rate]:g} upstream calls",

@@ -32,6 +32,19 @@ class LoadResult(msgspec.Struct, frozen=True):
     statuses: dict[int, int]
     errors: int
     error_kinds: dict[str, int]
+    due_s: tuple[float, ...] = ()  # when each measured request was due, s after the measured part began
+
+    def per_second_ms(self, p: float) -> list[float]:
+        """The ``p``-th percentile latency (ms) of each whole second of the measured part, by due
+        time (nan for a second where nothing came back): a stall shows as one bad second."""
+        if not self.due_s:
+            return []
+        lat, due = np.asarray(self.latencies_s), np.asarray(self.due_s)
+        out = []
+        for k in range(int(due.max()) + 1):
+            sel = lat[(due >= k) & (due < k + 1)]
+            out.append(float(np.percentile(sel, p) * 1000.0) if len(sel) else float("nan"))
+        return out
 
     def pct_ms(self, p: float) -> float:
         """The ``p``-th percentile latency in milliseconds (nan when nothing came back)."""
@@ -130,6 +143,7 @@ async def _run(url: str, path: str, body: Callable[[int], bytes], rate: float, d
             await w
 
     latencies: list[float] = []
+    dues: list[float] = []
     statuses: dict[int, int] = {}
     kinds: dict[str, int] = {}
 
@@ -146,12 +160,14 @@ async def _run(url: str, path: str, body: Callable[[int], bytes], rate: float, d
             return
         if measured:
             latencies.append(time.perf_counter() - due)
+            dues.append(due - t_measured)
             statuses[status] = statuses.get(status, 0) + 1
 
     total = int(rate * (warmup_s + duration_s))
     n_warm = int(rate * warmup_s)
     tasks: set[asyncio.Task] = set()
     t0 = time.perf_counter() + 0.05  # uvloop's loop.time() ticks in whole milliseconds
+    t_measured = t0 + n_warm / rate
     for i in range(total):
         due = t0 + i / rate
         delay = due - time.perf_counter()
@@ -165,7 +181,7 @@ async def _run(url: str, path: str, body: Callable[[int], bytes], rate: float, d
     if tasks:
         await asyncio.wait(tasks, timeout=timeout_s + 5)
     return LoadResult(rate, total - n_warm, tuple(latencies), statuses,
-                      sum(kinds.values()) + sum(n for s, n in statuses.items() if s >= 400), kinds)  # fmt: skip
+                      sum(kinds.values()) + sum(n for s, n in statuses.items() if s >= 400), kinds, tuple(dues))  # fmt: skip
 
 
 def open_loop(url: str, path: str, body: Callable[[int], bytes], rate: float, duration_s: float,

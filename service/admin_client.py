@@ -118,7 +118,8 @@ def held_by(data_dir: str, pid: int) -> str:
     """Who holds a store and how to reach it, for the one line a command prints when it cannot open it."""
     who = f"process {pid}" if pid else "another process"
     note = read_note(Path(data_dir) / NOTE)
-    if note is not None and note.pid == pid:
+    if note is not None and pid in (note.pid, note.store_pid or note.pid):
+        who = f"process {note.pid}"  # the turnout command (its storage process holds the lock for it)
         return (f"{who} (turnout {note.command} at {note.url}): stop it to run this command; turnout snapshot, "
                 f"ope and learn --once reach it through its admin API by themselves (or --url {note.url})")  # fmt: skip
     return (f"{who}, which serves no admin API (a turnout sink or learn?): stop it first, or run "

@@ -41,11 +41,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         server = msgspec.structs.replace(server, host=args.host)
     if getattr(args, "port", None) is not None:  # 0: a free port the system picks
         server = msgspec.structs.replace(server, port=args.port)
+    if getattr(args, "workers", None) is not None:
+        settings = msgspec.structs.replace(
+            settings, processes=msgspec.structs.replace(settings.processes, workers=args.workers)
+        )
     learner = settings.learner
     if getattr(args, "learn_interval_s", None) is not None:
         learner = msgspec.structs.replace(learner, interval_s=args.learn_interval_s)
     settings = msgspec.structs.replace(settings, server=server, learner=learner)
-    flags = [f for f in ("--port", "--learn-interval-s")
+    flags = [f for f in ("--port", "--learn-interval-s", "--workers")
              if getattr(args, f[2:].replace("-", "_"), None) is not None]  # fmt: skip
     if flags:  # a flag's value passes the same checks as the file's (server.port, learner.interval_s)
         check(settings, " and ".join(flags))
@@ -61,6 +65,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--workers", type=int, help="serving processes on the port (default 1; [processes] workers)")
 
 
 def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
@@ -81,16 +86,26 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
     sys.setswitchinterval(0.0005)
     if args.demo and args.learn_interval_s is None:
         settings = msgspec.structs.replace(settings, learner=msgspec.structs.replace(settings.learner, interval_s=10.0))
+    if settings.processes.workers > 1:
+        from service.workers import run_group
+
+        return run_group(settings, learner=learner, stop=stop, demo=args.demo)
     server = settings.server
     try:
         sock = bind(server.host, server.port)
     except ListenError as exc:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
+    storage = None
     try:
-        rt = Runtime(settings, learner=learner, embedded_sink=learner)  # kafka backend: `up` runs the sink too
+        if learner and settings.processes.storage == "process" and settings.storage.dsn().startswith("chdb://"):
+            storage, rt = _with_storage_process(settings)  # the store, its writer and the learner apart
+        else:
+            rt = Runtime(settings, learner=learner, embedded_sink=learner)  # kafka backend: `up` runs the sink too
     except BaseException:
         sock.close()
+        if storage is not None:
+            storage.stop()
         raise
     where = f"http://{server.host}:{sock.getsockname()[1]}"
     if rt.simulated:
@@ -106,7 +121,8 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
             from service.holder import Holder, write_holder
 
             write_holder(settings.storage.data_dir, Holder(where, os.getpid(), "up" if learner else "serve",
-                                                           int(time.time() * 1000)))  # fmt: skip
+                                                           int(time.time() * 1000),
+                                                           storage.pid if storage is not None else 0))  # fmt: skip
         print(f"turnout: listening on {where}  (ClickHouse: {settings.storage.dsn()}, "
               f"learning every {settings.learner.interval_s:g} s)" if learner else
               f"turnout: listening on {where} (service only; snapshots polled from ClickHouse)", flush=True)  # fmt: skip
@@ -130,17 +146,31 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
             demo.stop()
         sock.close()
         rt.stop()  # the learner's cycle in hand finishes; events are stored, published or journaled
+        if storage is not None:
+            storage.stop()  # after the last events: its learning cycle in hand finishes, the store closes
     print(f"turnout: stopped; events: {_event_summary(rt)}", flush=True)
     return 0
 
 
+def _with_storage_process(settings: Settings) -> tuple[Any, Any]:
+    """``turnout up`` with the store in its own process (``service.storage_process``): started,
+    and this process's runtime wired to it (queries, events and learning through the link)."""
+    from service.storage_process import StorageProcess
+    from service.workers import linked_runtime
+
+    storage = StorageProcess(settings).start()
+    try:
+        return storage, linked_runtime(settings, storage.link(), 0)
+    except BaseException:
+        storage.stop()
+        raise
+
+
 def _event_summary(rt: Any) -> str:
     """What became of the accepted events, for the last line a stopped process prints."""
-    stats = getattr(rt.sink, "stats", None)
-    if callable(stats):  # Kafka: sent, and journaled for the next run (lost: refused by a full journal)
-        s = stats()
-        return f"{s['sent']} published to Kafka, {s['spill_events']} journaled in the spill journal, {s['lost']} lost"
-    return f"{getattr(rt.sink, 'backlog', 0)} not stored"
+    from service.workers import event_line, sink_stats
+
+    return event_line(sink_stats(rt))
 
 
 def cmd_learn(args: argparse.Namespace) -> int:

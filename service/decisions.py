@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from learner.ports import DecisionRef, RowStore
 
@@ -18,8 +19,11 @@ __all__ = ["DecisionIndex"]
 
 
 class DecisionIndex:
-    def __init__(self, rows: RowStore, capacity: int) -> None:
+    def __init__(self, rows: RowStore, capacity: int, settle_s: float = 0.0) -> None:
+        """``settle_s``: how long a decision found nowhere is looked for again in the store (several
+        serving processes: the decision may be on its way there from another one)."""
         self._rows = rows
+        self._settle_s = settle_s
         self._capacity = capacity
         # decision_id -> (tenant, cluster, model, snapshot_version, user)
         self._lru: collections.OrderedDict[str, tuple[str, int, str, int, str]] = collections.OrderedDict()
@@ -44,4 +48,9 @@ class DecisionIndex:
 
     def lookup(self, decision_id: str) -> DecisionRef | None:
         """From the LRU, else from the store (blocking I/O: call off the event loop)."""
-        return self.cached(decision_id) or self._rows.find_decision(decision_id)
+        found = self.cached(decision_id) or self._rows.find_decision(decision_id)
+        deadline = time.monotonic() + self._settle_s
+        while found is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = self._rows.find_decision(decision_id)
+        return found

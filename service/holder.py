@@ -26,6 +26,7 @@ class Holder(msgspec.Struct, frozen=True):
     pid: int
     command: str  # "up" or "serve"
     started_at_ms: int
+    store_pid: int = 0  # the process that holds the store's lock, when not this one (a storage process)
 
 
 def _local(url: str) -> str:
@@ -63,4 +64,4 @@ def read_holder(data_dir: str | Path, chdb_path: str | Path) -> Holder | None:
     if holder is None:
         return None
     pid = holder_pid(chdb_path)
-    return holder if pid is not None and pid in (holder.pid, 0) else None
+    return holder if pid is not None and pid in (holder.pid, holder.store_pid or holder.pid, 0) else None

@@ -50,9 +50,16 @@ class Counter:
         """Show this label set at 0 before it first counts (an alert on rate() needs the series)."""
         self.values.setdefault(values, 0.0)
 
-    def render(self) -> Iterable[str]:
-        for values, v in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.labels, values)} {_num(v)}"
+    def state(self) -> list:
+        return [[list(k), v] for k, v in list(self.values.items())]  # list(): one step under the GIL
+
+    def render(self, others: Iterable[list] = ()) -> Iterable[str]:
+        values = dict(self.values)
+        for state in others:  # other workers' counts (``Registry.peers``): summed
+            for k, v in state:
+                values[tuple(k)] = values.get(tuple(k), 0.0) + v
+        for values_, v in sorted(values.items()):
+            yield f"{self.name}{_labels(self.labels, values_)} {_num(v)}"
 
 
 class Histogram:
@@ -70,8 +77,17 @@ class Histogram:
         s[-2] += value
         s[-1] += 1
 
-    def render(self) -> Iterable[str]:
-        for values, s in sorted(self.series.items()):
+    def state(self) -> list:
+        return [[list(k), list(s)] for k, s in list(self.series.items())]
+
+    def render(self, others: Iterable[list] = ()) -> Iterable[str]:
+        series = {k: list(s) for k, s in self.series.items()}
+        for state in others:  # other workers' buckets, sums and counts (``Registry.peers``): summed
+            for k, theirs in state:
+                mine = series.setdefault(tuple(k), [0.0] * len(theirs))
+                if len(mine) == len(theirs):
+                    series[tuple(k)] = [a + b for a, b in zip(mine, theirs)]
+        for values, s in sorted(series.items()):
             cumulative = 0.0
             for bound, n in zip(self.buckets, s):
                 cumulative += n
@@ -91,15 +107,22 @@ class Gauge:
     def __init__(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         self.name, self.help, self.labels, self.read = name, help, labels, read
 
-    def render(self) -> Iterable[str]:
+    def render(self, others: Iterable[list] = ()) -> Iterable[str]:
         for values, v in self.read():
             yield f"{self.name}{_labels(self.labels, values)} {_num(v)}"
 
 
 class Registry:
-    """The service's metrics. Counters and histograms are fed by the request path."""
+    """The service's metrics. Counters and histograms are fed by the request path.
+
+    With several serving processes (``turnout up --workers N``), ``peers`` returns the other
+    workers' ``state()`` (``service.metrics_exchange``): their counters and histograms are added
+    to this one's when ``/metrics`` is scraped, so any worker answers for all. Gauges are read here
+    (the posterior means are the same in every worker; breakers and backlogs are this worker's).
+    """
 
     def __init__(self) -> None:
+        self.peers: Callable[[], list[dict[str, list]]] | None = None
         self.requests = Counter("turnout_requests_total", "Chat completions answered, by policy, model and status.",
                                 ("policy", "model", "status"))  # fmt: skip
         self.overhead = Histogram("turnout_routing_overhead_seconds",
@@ -140,10 +163,15 @@ class Registry:
     def add_gauge(self, name: str, help: str, labels: Labels, read: Callable[[], Iterable[tuple[Labels, float]]]) -> None:
         self._metrics.append(Gauge(name, help, labels, read))
 
+    def state(self) -> dict[str, list]:
+        """This process's counters and histograms, as plain lists (what a worker shares)."""
+        return {m.name: m.state() for m in self._metrics if m.kind != "gauge"}
+
     def render(self) -> str:
+        others = self.peers() if self.peers is not None else []
         lines: list[str] = []
         for m in self._metrics:
             lines.append(f"# HELP {m.name} {m.help}")
             lines.append(f"# TYPE {m.name} {m.kind}")
-            lines.extend(m.render())
+            lines.extend(m.render([o[m.name] for o in others if m.name in o]))
         return "\n".join(lines) + "\n"

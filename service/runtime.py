@@ -16,24 +16,19 @@ import msgspec
 import numpy as np
 
 from feedback.clickhouse import ClickHouseLearnerLog, ClickHouseRowStore, ClickHouseSnapshotStore, connect
-from feedback.clickhouse_schema import migrate, prepare
+from feedback.clickhouse_schema import prepare
 from feedback.inprocess import InProcessBus
 from feedback.memory import MemoryLearnerLog
 from feedback.ports import EventSink
-from learner.clusters import kmeans
-from learner.budget import BudgetParams, BudgetTarget, tenant_budget_key
-from learner.cascade import cascade_arms, extend_prior
-from learner.cycle import LearnerParams, LearningCycle, PoolPrior, align
-from learner.drift import DriftParams
-from learner.embedding import Embedder, HashingEmbedder
-from learner.ports import LearnerLog, RowStore, SnapshotStore
-from learner.recluster import ReclusterParams
-from learner.reward import RewardWeights
-from learner.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot, initial_snapshot
 from learner.admin import LearnerStatus, last_window, recent_windows
+from learner.cascade import cascade_arms
+from learner.cycle import LearningCycle, align
+from learner.embedding import Embedder
+from learner.ports import RowStore, SnapshotStore
+from learner.snapshot import Snapshot, SnapshotError, decode_snapshot
 from service.admin import Admin
 from service.app import Deps, create_app
-from service.chat import ChatService, PolicyWeights, PoolModel
+from service.chat import ChatService, PolicyWeights
 from service.clusters_about import prompt_scope
 from service.config_view import effective_config
 from service.dashboard import clickhouse_sources
@@ -42,11 +37,13 @@ from service.feedback_api import FeedbackDesk
 from service.gateway import build_tenants, chat_parts, response_cache
 from service.evaluation_parts import build_evaluation
 from service.judge_api import admin_gate_of, judge_deps, shadow_report
-from learner.routing import Prices, RoutingParams
 from service.metrics import Registry
+from service.params import deployment, learner_params, prices_of, routing_params
+from service.pool import build_embedder, pool_from_settings
 from service.records import Recorder
 from service.routing import Router
 from service.settings import Settings
+from service.stores import bootstrap_snapshot, build_event_sink, open_stores
 from service.tenants import AdminGate, FeedbackCap
 from service.upstream import Upstream
 
@@ -58,177 +55,6 @@ __all__ = [
 log = logging.getLogger("turnout")
 
 
-def learner_params(settings: Settings) -> LearnerParams:
-    """The learning cycle's parameters from ``[learner]`` (plain values for the pure core)."""
-    ls, weights = settings.learner, {p.name: p.cost_weight for p in settings.policies}
-    weights["auto"] = settings.router.cost_weight
-    d, r = ls.drift, ls.recluster
-    return LearnerParams(
-        n_clusters=settings.router.n_clusters, grace_ms=int(ls.grace_s * 1000), discount=ls.discount,
-        cold_start_min=ls.cold_start_min, recluster_growth=ls.recluster_growth,
-        recluster_until=ls.recluster_until, half_life_ms=ls.half_life_s * 1000.0,
-        half_life_rewards=ls.half_life_feedback,
-        rewards=RewardWeights(ls.feedback_weights.explicit, ls.feedback_weights.re_request,
-                              ls.feedback_weights.upstream_error, ls.feedback_weights.judge),
-        drift=DriftParams(block=d.block, window=d.window, baseline=d.baseline, tolerance=d.tolerance,
-                          threshold=d.threshold, reward_block=d.reward_block, reward_tolerance=d.reward_tolerance,
-                          reward_threshold=d.reward_threshold) if d.enabled else None,
-        reward_reset=d.reward_reset,
-        recluster=ReclusterParams(sample=r.sample, max_clusters=r.max_clusters, min_size=r.min_size,
-                                  split_gain=r.split_gain, split_cos=r.split_cos, growth=r.growth,
-                                  merge_cos=r.merge_cos, carry=r.carry),
-        budgets=tuple(BudgetTarget(b.policy, b.target_cost_usd, weights[b.policy]) for b in ls.budgets) + tuple(
-            BudgetTarget(tenant_budget_key(t.name), t.budget_usd,
-                         weights[t.policy] if t.cost_weight is None else t.cost_weight)
-            for t in settings.tenants if t.budget_usd > 0
-        ),  # fmt: skip
-        budget=BudgetParams(step=ls.budget_step),
-        explore_min_evidence=ls.explore_min_evidence, explore_share=ls.explore_share,
-    )  # fmt: skip
-
-
-def routing_params(settings: Settings) -> RoutingParams:
-    """How decisions are drawn, from ``[router]``: the same in the service and the replay."""
-    r = settings.router
-    return RoutingParams(n_samples=r.thompson_samples, seed=r.seed, satisfice=r.satisfice)
-
-
-def deployment(settings: Settings):  # -> simulations.replay.Deployment
-    """What the offline runs (``turnout replay``, ``simulate``) take from a deployment's settings:
-    the same learner and router levers with the same defaults, the price sheet and tiers."""
-    from simulations.replay import ConfiguredModel, Deployment
-
-    r = settings.router
-    models = tuple(
-        ConfiguredModel(m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier, m.expected_completion_tokens,
-                        m.expected_latency_s)  # fmt: skip
-        for m in settings.models
-    )
-    pool, prior = pool_from_settings(settings)[:2]
-    shown = {"router": msgspec.to_builtins(msgspec.structs.replace(r, cluster_examples=())),
-             "learner": msgspec.to_builtins(msgspec.structs.replace(settings.learner, budgets=())),
-             "language": msgspec.to_builtins(settings.language)}  # fmt: skip
-    return Deployment(
-        learner=learner_params(settings), routing=routing_params(settings), prior_strength=r.prior_strength,
-        shrink_strength=r.shrink_strength, cost_weight=r.cost_weight, latency_weight=r.latency_weight,
-        models=models, default=ConfiguredModel(""), embedder=r.embedder, embedding_dim=r.embedding_dim,
-        language_detector=settings.language.detector, language_weight=settings.language.weight, settings=shown,
-        pool_prices=prices_of(pool, prior.models), cascades=settings.cascades,
-    )  # fmt: skip
-
-
-def prices_of(pool, axis: tuple[str, ...] = ()) -> Prices:
-    """The price sheet of the pool, in its order; on a routing ``axis`` with cascades after the
-    models, each cascade priced 0 (its cost is estimated from its models, learner/cascade.py)."""
-    extra = max(0, len(axis) - len(pool))
-    return Prices(tuple(m.name for m in pool) + tuple(axis[len(pool):]), tuple(m.price_in_per_mtok for m in pool)
-                  + (0.0,) * extra, tuple(m.price_out_per_mtok for m in pool) + (0.0,) * extra)  # fmt: skip
-
-
-def open_stores(settings: Settings) -> tuple[RowStore, SnapshotStore, LearnerLog]:
-    """The ClickHouse stores, migrated: for commands that only read or write snapshots."""
-    client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
-    migrate(client)
-    return ClickHouseRowStore(client), ClickHouseSnapshotStore(client), ClickHouseLearnerLog(client)
-
-
-def build_event_sink(settings: Settings, rows: RowStore) -> EventSink:
-    """Where the service's events go: the in-process bus, or Kafka with a spill journal."""
-    ev = settings.events
-    if ev.backend != "kafka":
-        return InProcessBus(rows, flush_interval_s=ev.inprocess_flush_s)
-    from feedback.kafka import KafkaEventSink
-    from feedback.spill import SpillJournal
-
-    journal = SpillJournal(ev.spill_path(settings.storage.data_dir), ev.spill_max_bytes)
-    return KafkaEventSink(
-        ev.bootstrap_servers, journal, decisions_topic=ev.decisions_topic, feedback_topic=ev.feedback_topic,
-        buffer_events=ev.buffer_events, batch_events=ev.send_batch_events, compression=ev.compression,
-        send_timeout_s=ev.send_timeout_s, retry_max_s=ev.retry_max_s,
-        close_timeout_s=ev.send_timeout_s,  # at a stop: this long for the broker, then the journal
-    )  # fmt: skip
-
-
-def build_embedder(settings: Settings) -> Embedder:
-    if settings.router.embedder == "hashing":
-        return HashingEmbedder(settings.router.embedding_dim)
-    from learner.wordllama import WordLlamaEmbedder
-
-    return WordLlamaEmbedder(settings.router.embedding_dim)
-
-
-def pool_from_settings(
-    settings: Settings, sim_latency_scale: float = 1.0, seed: int = 0
-) -> tuple[tuple[PoolModel, ...], PoolPrior, dict[str, Upstream], tuple[str, ...], bool]:
-    """The model pool: configured providers, or the simulated pool when none is configured.
-
-    Returns (pool, prior, upstreams, cluster examples, simulated?).
-    """
-    examples = settings.router.cluster_examples
-    if not settings.models:
-        from service.simulated import SimulatedUpstream
-        from simulations.pool import DEFAULT_POOL, topic_examples
-
-        rng = np.random.default_rng(seed)
-        pool = tuple(PoolModel(m.name, m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier) for m in DEFAULT_POOL)
-        prior = PoolPrior(
-            models=tuple(m.name for m in DEFAULT_POOL),
-            prior_mean=tuple(m.tier for m in DEFAULT_POOL),
-            completion_tokens=tuple(float(m.completion_tokens) for m in DEFAULT_POOL),
-            latency_s=tuple(m.latency_s * sim_latency_scale for m in DEFAULT_POOL),
-        )
-        ups: dict[str, Upstream] = {m.name: SimulatedUpstream(m, rng, sim_latency_scale) for m in DEFAULT_POOL}
-        return pool, extend_prior(prior, settings.cascades), ups, examples or tuple(topic_examples()), True
-    from service.gateway import openai_upstream, unset_keys
-
-    for name, var in unset_keys(settings.models, os.environ):
-        log.warning("model %s: its api_key_env variable %s is not set; requests to it go without a key", name, var)
-    pool = tuple(
-        PoolModel(m.name, m.upstream_model or m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier,
-                  m.context_window, m.price_cached_in_per_mtok)  # fmt: skip
-        for m in settings.models
-    )
-    prior = PoolPrior(
-        models=tuple(m.name for m in settings.models),
-        prior_mean=tuple(m.tier for m in settings.models),
-        completion_tokens=tuple(m.expected_completion_tokens for m in settings.models),
-        latency_s=tuple(m.expected_latency_s for m in settings.models),
-    )
-    ups = {m.name: openai_upstream(m) for m in settings.models}
-    return pool, extend_prior(prior, settings.cascades), ups, examples, False
-
-
-def bootstrap_snapshot(
-    snapshots: SnapshotStore, prior: PoolPrior, embedder: Embedder, examples: tuple[str, ...], settings: Settings
-) -> Snapshot:
-    """The latest stored snapshot aligned to the pool, or a first one saved now."""
-    blob = snapshots.latest()
-    if blob is not None:
-        snap = align(decode_snapshot(blob), prior)
-        if snap.dim == embedder.dim:
-            return snap
-        log.warning("stored snapshot has dim %d, embedder %d: starting a new clustering", snap.dim, embedder.dim)
-    if examples:
-        rng = np.random.default_rng(settings.router.seed)
-        cents = kmeans(embedder.embed(list(examples)), settings.router.n_clusters, rng)
-    else:
-        cents = np.full((1, embedder.dim), 1.0 / np.sqrt(embedder.dim), dtype=np.float32)
-    snap = initial_snapshot(
-        models=prior.models,
-        centroids=cents,
-        prior_mean=prior.prior_mean,
-        completion_tokens=prior.completion_tokens,
-        latency_s=prior.latency_s,
-        prior_strength=settings.router.prior_strength,
-        shrink_strength=settings.router.shrink_strength,
-        created_at_ms=int(time.time() * 1000),
-    )
-    if blob is not None:  # continue the version line
-        last = decode_snapshot(blob)
-        snap = msgspec.structs.replace(snap, version=last.version + 1, parent=last.version,
-                                       clustering=last.clustering + 1)  # fmt: skip
-    snapshots.save(snap.version, snap.parent, snap.created_at_ms, snap.reason, encode_snapshot(snap))
-    return snap
 
 
 class Runtime:
@@ -237,9 +63,17 @@ class Runtime:
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None, rows: RowStore | None = None,
                  snapshots: SnapshotStore | None = None, sink: EventSink | None = None,
                  upstreams: dict[str, Upstream] | None = None, learner: bool = True,
-                 sim_latency_scale: float | None = None, embedded_sink: bool = False) -> None:  # fmt: skip
+                 sim_latency_scale: float | None = None, embedded_sink: bool = False, client: Any = None,
+                 link: Any = None, publishes: bool = True, worker: int = 0) -> None:  # fmt: skip
+        """``client``: a ClickHouse client opened elsewhere (the storage process's, through the
+        link: not migrated here); ``link``: the ``feedback.link.StoreLink`` to the storage process,
+        which runs the learning cycles (this process polls for snapshots and asks it for a cycle on
+        demand and for the learner's status); ``publishes=False``: the storage process, whose events
+        arrive stored and whose sink (never Kafka) only serves the learner's flush; ``worker``: which
+        of N serving processes this is (its own stream of uniform draws; the same snapshot draws)."""
         self.settings = settings
-        self.client: Any = None
+        self.client: Any = client
+        self.link = link
         self._started: float | None = None
         self._learn_attempt: float | None = None
         self._learn_attempt_ms: int | None = None
@@ -250,7 +84,7 @@ class Runtime:
         self._learn_error = ""
         self.cycles = 0  # learning cycles that published a snapshot
         self.idle_cycles = 0  # ... and those that found nothing new
-        if rows is None or snapshots is None:
+        if (rows is None or snapshots is None) and client is None:
             self.client = connect(settings.storage.dsn(), settings.storage.clickhouse_database)
             prepare(self.client, settings.storage.retention())
         self.rows = rows or ClickHouseRowStore(self.client)
@@ -261,7 +95,7 @@ class Runtime:
         pool, prior, ups, examples, self.simulated = pool_from_settings(settings, sim_latency_scale, settings.router.seed)
         self.pool, self.prior = pool, prior
         self.upstreams = upstreams or ups
-        self.sink = sink or build_event_sink(settings, self.rows)
+        self.sink = sink or (build_event_sink(settings, self.rows) if publishes else InProcessBus(self.rows))
         # backend "kafka" in one process (``turnout up``): the Kafka -> ClickHouse sink runs here too
         self.pipeline: Any = None
         self._pipeline_stop: Any = None
@@ -278,8 +112,12 @@ class Runtime:
         self.router.swap(bootstrap_snapshot(self.snapshots, prior, self.embedder, examples, settings))
         policies = {"auto": PolicyWeights(settings.router.cost_weight, settings.router.latency_weight)}
         policies.update({p.name: PolicyWeights(p.cost_weight, p.latency_weight) for p in settings.policies})
-        metrics = Registry().for_pool(prior.models)
-        decisions = DecisionIndex(self.rows, settings.server.decision_cache)
+        self.metrics = metrics = Registry().for_pool(prior.models)
+        # several workers: feedback may reach a worker before the decision another one made is
+        # stored; a decision not found waits that long for it before the 404
+        ev = settings.events
+        settle_s = 0.0 if settings.processes.workers <= 1 else 2 * max(ev.inprocess_flush_s, ev.sink_batch_s) + 1.0
+        decisions = DecisionIndex(self.rows, settings.server.decision_cache, settle_s)
         cache = response_cache(settings, metrics)  # issue 14: None unless [cache] enabled
         parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3), cache)
         records = Recorder(self.sink, decisions, metrics, settings.server.store_prompts)
@@ -291,7 +129,8 @@ class Runtime:
         self.failover = parts.failover
         self.chat = ChatService(
             embedder=self.embedder, router=self.router, pool=pool, upstreams=self.upstreams, policies=policies,
-            parts=parts, records=records, metrics=metrics, rng=np.random.default_rng(settings.router.seed + 1),
+            parts=parts, records=records, metrics=metrics,
+            rng=np.random.default_rng(settings.router.seed + 1 if not worker else [settings.router.seed + 1, worker]),
         )  # fmt: skip
         cap = settings.feedback_cap
         feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s),
@@ -348,8 +187,12 @@ class Runtime:
     def poll_snapshot(self) -> None:
         """Swap in a newer stored snapshot (when the learner runs in another process).
 
-        One that does not decode or validate is refused and the last good one stays live.
+        One that does not decode or validate is refused and the last good one stays live. The
+        version is asked first: a snapshot is read and decoded only when a newer one is stored.
         """
+        newest = self.snapshots.list(1)
+        if newest and newest[0].version <= self.router.view.snapshot.version:
+            return
         blob = self.snapshots.latest()
         if blob is not None:
             try:
@@ -379,6 +222,8 @@ class Runtime:
 
     def learner_status(self) -> LearnerStatus:
         """The learner as an operator asks about it (``GET /v1/admin/learner``)."""
+        if self.link is not None:
+            return self.link.call("status")
         live = self.router.view.snapshot
         job = self._scheduler.get_job("learn") if self._scheduler is not None else None
         upcoming = getattr(job, "next_run_time", None)
@@ -395,7 +240,14 @@ class Runtime:
 
     def learn_now(self, reason: str = "scheduled") -> Snapshot:
         """One learning cycle, counted in the learner's status (scheduled, or on demand through the
-        admin API, which holds ``writing`` already). Raises what the cycle raised."""
+        admin API, which holds ``writing`` already). Raises what the cycle raised. With a storage
+        process, the cycle runs there, after this process's events are stored, and its snapshot
+        goes live here on return."""
+        if self.link is not None:
+            self.sink.flush(30.0)
+            snap = decode_snapshot(self.link.call("learn", reason))
+            self.router.swap(align(snap, self.prior))
+            return snap
         self._learn_attempt = time.monotonic()
         self._learn_attempt_ms = int(time.time() * 1000)
         before = self.router.view.snapshot.version
@@ -447,7 +299,10 @@ class Runtime:
             self._scheduler.add_job(self.learn_safely, "interval", seconds=self.settings.learner.interval_s,
                                     max_instances=1, coalesce=True, id="learn")  # fmt: skip
         else:
-            self._scheduler.add_job(self.poll_snapshot, "interval", seconds=self.settings.learner.snapshot_poll_s,
+            poll_s = self.settings.learner.snapshot_poll_s
+            if self.link is not None:  # ``turnout up``: the learner's snapshots go live within a second
+                poll_s = min(poll_s, 1.0)
+            self._scheduler.add_job(self.poll_snapshot, "interval", seconds=poll_s,
                                     max_instances=1, coalesce=True, id="poll-snapshot")  # fmt: skip
         self._scheduler.start()
         self.start_pipeline()

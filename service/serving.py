@@ -36,11 +36,15 @@ class ListenError(Exception):
     """The address cannot be listened on (in use, not local, no permission)."""
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port), not yet listening. Port 0 takes a free one."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to (host, port), not yet listening. Port 0 takes a free one.
+    ``reuse_port``: SO_REUSEPORT, so that N serving processes each listen on the same port and
+    the kernel spreads the connections over them (``service.workers``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

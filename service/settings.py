@@ -196,6 +196,16 @@ class ProbeSettings(Section):
     learner_port: int | None = None
 
 
+class ProcessSettings(Section):
+    """``[processes]``: how ``turnout up`` and ``serve`` spread over processes (docs/processes.md)."""
+
+    # serving processes on the one port (SO_REUSEPORT), each on the same snapshot
+    workers: int = 1
+    # turnout up on the embedded store: "process" keeps chDB (writer, learner, reads) in a
+    # process of its own, fed in batches; "inline" opens it in the serving process
+    storage: Literal["process", "inline"] = "process"
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -218,6 +228,7 @@ class Settings(Section):
     shadow: ShadowSettings = ShadowSettings()  # issue 13: service/shadow.py
     probes: ProbeSettings = ProbeSettings()
     cascades: tuple[Cascade, ...] = ()  # [[cascades]]: cheap first, strong if the gate rejects (learner/cascade.py)
+    processes: ProcessSettings = ProcessSettings()
 
 
 Override = tuple[str, tuple[str, ...], str]  # (variable, path of the key, value)

@@ -42,6 +42,8 @@ def check(s: Settings, source: str) -> None:
             raise ConfigError(f"config error in {source}: models[{i}].base_url is required")
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"config error in {source}: server.port must be in 0-65535 (0: a free port), got {s.server.port}")
+    if not 1 <= s.processes.workers <= 256:
+        raise ConfigError(f"config error in {source}: processes.workers must be in 1-256, got {s.processes.workers}")
     if not (math.isfinite(s.learner.interval_s) and s.learner.interval_s > 0):
         raise ConfigError(f"config error in {source}: learner.interval_s must be a finite number of seconds > 0")
     weights = [("router", s.router.cost_weight, s.router.latency_weight)]

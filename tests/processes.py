@@ -40,12 +40,14 @@ def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, proc: "Tur
 class Turnout:
     """``turnout <args>`` in a subprocess with ``env`` (TURNOUT_ overrides) and its output collected."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, session: bool = False) -> None:
+        """``session``: in a process group of its own (a test may signal the whole group)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
         clean.update(env)
         self.args = args
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=clean, cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=session)  # fmt: skip
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

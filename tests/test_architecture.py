@@ -75,7 +75,8 @@ REQUEST_PATH = (
     "service/rules.py", "service/records.py",
 )  # fmt: skip
 # the composition root: builds the processes and may wire simulations/ (the simulated pool, the demo)
-COMPOSITION_ROOT = {"service.runtime", "service.cli", "service.demo", "service.simulated"}
+COMPOSITION_ROOT = {"service.runtime", "service.cli", "service.demo", "service.simulated", "service.params",
+                    "service.pool", "service.stores", "service.storage_process", "service.workers"}
 
 
 def _module_path(name: str) -> Path | None:
