@@ -108,8 +108,10 @@ def reach(url: str | None, dsn: str, data_dir: str, env: Mapping[str, str], *, m
     if holder is not None:
         return AdminClient(holder.url, key)
     if must_exist and not path.is_dir():
-        where = f"data directory {data_dir} does not exist" if not Path(data_dir).is_dir() else \
-            f"no Turnout store in {data_dir} ({path} does not exist)"  # fmt: skip
+        d = Path(data_dir)
+        where = (f"data directory {data_dir} is a file, not a directory" if d.exists() and not d.is_dir() else
+                 f"data directory {data_dir} does not exist" if not d.is_dir() else
+                 f"no Turnout store in {data_dir} ({path} does not exist)")  # fmt: skip
         raise AdminError(f"{where}: check --data-dir (nothing was created)")
     return None
 

@@ -50,6 +50,7 @@ BAD = [
     (["snapshot", "rollback", "1", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
     (["ope", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
     (["learn", "--once", "--data-dir", MISSING], f"data directory {MISSING} does not exist"),
+    (["snapshot", "list", "--data-dir", "FILE"], "is a file, not a directory"),
     (["snapshot", "list", "--limit", "0", "--data-dir", MISSING], "--limit must be >= 1"),
     (["ope", "--data-dir", MISSING, "--cost-weight", "-1"], "cost_weight must be a finite number >= 0"),
     (["ope", "--data-dir", MISSING, "--clip", "0"], "clip must be > 0"),
