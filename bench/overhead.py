@@ -105,7 +105,7 @@ def bench_decision(n: int, detector: str = "cld2", cascade: bool = False) -> dic
             t0 = time.perf_counter()
             rt.embedder.embed([text])
             embed_times.append(time.perf_counter() - t0)
-        language = _detection(rt.chat.language, [str(r.messages[0].content) for r in reqs])
+        language = _detection(rt.chat.routing.language, [str(r.messages[0].content) for r in reqs])
         rt.stop()
     out = {f"decision_{k}_ms": v for k, v in percentiles(times).items()}
     out.update({f"decision_new_key_{k}_ms": v for k, v in percentiles(new_key).items()})

@@ -95,26 +95,20 @@ class ChatService:
         metrics: Registry,
         rng: np.random.Generator,
     ) -> None:
-        self.embedder = embedder
         self.router = router
         self.pool = pool
         self.by_name = {m.name: i for i, m in enumerate(pool)}
         self.upstreams = upstreams
-        self.policies = policies
         self.failover = parts.failover
-        self.rules = parts.rules
         self.rerequests = parts.rerequests
         self.session_header = parts.session_header
         self.log_requests = parts.log_requests
         self.cache = parts.cache
-        self.language = parts.language
-        self.language_weight = parts.language_weight
         self.conversations = parts.conversations
         self.cascades = parts.cascades
         self.evaluation = parts.evaluation
         self.records = records
         self.metrics = metrics
-        self.rng = rng
         self.routing = RequestRouter(embedder=embedder, router=router, pool=pool, policies=policies, parts=parts,
                                      metrics=metrics, rng=rng)  # fmt: skip
         self.parse = self.routing.parse
