@@ -84,7 +84,7 @@ def test_a_rejected_cheap_answer_escalates_one_answer_both_billed(fleet, base, e
         assert sorted((a.model, a.gate) for a in attempts) == [("a", reason), ("c", reason)]
         assert parent.cost_usd == pytest.approx(sum(a.cost_usd for a in attempts))
         assert all(a.cost_usd > 0 for a in attempts)
-        cheap_id = attempts[0].decision_id
+        cheap_id = next(a.decision_id for a in attempts if a.model == "c")
         assert [(f.decision_id, f.kind, f.reward) for f in gw.feedback()] == [(cheap_id, "judge", 0.0)]
 
 
