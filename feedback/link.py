@@ -20,7 +20,6 @@ pickles, an authentication key, one connection per calling thread):
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.events import Event, decode_event, encode_event
+from feedback.inprocess import BatchQueue
 
 __all__ = ["LinkError", "LinkSink", "RemoteClickHouse", "StoreLink", "dispatch"]
 
@@ -138,47 +138,29 @@ class RemoteClickHouse:
         self._link.call("insert_arrow", table, arrow_table, **kwargs)
 
 
-class LinkSink:
+class LinkSink(BatchQueue):
     """The event sink of a serving process whose store is in the storage process (module doc).
 
     ``journal``: a ``feedback.spill.SpillJournal`` of this process alone; ``max_batch`` events a
     call at most, one every ``flush_interval_s`` unless a full batch waits.
     """
 
+    _closed = "event sink is closed"
+
     def __init__(self, link: StoreLink, journal: Any, max_batch: int = 2000, flush_interval_s: float = 1.0,
                  retry_max_s: float = 5.0) -> None:  # fmt: skip
+        super().__init__(max_batch, flush_interval_s)
         self._link = link
         self._journal = journal
-        self._queue: collections.deque[Event] = collections.deque()
-        self._max_batch = max_batch
-        self._interval = flush_interval_s
         self._retry_max_s = retry_max_s
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._stop = False
-        self._inflight = 0
         self._batch: list[Event] = []
         self.stored = 0  # events the storage process acknowledged
-        self.failures = 0
         self.journaled = 0
-        self._thread = threading.Thread(target=self._run, name="turnout-link-sink", daemon=True)
-        self._thread.start()
-
-    @property
-    def backlog(self) -> int:
-        return len(self._queue) + self._inflight
+        self._start("turnout-link-sink")
 
     def stats(self) -> dict[str, int]:
         return {"stored": self.stored, "backlog": self.backlog, "failures": self.failures,
                 "journaled": self.journaled, "spill_events": self._journal.pending}  # fmt: skip
-
-    def publish(self, event: Event) -> None:
-        if self._stop:
-            raise RuntimeError("event sink is closed")
-        self._idle.clear()
-        self._queue.append(event)
-        if len(self._queue) >= self._max_batch:
-            self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Block until every event published so far is stored; False on timeout."""
@@ -228,10 +210,7 @@ class LinkSink:
         while True:
             self._batch = batch
             if not batch and not self._journal.pending:
-                if len(self._queue) < self._max_batch and not self._stop:
-                    self._wake.wait(self._interval)  # few large batches: each insert is a part
-                self._wake.clear()
-                batch = self._take()
+                batch = self._next_batch()
             if not batch and not self._journal.pending:
                 self._idle.set()
                 if self._stop:
@@ -255,13 +234,6 @@ class LinkSink:
             self.stored += len(batch)
             batch = []
             self._inflight = 0
-
-    def _take(self) -> list[Event]:
-        batch = []
-        while self._queue and len(batch) < self._max_batch:
-            batch.append(self._queue.popleft())
-        self._inflight = len(batch)
-        return batch
 
 
 def journal_dir(spill_path: str, worker: int) -> str:
