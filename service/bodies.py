@@ -19,6 +19,7 @@ __all__ = ["decode_body", "validation_error"]
 
 T = TypeVar("T")
 
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _AT = re.compile(r" - at `(\$[^`]*)`$")
 _FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
 
@@ -42,10 +43,23 @@ def validation_error(exc: msgspec.MsgspecError, what: str) -> ApiError:
     return ApiError(400, f"{what} is not valid JSON: {exc}", code="invalid_json")
 
 
+def _truncated(raw: bytes) -> str:
+    if not raw.strip():
+        return "the body is empty (send a JSON object)"
+    if _LONE_SURROGATE.search(raw):  # msgspec reports an unpaired \ud800-\udfff escape as truncation
+        return ("it holds a \\uD800-\\uDFFF escape that is not part of a surrogate pair, which is not a "
+                "character; or it ends before the JSON value does")
+    return "it ends before the JSON value does (truncated)"
+
+
 def decode_body(decoder: msgspec.json.Decoder[T], raw: bytes, what: str) -> T:
     """``decoder.decode(raw)``, or an ``ApiError`` (400 or 422) naming what is wrong with the body."""
     try:
         return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        if str(exc) == "Input data was truncated":  # msgspec's word for three different mistakes
+            raise ApiError(400, f"{what} is not valid JSON: {_truncated(raw)}", code="invalid_json") from None
+        raise validation_error(exc, what) from None
     except msgspec.MsgspecError as exc:
         raise validation_error(exc, what) from None
     except RecursionError:

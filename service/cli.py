@@ -36,23 +36,23 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = msgspec.structs.replace(
             settings, storage=msgspec.structs.replace(settings.storage, data_dir=args.data_dir)
         )
-    server = settings.server
+    replace = msgspec.structs.replace
     if getattr(args, "host", None):
-        server = msgspec.structs.replace(server, host=args.host)
+        settings = replace(settings, server=replace(settings.server, host=args.host))
+    # each flag's value passes the same checks as the file's (server.port, ...), and an error names that flag
     if getattr(args, "port", None) is not None:  # 0: a free port the system picks
-        server = msgspec.structs.replace(server, port=args.port)
+        settings = _flagged(replace(settings, server=replace(settings.server, port=args.port)), "--port")
     if getattr(args, "workers", None) is not None:
-        settings = msgspec.structs.replace(
-            settings, processes=msgspec.structs.replace(settings.processes, workers=args.workers)
-        )
-    learner = settings.learner
-    if getattr(args, "learn_interval_s", None) is not None:
-        learner = msgspec.structs.replace(learner, interval_s=args.learn_interval_s)
-    settings = msgspec.structs.replace(settings, server=server, learner=learner)
-    flags = [f for f in ("--port", "--learn-interval-s", "--workers")
-             if getattr(args, f[2:].replace("-", "_"), None) is not None]  # fmt: skip
-    if flags:  # a flag's value passes the same checks as the file's (server.port, learner.interval_s)
-        check(settings, " and ".join(flags))
+        settings = _flagged(replace(settings, processes=replace(settings.processes, workers=args.workers)), "--workers")
+    for flag in ("--learn-interval-s", "--interval-s"):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            settings = _flagged(replace(settings, learner=replace(settings.learner, interval_s=value)), flag)
+    return settings
+
+
+def _flagged(settings: Settings, flag: str) -> Settings:
+    check(settings, flag)
     return settings
 
 
@@ -198,10 +198,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
               f"nothing new since snapshot v{version} ({seen}): no snapshot published")  # fmt: skip
         return 0
     stop = StopSignal().install()  # SIGTERM or SIGINT: readiness off, the cycle in hand finishes, exit 0
-    if args.interval_s:
-        settings = msgspec.structs.replace(
-            settings, learner=msgspec.structs.replace(settings.learner, interval_s=args.interval_s)
-        )
     port = args.health_port if args.health_port is not None else settings.probes.learner_port
     probe = rt = None
     if port is not None:  # a taken port is said before anything slow starts

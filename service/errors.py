@@ -50,7 +50,21 @@ def error_of(exc: Exception) -> tuple[int, bytes, dict[str, str]]:
     return 500, error_body(500, "internal error"), {}
 
 
-def _handler(_: Request, exc: Exception) -> Response:
+# a path that takes a number: what a 404 there means
+_HINTS = (("/v1/admin/snapshots/", "a snapshot is named by its version, an integer: /v1/admin/snapshots/3"),)
+
+
+def _not_found(request: Request) -> str:
+    path = request.url.path
+    for prefix, hint in _HINTS:
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return f"no route {request.method} {path}: {hint}"
+    return f"no route {request.method} {path} (the routes: GET /schema/openapi.json)"
+
+
+def _handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException) and exc.status_code == 404 and exc.detail == "Not Found":
+        exc = ApiError(404, _not_found(request))
     status, body, headers = error_of(exc)
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 

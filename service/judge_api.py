@@ -59,17 +59,20 @@ def shadow_report(client: Any) -> Callable[[int], list[Any]]:
     return report
 
 
-def judge_routes(evaluation: Evaluation, client: Any, gate: AdminGate, agree_at: float,
+def judge_routes(evaluation: Evaluation | None, client: Any, gate: AdminGate, agree_at: float,
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> list:  # fmt: skip
     def query(fn: Callable[..., Any], *args: Any) -> Any:
         with _QUERIES:
             return fn(client, *args)
 
+    def stats() -> dict[str, Any]:  # off in this process: no background work, but the store's reports still hold
+        return {"enabled": False} if evaluation is None else {"enabled": True, **evaluation.stats()}
+
     @get("/v1/admin/judge", tags=_TAGS, summary="The judge: queue, budget, counts, agreement with thumbs")
     async def judge(request: Request) -> Response:
         gate.check(request.headers.get("authorization"))
         since = clock_ms() - _window_ms(request)
-        out = evaluation.stats()
+        out = stats()
         out["calibration"] = None if client is None else await anyio.to_thread.run_sync(query, calibration, since, agree_at)
         return Response(content=_enc.encode(out), media_type="application/json")
 
@@ -77,7 +80,7 @@ def judge_routes(evaluation: Evaluation, client: Any, gate: AdminGate, agree_at:
     async def shadow(request: Request) -> Response:
         gate.check(request.headers.get("authorization"))
         since = clock_ms() - _window_ms(request)
-        out: dict[str, Any] = {"shadow": evaluation.stats().get("shadow")}
+        out: dict[str, Any] = {"shadow": stats().get("shadow")}
         out["clusters"] = None if client is None else await anyio.to_thread.run_sync(query, leakage, since)
         return Response(content=_enc.encode(out), media_type="application/json")
 
@@ -85,7 +88,7 @@ def judge_routes(evaluation: Evaluation, client: Any, gate: AdminGate, agree_at:
 
 
 def judge_deps(evaluation: Evaluation | None, client: Any, gate: AdminGate, agree_at: float = 0.5) -> dict[str, Any]:
-    """The ``service.app.Deps`` fields of the evaluation: its admin routes and its shutdown."""
-    if evaluation is None:
-        return {}
-    return {"routes": tuple(judge_routes(evaluation, client, gate, agree_at)), "on_shutdown": (evaluation.aclose,)}
+    """The ``service.app.Deps`` fields of the evaluation: its admin routes (served with the judge off
+    too: the reports read the store, which may hold grades of an earlier run) and its shutdown."""
+    routes = tuple(judge_routes(evaluation, client, gate, agree_at))
+    return {"routes": routes} if evaluation is None else {"routes": routes, "on_shutdown": (evaluation.aclose,)}

@@ -53,6 +53,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    if report.get("judge", {}).get("enabled") is False:
+        print("the service runs no judge and no shadow now ([judge], [shadow] enabled = true); "
+              "what its store holds of earlier runs:")
     cal = report["calibration"]
     if cal is None:
         print("judge calibration: n/a (the service does not hold a ClickHouse store)")

@@ -304,9 +304,16 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {source} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {source} is a directory, not a TOML file") from None
+        except PermissionError:
+            raise ConfigError(f"config file {source} cannot be read (permission denied)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {source} is not UTF-8 text (byte {exc.start}): "
+                              "TOML files are UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
     overrides = _env_overrides(env or {})

@@ -16,7 +16,6 @@ import numpy as np
 
 from learner.clusters import assign, kmeans
 from learner.costs import request_tokens
-from learner.routing import Prices
 from simulations.outcomes import Outcomes
 from simulations.replay import Deployment, OfflineDeployment, ReplayRun
 

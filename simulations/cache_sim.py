@@ -21,7 +21,6 @@ from typing import Callable
 
 import msgspec
 import numpy as np
-from scipy import stats
 
 from learner.cache import AnswerCache, CacheParams, Entry
 from learner.embedding import Embedder
@@ -29,7 +28,7 @@ from learner.routing import Prices
 from simulations.baselines import Turnout
 from simulations.environment import Scenario, Stream, feedback, stream
 from simulations.replay import Deployment
-from simulations.simulate import Stat
+from simulations.simulate import Stat, stat
 
 __all__ = ["CacheArm", "CacheReport", "markdown", "simulate_cache", "with_repeats"]
 
@@ -60,12 +59,6 @@ class CacheReport(msgspec.Struct, frozen=True):
     cost_saved: Stat  # 1 - cost with the cache / cost without
     quality_change: Stat  # quality with the cache - quality without
 
-
-def _stat(values: list[float]) -> Stat:
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return Stat(float(v.mean()), float("nan"))
-    return Stat(float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))))
 
 
 def _paraphrase(text: str, rng: np.random.Generator) -> str:
@@ -175,19 +168,19 @@ def simulate_cache(
 
     def arm(name: str) -> CacheArm:
         r = out[name]
-        return CacheArm(name, _stat(r["q"]), _stat(r["c"]), _stat(r["h"]), _stat(r["s"]), _stat(r["w"]), _stat(r["l"]))
+        return CacheArm(name, stat(r["q"]), stat(r["c"]), stat(r["h"]), stat(r["s"]), stat(r["w"]), stat(r["l"]))
 
     w, c = out["without"], out["cached"]
     return CacheReport(
         scenario=sc.name, steps=steps, seeds=seeds, repeat=repeat, paraphrase=paraphrase, similarity=params.similarity,
         min_quality=min_quality, without=arm("without"), cached=arm("cached"),
-        cost_saved=_stat([1 - b / a for a, b in zip(w["c"], c["c"])]),
-        quality_change=_stat([b - a for a, b in zip(w["q"], c["q"])]),
+        cost_saved=stat([1 - b / a for a, b in zip(w["c"], c["c"])]),
+        quality_change=stat([b - a for a, b in zip(w["q"], c["q"])]),
     )  # fmt: skip
 
 
 def markdown(r: CacheReport) -> str:
-    fmt = lambda s, k=100.0, d=1: f"{s.mean * k:.{d}f} ± {s.ci * k:.{d}f}"  # noqa: E731
+    fmt = lambda s, k=100.0, d=1: s.show(k, d)  # noqa: E731
     lines = [
         f"scenario {r.scenario} with repeated questions ({r.repeat:.0%} word for word, {r.paraphrase:.0%} in other "
         f"words); {r.steps} steps x {r.seeds} seeds; cache similarity {r.similarity:g}, min_quality {r.min_quality:g}; "

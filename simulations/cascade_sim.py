@@ -31,7 +31,7 @@ from learner.routing import Prices
 from simulations.environment import Scenario, Stream, feedback, stream
 from simulations.judge import SimulatedJudge, error_rates
 from simulations.replay import Deployment, OfflineDeployment
-from simulations.simulate import Stat, _stat
+from simulations.simulate import Stat, stat
 
 __all__ = ["ArmResult", "CascadeReport", "NoiseLevel", "markdown", "simulate_cascade"]
 
@@ -166,12 +166,12 @@ def simulate_cascade(
         arms = []
         for name in POLICIES:
             runs = per[(noise, name)]
-            stat = lambda key: _stat([float(r[key].mean()) for r in runs])  # noqa: E731
+            over = lambda key: stat([float(r[key].mean()) for r in runs])  # noqa: E731
             by = {}
             for k, topic in enumerate(names):
                 vals = [[float(r[key][tp == k].mean()) for r, tp in zip(runs, topics) if (tp == k).any()] for key in "qces"]
                 by[topic] = tuple(float(np.mean(v)) for v in vals)
-            arms.append(ArmResult(name, stat("q"), stat("c"), stat("e"), stat("s"), by))
+            arms.append(ArmResult(name, over("q"), over("c"), over("e"), over("s"), by))
         fr, fa = error_rates(SimulatedJudge(noise, bias), threshold)
         levels.append(NoiseLevel(noise, fr, fa, tuple(arms)))
     return CascadeReport(
@@ -183,7 +183,7 @@ def simulate_cascade(
 
 
 def markdown(r: CascadeReport) -> str:
-    fmt = lambda s, k=1.0, d=3: f"{s.mean * k:.{d}f} ± {s.ci * k:.{d}f}"  # noqa: E731
+    fmt = lambda s, k=1.0, d=3: s.show(k, d)  # noqa: E731
     lines = [
         f"scenario {r.scenario}: cheap {r.cheap}, strong {r.strong}; {r.steps} steps x {r.seeds} seeds, cost weight "
         f"{r.cost_weight:g}; the gate: judge grade >= {r.threshold:g} (bias {r.bias:g}); 95% intervals over seeds",

@@ -42,6 +42,13 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
 
 
+def _said(exc: BaseException) -> str:
+    """One line a user reads: an OS error as ``file: reason`` (not ``[Errno 2] ...``), the rest as is."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return str(exc)
+
+
 def _quiet_learner() -> None:
     """An offline run's learning cycles are hundreds of lines of INFO: warnings only."""
     import logging
@@ -61,6 +68,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.sweep and args.cost_weight is not None:
         print("turnout replay: --sweep sets the cost weights itself; drop --cost-weight", file=sys.stderr)
         return 2
+    given = [f for f, v in (("--judge-noise", args.judge_noise), ("--judge-bias", args.judge_bias),
+                            ("--threshold", args.threshold)) if v is not None]
+    if given and not args.cascade:
+        print(f"turnout replay: {', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --cascade CHEAP,STRONG",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    D = ReplayConfig()
+    args.judge_noise = D.judge_noise if args.judge_noise is None else args.judge_noise
+    args.judge_bias = D.judge_bias if args.judge_bias is None else args.judge_bias
+    args.threshold = 0.5 if args.threshold is None else args.threshold
     try:
         _positive("--passes", args.passes)
         _positive("--learn-every", args.learn_every)
@@ -84,7 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.plot:  # said before the run, not after it
             pyplot()
     except (OSError, ValueError, msgspec.ValidationError, PlotsUnavailable) as exc:
-        print(f"turnout replay: {exc}", file=sys.stderr)
+        print(f"turnout replay: {_said(exc)}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # the product's settings: --config, TURNOUT_ overrides, defaults
     _quiet_learner()
@@ -111,7 +128,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             path = write_decisions(decisions_path(args.decisions_out, w, len(runs) > 1), outcomes, run)
             print(f"decisions: {path}", file=sys.stderr if args.json else sys.stdout)
     except OSError as exc:
-        print(f"turnout replay: --decisions-out: {exc}", file=sys.stderr)
+        print(f"turnout replay: --decisions-out: {_said(exc)}", file=sys.stderr)
         status = 2
     if args.plot:
         from simulations.plots import plot_frontier
@@ -119,10 +136,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         try:
             print(f"plot: {plot_frontier(report, args.plot)}", file=sys.stderr if args.json else sys.stdout)
         except PlotsUnavailable as exc:
-            print(f"turnout replay: {exc}", file=sys.stderr)
+            print(f"turnout replay: {_said(exc)}", file=sys.stderr)
             status = 3
         except OSError as exc:
-            print(f"turnout replay: --plot: {exc}", file=sys.stderr)
+            print(f"turnout replay: --plot: {_said(exc)}", file=sys.stderr)
             status = 2
     return status
 
@@ -150,7 +167,7 @@ def _replay_cascade(args: argparse.Namespace, outcomes, embeddings, deployment, 
     try:
         report, _, _ = cascade_replay(outcomes, embeddings, deployment, config, args.cascade)
     except ValueError as exc:
-        print(f"turnout replay: {exc}", file=sys.stderr)
+        print(f"turnout replay: {_said(exc)}", file=sys.stderr)
         return 2
     if args.json:
         _print_json(report)
@@ -186,7 +203,7 @@ def cmd_ope(args: argparse.Namespace) -> int:
         else:
             report = _ope_from_clickhouse(args)
     except (OSError, ValueError, msgspec.ValidationError) as exc:
-        print(f"turnout ope: {exc}", file=sys.stderr)
+        print(f"turnout ope: {_said(exc)}", file=sys.stderr)
         return 2
     if args.json:
         _print_json(report)
@@ -264,9 +281,9 @@ def _replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cascade", metavar="CHEAP,STRONG",
                    help="replay plain routing and routing with this cascade as an arm (the gate: a simulated judge "
                         "reading the cheap model's outcome); report per task where the cascade wins or loses")
-    p.add_argument("--judge-noise", type=float, default=D.judge_noise, help="--cascade: the judge's noise (default 0.3)")
-    p.add_argument("--judge-bias", type=float, default=D.judge_bias, help="--cascade: the judge's bias (default 0)")
-    p.add_argument("--threshold", type=float, default=0.5, help="--cascade: the gate passes grades >= this (default 0.5)")
+    p.add_argument("--judge-noise", type=float, help=f"--cascade: the judge's noise (default {D.judge_noise:g})")
+    p.add_argument("--judge-bias", type=float, help=f"--cascade: the judge's bias (default {D.judge_bias:g})")
+    p.add_argument("--threshold", type=float, help="--cascade: the gate passes grades >= this (default 0.5)")
     p.add_argument("--decisions-out", metavar="FILE", help="one JSON line per routed prompt (suffix per weight in a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw the cost-quality plane (needs matplotlib)")

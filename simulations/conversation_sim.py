@@ -43,7 +43,7 @@ from learner.routing import Prices, decide
 from simulations.environment import Scenario, Users
 from simulations.pool import answer, make_prompt
 from simulations.replay import Deployment, OfflineDeployment
-from simulations.simulate import Stat, _stat
+from simulations.simulate import Stat, stat
 
 __all__ = ["ARMS", "ConversationArm", "ConversationReport", "Chats", "chats", "markdown", "simulate_conversations"]
 
@@ -229,16 +229,16 @@ def simulate_conversations(
     w = deployment.cost_weight
 
     def table(got: dict[tuple[str, float], dict[str, list[float]]]) -> tuple[ConversationArm, ...]:
-        return tuple(ConversationArm(a, d, _stat(got[a, d]["q"]), _stat(got[a, d]["c"]), _stat(got[a, d]["s"]),
-                                     _stat(got[a, d]["k"]), tuple(map(float, got[a, d]["c"])),
+        return tuple(ConversationArm(a, d, stat(got[a, d]["q"]), stat(got[a, d]["c"]), stat(got[a, d]["s"]),
+                                     stat(got[a, d]["k"]), tuple(map(float, got[a, d]["c"])),
                                      tuple(map(float, got[a, d]["q"])),
-                                     _stat([q - w * c for q, c in zip(got[a, d]["q"], got[a, d]["c"])]))
+                                     stat([q - w * c for q, c in zip(got[a, d]["q"], got[a, d]["c"])]))
                      for a, d in runs)  # fmt: skip
 
     def saved(got: dict[tuple[str, float], dict[str, list[float]]]) -> tuple[Stat, Stat]:
         fresh, sticky = got["afresh", cache_discount], got["sticky", cache_discount]
-        return (_stat([1 - b / a for a, b in zip(fresh["c"], sticky["c"])]),
-                _stat([b - a for a, b in zip(fresh["q"], sticky["q"])]))  # fmt: skip
+        return (stat([1 - b / a for a, b in zip(fresh["c"], sticky["c"])]),
+                stat([b - a for a, b in zip(fresh["q"], sticky["q"])]))  # fmt: skip
 
     (cost_saved, quality_change), (frozen_saved, frozen_change) = saved(out), saved(held)
     return ConversationReport(
@@ -249,7 +249,7 @@ def simulate_conversations(
 
 
 def markdown(r: ConversationReport) -> str:
-    fmt = lambda s, k=1.0, d=3: f"{s.mean * k:.{d}f} ± {s.ci * k:.{d}f}"  # noqa: E731
+    fmt = lambda s, k=1.0, d=3: s.show(k, d)  # noqa: E731
     head = ["| arm | cache discount | quality | mean cost (mUSD/turn) | utility | switches per chat | later turns kept |",
             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
 

@@ -17,7 +17,7 @@ The ``task`` field is never read here.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import msgspec
 import numpy as np

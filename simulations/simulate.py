@@ -28,7 +28,7 @@ from simulations.environment import Scenario, Stream, feedback, stream
 from learner.routing import Prices
 from simulations.replay import Deployment
 
-__all__ = ["POLICIES", "PolicyResult", "SimulateReport", "Stat", "lai_robbins", "late_slope", "simulate"]
+__all__ = ["POLICIES", "PolicyResult", "SimulateReport", "Stat", "lai_robbins", "stat", "late_slope", "simulate"]
 
 POLICIES = ("turnout", "linear-ts", "linucb", "epsilon-greedy", "ucb", "thompson", "best-single", "cheapest",
             "most-expensive", "uniform", "oracle")  # fmt: skip
@@ -36,7 +36,11 @@ POLICIES = ("turnout", "linear-ts", "linucb", "epsilon-greedy", "ucb", "thompson
 
 class Stat(msgspec.Struct, frozen=True):
     mean: float
-    ci: float  # half-width of the 95% interval over seeds
+    ci: float  # half-width of the 95% interval over seeds (nan with one seed)
+
+    def show(self, k: float = 1.0, d: int = 3) -> str:
+        """``mean ± half-width`` scaled by ``k`` to ``d`` decimals; the mean alone with one seed."""
+        return f"{self.mean * k:.{d}f}" + ("" if self.ci != self.ci else f" ± {self.ci * k:.{d}f}")
 
 
 class PolicyResult(msgspec.Struct, frozen=True):
@@ -65,7 +69,7 @@ class SimulateReport(msgspec.Struct, frozen=True):
     seconds: float = 0.0
 
 
-def _stat(values: list[float]) -> Stat:
+def stat(values: list[float]) -> Stat:
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return Stat(float(v.mean()), float("nan"))
@@ -234,10 +238,10 @@ def simulate(
         curves = np.array(r["curve"])
         ci = (stats.t.ppf(0.975, seeds - 1) * curves.std(axis=0, ddof=1) / np.sqrt(seeds)) if seeds > 1 else np.zeros(len(marks))
         results.append(PolicyResult(
-            name=name, quality=_stat(r["q"]), cost_usd=_stat(r["c"]), regret_oracle=_stat(r["ro"]),
-            regret_cluster=_stat(r["rc"]), regret_single=_stat(r["rs"]),
-            cost_saved=_stat([1 - c / d for c, d in zip(r["c"], dearest_c)]),
-            quality_kept=_stat([q / d for q, d in zip(r["q"], dearest_q)]),
+            name=name, quality=stat(r["q"]), cost_usd=stat(r["c"]), regret_oracle=stat(r["ro"]),
+            regret_cluster=stat(r["rc"]), regret_single=stat(r["rs"]),
+            cost_saved=stat([1 - c / d for c, d in zip(r["c"], dearest_c)]),
+            quality_kept=stat([q / d for q, d in zip(r["q"], dearest_q)]),
             curve=tuple(curves.mean(axis=0).tolist()), curve_ci=tuple(np.nan_to_num(ci).tolist()),
             late_slope={k: float(np.nanmean([s[k] for s in r["slope"]])) for k in r["slope"][0]},
         ))  # fmt: skip
@@ -258,7 +262,7 @@ def markdown(report: SimulateReport) -> str:
         "cost saved vs most expensive | quality kept |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    fmt = (lambda s, k=1.0, d=3: f"{s.mean * k:.{d}f} ± {s.ci * k:.{d}f}")
+    fmt = Stat.show
     for p in report.policies:
         lines.append(f"| {p.name} | {fmt(p.quality)} | {fmt(p.cost_usd, 1000, 4)} | {fmt(p.regret_oracle, d=1)} | "
                      f"{fmt(p.regret_cluster, d=1)} | {fmt(p.regret_single, d=1)} | {fmt(p.cost_saved, 100, 1)}% | "

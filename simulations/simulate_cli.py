@@ -31,6 +31,28 @@ def _noises(text: str) -> tuple[float, ...]:
     return values
 
 
+# flags that only mean something in one mode: (flag, dest, default, the mode, its test)
+_SCOPED = (
+    ("--repeat", "repeat", 0.3, "--cache", lambda a: a.cache),
+    ("--paraphrase", "paraphrase", 0.2, "--cache", lambda a: a.cache),
+    ("--judge-noise", "judge_noise", None, "--scenario cascade or detection",
+     lambda a: a.scenario in ("cascade", "detection")),
+    ("--judge-rate", "judge_rate", 0.2, "--scenario detection", lambda a: a.scenario == "detection"),
+    ("--change-at", "change_at", None, "--scenario detection", lambda a: a.scenario == "detection"),
+    ("--judge-bias", "judge_bias", 0.0, "--scenario cascade", lambda a: a.scenario == "cascade"),
+    ("--cache-discount", "cache_discount", 0.9, "--scenario conversations", lambda a: a.scenario == "conversations"),
+)
+
+
+def _scoped_flags(args: argparse.Namespace) -> None:
+    """A flag given where it means nothing is a mistake said, not ignored; the rest get defaults."""
+    for flag, dest, default, mode, applies in _SCOPED:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+        elif not applies(args):
+            raise ValueError(f"{flag} only applies with {mode}")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.environment import scenario
     from simulations.progress import Progress
@@ -38,6 +60,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         sc = scenario(args.scenario)
+        _scoped_flags(args)
         names = tuple(n.strip() for n in args.policies.split(",")) if args.policies else POLICIES
         unknown = [n for n in names if n not in POLICIES]
         if unknown:
@@ -215,17 +238,18 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", action="store_true",
                    help="Turnout with the response cache ([cache] of --config) against no cache, on traffic whose "
                         "users repeat and paraphrase earlier questions: cost saved, users pleased, hit rates")
-    p.add_argument("--repeat", type=float, default=0.3, help="--cache: share of prompts repeated word for word")
-    p.add_argument("--paraphrase", type=float, default=0.2, help="--cache: share of prompts asked again in other words")
+    p.add_argument("--repeat", type=float, help="--cache: share of prompts repeated word for word (default 0.3)")
+    p.add_argument("--paraphrase", type=float, help="--cache: share of prompts asked again in other words (default 0.2)")
     p.add_argument("--judge-noise",
                    help="--scenario cascade: the simulated judge's noise levels, comma-separated (default "
                         "0.1,0.3,0.6,1.0); --scenario detection: its noise (default 0.3)")
-    p.add_argument("--judge-rate", type=float, default=0.2,
-                   help="--scenario detection: share of answers the judge grades (its noise: the first --judge-noise)")
+    p.add_argument("--judge-rate", type=float,
+                   help="--scenario detection: share of answers the judge grades (default 0.2; its noise: the first "
+                        "--judge-noise)")
     p.add_argument("--change-at", type=int,
                    help="--scenario detection: the request after which the model degrades (default: at 3/8 of --steps)")
-    p.add_argument("--judge-bias", type=float, default=0.0,
-                   help="--scenario cascade: the judge's bias (positive: lenient, negative: harsh)")
-    p.add_argument("--cache-discount", type=float, default=0.9,
-                   help="--scenario conversations: share of the input price a cached prompt prefix saves")
+    p.add_argument("--judge-bias", type=float,
+                   help="--scenario cascade: the judge's bias (positive: lenient, negative: harsh; default 0)")
+    p.add_argument("--cache-discount", type=float,
+                   help="--scenario conversations: share of the input price a cached prompt prefix saves (default 0.9)")
     p.set_defaults(func=cmd_simulate)

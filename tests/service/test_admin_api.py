@@ -53,6 +53,24 @@ def test_snapshots_listed_shown_and_rolled_back_live_at_once(live, runtime):
     assert httpx.get(live + "/v1/admin/snapshots", params={"limit": 0}).json()["error"]["param"] == "limit"
 
 
+def test_an_unknown_path_names_itself_and_a_version_that_is_no_number_says_so(live):
+    word = httpx.get(live + "/v1/admin/snapshots/abc")
+    error = word.json()["error"]
+    assert word.status_code == 404 and error["type"] == "not_found_error", word.text
+    assert "GET /v1/admin/snapshots/abc" in error["message"] and "an integer" in error["message"]
+    other = httpx.post(live + "/v1/no/such", json={})
+    assert other.status_code == 404 and "POST /v1/no/such" in other.json()["error"]["message"], other.text
+
+
+def test_judge_and_shadow_reports_answer_with_the_judge_off(live, runtime):
+    assert runtime.evaluation is None  # the default: no [judge], no [shadow]
+    judge = httpx.get(live + "/v1/admin/judge")
+    assert judge.status_code == 200 and judge.json()["enabled"] is False, judge.text
+    assert judge.json()["calibration"]["pairs"] == 0  # the store's report: nothing graded here
+    shadow = httpx.get(live + "/v1/admin/shadow").json()
+    assert shadow == {"shadow": None, "clusters": []}
+
+
 def test_learner_status_and_a_cycle_on_demand(live, runtime):
     _traffic(live, 8)
     done = httpx.post(live + "/v1/admin/learner/cycle").json()
@@ -98,7 +116,7 @@ def test_openapi_documents_the_admin_routes(live):
     admin = {p for p in paths if p.startswith("/v1/admin/")}
     assert admin == {"/v1/admin/snapshots", "/v1/admin/snapshots/{version}", "/v1/admin/snapshots/{version}/rollback",
                      "/v1/admin/learner", "/v1/admin/learner/cycle", "/v1/admin/ope", "/v1/admin/config",
-                     "/v1/admin/clusters"}  # fmt: skip
+                     "/v1/admin/clusters", "/v1/admin/judge", "/v1/admin/shadow"}  # fmt: skip
     body = paths["/v1/admin/ope"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"cost_weight", "exclude_models", "since_ms", "until_ms"} <= set(body["properties"])
     doc = httpx.get(live + "/schema/openapi.json").json()

@@ -35,6 +35,13 @@ def taken_port():
 
 
 @pytest.fixture(scope="module")
+def latin1_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "latin1.toml"
+    path.write_bytes('[router]\n# caf\u00e9 au lait\n'.encode("latin-1"))  # a byte no UTF-8 text holds
+    return path
+
+
+@pytest.fixture(scope="module")
 def outcome_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("outcomes") / "o.jsonl"
     path.write_text('{"id": "1", "prompt": "hi", "models": {"a": {"score": 1.0, "cost_usd": 0.1}}}\n')
@@ -64,12 +71,26 @@ BAD = [
     (["serve", "--port", "-1", "--data-dir", "DIR/serve"], "--port: server.port must be in 0-65535"),
     (["up", "--learn-interval-s", "-5", "--data-dir", "DIR/up"], "--learn-interval-s: learner.interval_s must be"),
     (["up", "--learn-interval-s", "0", "--data-dir", "DIR/up"], "--learn-interval-s: learner.interval_s must be"),
+    (["up", "--port", "70000", "--workers", "0", "--data-dir", "DIR/up"], "in --port: server.port must be"),
+    (["up", "--workers", "0", "--data-dir", "DIR/up"], "in --workers: processes.workers must be in 1-256"),
+    (["learn", "--interval-s", "-1", "--data-dir", "DIR/learn"], "in --interval-s: learner.interval_s must be"),
+    (["learn", "--interval-s", "0", "--data-dir", "DIR/learn"], "in --interval-s: learner.interval_s must be"),
+    (["up", "--config", "LATIN1", "--data-dir", "DIR/up"], "LATIN1 is not UTF-8 text (byte 14)"),
+    (["up", "--config", "DIR", "--data-dir", "DIR/up"], "config file DIR is a directory"),
+    (["simulate", "--repeat", "0.5"], "--repeat only applies with --cache"),
+    (["simulate", "--scenario", "cascade", "--judge-rate", "0.5"], "--judge-rate only applies with --scenario detection"),
+    (["simulate", "--judge-noise", "0.3"], "--judge-noise only applies with --scenario cascade or detection"),
+    (["simulate", "--scenario", "detection", "--cache-discount", "0.5"], "--cache-discount only applies with --scenario"),
+    (["replay", "FILE", "--judge-noise", "0.2", "--threshold", "0.6"], "--judge-noise, --threshold only apply with --cascade"),
+    (["ope", "DIR/missing.jsonl"], "turnout ope: DIR/missing.jsonl: no such file or directory"),
+    (["replay", "DIR"], "turnout replay: DIR: is a directory"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
-def test_a_bad_flag_is_one_line_and_exit_2(args, needle, tmp_path, taken_port, outcome_file):
-    fill = lambda s: s.replace("PORT", str(taken_port)).replace("FILE", str(outcome_file)).replace("DIR", str(tmp_path))  # noqa: E731
+def test_a_bad_flag_is_one_line_and_exit_2(args, needle, tmp_path, taken_port, outcome_file, latin1_config):
+    fill = lambda s: s.replace("PORT", str(taken_port)).replace("FILE", str(outcome_file)).replace(  # noqa: E731
+        "LATIN1", str(latin1_config)).replace("DIR", str(tmp_path))
     proc = _turnout([fill(a) for a in args], tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout

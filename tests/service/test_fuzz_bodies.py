@@ -106,6 +106,15 @@ def test_hostile_bodies_get_a_4xx_that_says_why(live, runtime, route):
     assert runtime.sink.flush(30.0) and runtime.sink.failures == 0  # nothing answered is stuck on its way to the store
 
 
+def test_what_msgspec_calls_truncation_is_told_apart(live):
+    for raw, says in ((HOSTILE["empty"], "the body is empty"), (HOSTILE["whitespace"], "the body is empty"),
+                      (HOSTILE["lone surrogate escape"], "not part of a surrogate pair"),
+                      (HOSTILE["truncated"], "ends before the JSON value does")):  # fmt: skip
+        r = httpx.post(live + CHAT, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (raw[:40], r.text)
+        assert "Input data was truncated" not in r.text
+
+
 def test_missing_model_and_messages_are_named(live):
     for field, raw in (("model", HOSTILE["missing model"]), ("messages", HOSTILE["missing messages"])):
         r = httpx.post(live + CHAT, content=raw, headers={"content-type": "application/json"})
