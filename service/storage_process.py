@@ -128,6 +128,8 @@ def storage_main(settings: Settings, address: str, authkey: bytes, parent_pid: i
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apscheduler", "httpx", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "snapshot vN live" is the serving process's line to say; a rejected snapshot is still said here
+    logging.getLogger("turnout.router").setLevel(logging.WARNING)
     if settings.server.log_format == "json":
         from service.logs import use_json_logs
 
