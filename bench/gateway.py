@@ -22,6 +22,13 @@ connections, share each rate; each one's p99 overhead is printed beside the merg
 ``--storage inline,process`` / ``--workers 1,2``: one Turnout per value (``[processes]`` storage,
 ``--workers``), all started at once and measured in turn at each rate (A/B in one run).
 
+``--hooks off,idle``: one Turnout per value, measured in turn: ``off`` is the plain router;
+``idle`` has the judge (a pool model), shadow routing (reference ``m0``) and a cascade
+(``m2`` then ``m0``) configured but selecting nothing (``sample = 0``, ``share = 0``, the cascade's
+prior tier 0.01, so the sampler leaves it): the plain routed path with every hook of issue 13 on
+it. The requests each one routed to the cascade are counted from its ``/metrics``. A repeated
+value (``off,idle,off``) is a control: two identical processes show the noise of the machine.
+
 ``--cache``: Turnout with ``[cache] enabled`` (``min_quality = 0.5``, so every model of the bench
 pool may be cached) and no LiteLLM. The same eight prompts at temperature 0 go through it twice
 at each rate: with ``x-turnout-cache: off`` (the uncached path, every request calls the
@@ -166,8 +173,14 @@ def _tansu() -> str:
     return str(path) if path.exists() else (shutil.which("tansu") or "tansu")
 
 
+_IDLE_HOOKS = ("[judge]\nenabled = true\nmodel = \"m2\"\nsample = 0.0\nbudget_usd_per_day = 1000.0\n\n"
+               "[shadow]\nenabled = true\nreference = \"m0\"\nshare = 0.0\nbudget_usd_per_day = 1000.0\n\n"
+               "[[cascades]]\nname = \"m2-then-m0\"\ncheap = \"m2\"\nstrong = \"m0\"\ngate = \"structural\"\n"
+               "tier = 0.01\n\n")  # fmt: skip
+
+
 def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bool = False,
-                   env_extra: dict[str, str] | None = None) -> list[subprocess.Popen]:  # fmt: skip
+                   env_extra: dict[str, str] | None = None, hooks: str = "off") -> list[subprocess.Popen]:  # fmt: skip
     """``up``: one process (service, in-process event bus into embedded ClickHouse, learner).
     ``kafka``: ``turnout serve`` publishing events to a Tansu broker, and ``turnout sink`` storing
     them (the production shape: no ClickHouse work in the service process). First process: the
@@ -189,6 +202,8 @@ def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bo
         events = f'[events]\nbackend = "kafka"\nbootstrap_servers = "127.0.0.1:{broker}"\n\n'
     if cache:
         events += "[cache]\nenabled = true\nmin_quality = 0.5\n\n"
+    if hooks == "idle":
+        events += _IDLE_HOOKS
     (tmp / "turnout.toml").write_text(
         f'[server]\nlog_format = "text"\n\n{events}[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
     )
@@ -218,12 +233,13 @@ def _start_litellm(binary: str, port: int, upstream: int, tmp: Path, workers: in
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "litellm.log", "w"))  # fmt: skip
 
 
-def _metric(port: int, prefix: str) -> float:
-    """The sum of the series of Turnout's /metrics whose line starts with ``prefix``."""
+def _metric(port: int, prefix: str, holding: str = "") -> float:
+    """The sum of the series of Turnout's /metrics whose line starts with ``prefix`` (and holds ``holding``)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix) and holding in line)  # fmt: skip
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
@@ -326,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="independent load generators, each in its own process, sharing the rate")
     p.add_argument("--cache", action="store_true",
                    help="repeated prompts through Turnout's response cache, beside its uncached path (no LiteLLM)")
+    p.add_argument("--hooks", default="off", help="off: the plain router; idle: judge, shadow and a cascade "
+                                                  "configured but selecting nothing; a list (off,idle,off) runs one "
+                                                  "turnout per value, measured in turn")  # fmt: skip
     args = p.parse_args(argv)
+    hooks = [h.strip() for h in args.hooks.split(",")]
+    if not set(hooks) <= {"off", "idle"}:
+        p.error(f"--hooks: {args.hooks!r}: each value is off or idle")
     if args.cache:
         args.litellm = ""
     rates = [float(r) for r in args.rates.split(",")]
@@ -337,18 +359,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             up_port, t_port, l_port = _free_port(), _free_port(), _free_port()
             procs.append(_start_upstream(up_port))
-            variants = [(s, w) for s in (args.storage.split(",") if args.storage else [""])
-                        for w in args.workers.split(",")]  # fmt: skip
+            storages, workers_list = (args.storage.split(",") if args.storage else [""]), args.workers.split(",")
+            variants = [(s, w, h) for s in storages for w in workers_list for h in hooks]
             started = []  # (name, port, processes)
-            for storage, workers in variants:
+            for storage, workers, hook in variants:
                 port = t_port if not started else _free_port()
                 env = {"TURNOUT_PROCESSES__WORKERS": workers} if workers != "1" else {}
                 if storage:
                     env["TURNOUT_PROCESSES__STORAGE"] = storage
-                name = "turnout" if len(variants) == 1 else f"turnout-{storage or 'd'}-w{workers}"
+                parts = ([storage or "d"] if len(storages) > 1 else []) + ([f"w{workers}"] if len(workers_list) > 1
+                                                                          else []) + ([hook] if len(hooks) > 1 else [])
+                name = "-".join(["turnout", *parts])
+                while any(name == n for n, *_ in started):  # a repeated value: a control
+                    name += "'"
                 sub = tmp / name
                 sub.mkdir()
-                ps = _start_turnout(port, up_port, sub, args.topology, args.cache, env)
+                ps = _start_turnout(port, up_port, sub, args.topology, args.cache, env, hook)
                 procs += ps
                 started.append((name, port, ps, sub))
             turnout = started[0][2][0]
@@ -411,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1.0)
             summary = _report(direct, gateways, all_rates, against_litellm=not args.cache)
             summary["topology"] = args.topology
+            if "idle" in hooks:
+                summary["routed_to_the_cascade"] = {name: _metric(port, "turnout_requests_total{", 'model="m2-then-m0"')
+                                                    for name, port, _, _ in started}  # fmt: skip
+                print("requests routed to the cascade: " + ", ".join(
+                    f"{n} {c:g}" for n, c in summary["routed_to_the_cascade"].items()))  # fmt: skip
             if args.cache:
                 summary["cached_upstream_calls"] = {str(r): n for r, n in upstream_calls.items()}
                 summary["cache_hits"] = _metric(t_port, 'turnout_cache_lookups_total{result="hit_')
