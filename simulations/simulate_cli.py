@@ -21,6 +21,14 @@ def _quiet_learner() -> None:
     logging.getLogger("turnout.learner").setLevel(logging.WARNING)
 
 
+def _show(args: argparse.Namespace, report: msgspec.Struct, markdown) -> None:
+    """A report as one JSON object (``--json``) or as its markdown tables."""
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(markdown(report))
+
+
 def _noises(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -112,12 +120,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with Progress(args.steps * args.seeds * len(names), f"simulate {sc.name}") as bar:
         report = simulate(sc, embedder, deployment, weight, steps=args.steps, seeds=args.seeds, policies=names,
                           base_seed=args.seed, learn_every=args.learn_every, progress=bar.advance)  # fmt: skip
-    if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        from simulations.simulate import markdown
+    from simulations.simulate import markdown
 
-        print(markdown(report))
+    _show(args, report, markdown)
+    if not args.json:
         print(f"\n{report.seeds * report.steps * len(names)} decisions in {report.seconds:.1f} s")
     if args.out:  # results first: a plot that fails below loses nothing
         from simulations.simulate_plots import plot_simulation
@@ -149,10 +155,7 @@ def _simulate_detection(args: argparse.Namespace, sc, embedder, deployment) -> i
         except ValueError as exc:
             print(f"turnout simulate: --change-at: {exc}", file=sys.stderr)
             return 2
-    if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        print(markdown(report))
+    _show(args, report, markdown)
     return 0
 
 
@@ -168,10 +171,7 @@ def _simulate_cascade(args: argparse.Namespace, sc, embedder, deployment) -> int
         report = simulate_cascade(sc, embedder, deployment, steps=args.steps, seeds=args.seeds, base_seed=args.seed,
                                   learn_every=args.learn_every, noises=noises, bias=args.judge_bias,
                                   progress=bar.advance)  # fmt: skip
-    if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        print(markdown(report))
+    _show(args, report, markdown)
     return 0
 
 
@@ -189,10 +189,7 @@ def _simulate_cache(args: argparse.Namespace, sc, embedder, deployment) -> int:
         report = simulate_cache(sc, embedder, deployment, params, c.min_quality, steps=args.steps, seeds=args.seeds,
                                 base_seed=args.seed, learn_every=args.learn_every, repeat=args.repeat,
                                 paraphrase=args.paraphrase, progress=bar.advance)  # fmt: skip
-    if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        print(markdown(report))
+    _show(args, report, markdown)
     return 0
 
 
@@ -211,10 +208,7 @@ def _simulate_conversations(args: argparse.Namespace, sc, embedder, deployment) 
                                         switch_margin=settings.router.switch_margin,
                                         context_decay=settings.conversations.context_decay,
                                         progress=bar.advance)  # fmt: skip
-    if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        print(markdown(report))
+    _show(args, report, markdown)
     return 0
 
 
