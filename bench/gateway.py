@@ -180,11 +180,11 @@ _IDLE_HOOKS = ("[judge]\nenabled = true\nmodel = \"m2\"\nsample = 0.0\nbudget_us
 
 
 def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bool = False,
-                   env_extra: dict[str, str] | None = None, hooks: str = "off") -> list[subprocess.Popen]:  # fmt: skip
+                   env_extra: dict[str, str] | None = None, extra: str = "") -> list[subprocess.Popen]:  # fmt: skip
     """``up``: one process (service, in-process event bus into embedded ClickHouse, learner).
     ``kafka``: ``turnout serve`` publishing events to a Tansu broker, and ``turnout sink`` storing
     them (the production shape: no ClickHouse work in the service process). First process: the
-    service."""
+    service. ``extra``: more TOML sections (the hooks of ``--hooks idle``, ``bench.shadow``'s)."""
     models = "".join(
         f'[[models]]\nname = "m{i}"\nbase_url = "http://127.0.0.1:{upstream}/v1"\nupstream_model = "bench"\n'
         f"tier = {t}\nprice_in_per_mtok = {p}\nprice_out_per_mtok = {4 * p}\n\n"
@@ -202,8 +202,7 @@ def _start_turnout(port: int, upstream: int, tmp: Path, topology: str, cache: bo
         events = f'[events]\nbackend = "kafka"\nbootstrap_servers = "127.0.0.1:{broker}"\n\n'
     if cache:
         events += "[cache]\nenabled = true\nmin_quality = 0.5\n\n"
-    if hooks == "idle":
-        events += _IDLE_HOOKS
+    events += extra
     (tmp / "turnout.toml").write_text(
         f'[server]\nlog_format = "text"\n\n{events}[router]\ncluster_examples = [{examples}]\n\n{tenant}{models}'
     )
@@ -374,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     name += "'"
                 sub = tmp / name
                 sub.mkdir()
-                ps = _start_turnout(port, up_port, sub, args.topology, args.cache, env, hook)
+                ps = _start_turnout(port, up_port, sub, args.topology, args.cache, env,
+                                    _IDLE_HOOKS if hook == "idle" else "")  # fmt: skip
                 procs += ps
                 started.append((name, port, ps, sub))
             turnout = started[0][2][0]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.gateway import BENCH_KEY, PROMPTS, Target, _free_port, _metric, _start_upstream, _stop, _wait_http
+from bench.gateway import BENCH_KEY, Target, _free_port, _metric, _start_turnout, _start_upstream, _stop, _wait_http
 
 _JUDGE_REPLY = (b'{"id":"j","object":"chat.completion","created":0,"model":"judge","choices":[{"index":0,'
                 b'"message":{"role":"assistant","content":"Score: 7"},"finish_reason":"stop"}],'
@@ -65,23 +65,15 @@ async def _judge_server(port: int, delay_s: float) -> None:
         await server.serve_forever()
 
 
-def _config(mode: str, upstream: int, judge: int) -> str:
-    models = "".join(
-        f'[[models]]\nname = "m{i}"\nbase_url = "http://127.0.0.1:{upstream}/v1"\nupstream_model = "bench"\n'
-        f"tier = {t}\nprice_in_per_mtok = {p}\nprice_out_per_mtok = {4 * p}\n\n"
-        for i, (t, p) in enumerate([(0.8, 2.5), (0.7, 0.6), (0.6, 0.15)])
-    )  # fmt: skip
-    examples = ", ".join(json.dumps(p) for p in PROMPTS)
-    digest = __import__("hashlib").sha256(BENCH_KEY.encode()).hexdigest()
-    text = f'[server]\nlog_format = "text"\n\n[router]\ncluster_examples = [{examples}]\n\n'
-    text += f'[[tenants]]\nname = "bench"\napi_key_sha256 = ["{digest}"]\n\n{models}'
-    if mode != "off":
-        sample, share = (0.0, 0.0) if mode == "idle" else (0.0, 1.0)
-        text += (f'[judge]\nenabled = true\nbase_url = "http://127.0.0.1:{judge}/v1"\nupstream_model = "judge"\n'
-                 f"sample = {sample}\nbudget_usd_per_day = 1000.0\ntimeout_s = 10.0\nqueue_size = 100000\n"
-                 f"workers = 64\n\n[shadow]\nenabled = true\nreference = \"m0\"\nshare = {share}\n"
-                 f"budget_usd_per_day = 1000.0\n")  # fmt: skip
-    return text
+def _hooks(mode: str, judge: int) -> str:
+    """The ``[judge]`` and ``[shadow]`` of a mode, on ``bench.gateway``'s pool and tenant."""
+    if mode == "off":
+        return ""
+    share = 0.0 if mode == "idle" else 1.0
+    return (f'[judge]\nenabled = true\nbase_url = "http://127.0.0.1:{judge}/v1"\nupstream_model = "judge"\n'
+            f"sample = 0.0\nbudget_usd_per_day = 1000.0\ntimeout_s = 10.0\nqueue_size = 100000\n"
+            f"workers = 64\n\n[shadow]\nenabled = true\nreference = \"m0\"\nshare = {share}\n"
+            f"budget_usd_per_day = 1000.0\n\n")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, mode in names:
                 port = _free_port()
                 (tmp / name).mkdir()
-                (tmp / name / "turnout.toml").write_text(_config(mode, up, judge))
-                proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--config",
-                                         str(tmp / name / "turnout.toml"), "--port", str(port), "--data-dir",
-                                         str(tmp / name / "data")], stdout=subprocess.DEVNULL,
-                                        stderr=open(tmp / name / "turnout.log", "w"))  # fmt: skip
+                proc = _start_turnout(port, up, tmp / name, "up", extra=_hooks(mode, judge))[0]
                 procs.append(proc)
                 targets.append(Target(name, port, "/v1/chat/completions", body.replace(b"__MODEL__", b"auto"), auth, proc))
             _wait_http(up, "/v1/models")
