@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from learner.routing import credible_interval
+from learner.snapshot import usage_table
 from learner.routing import View as RouterView
 
 __all__ = ["router_state"]
@@ -17,6 +18,7 @@ def router_state(view: RouterView, extra: dict[str, Any] | None = None) -> dict[
     lo, hi = credible_interval(view.alpha, view.beta, 0.9)
     n = np.array(snap.n)
     dec = np.array(snap.decisions)
+    calls, escalated = usage_table(snap, "calls"), usage_table(snap, "escalations")
     clusters = []
     for c in range(len(view.centroids)):
         clusters.append({
@@ -31,6 +33,13 @@ def router_state(view: RouterView, extra: dict[str, Any] | None = None) -> dict[
                 }
                 for j, m in enumerate(snap.models)
             },
+            # a cascade's column above is its arm; here what its cost hangs on: how often it escalates
+            "cascades": [
+                {"name": snap.models[a.column], "escalation_rate": round(float(view.escalation[c, i]), 4),
+                 "calls": round(float(calls[c, a.column]), 3), "escalated": round(float(escalated[c, a.column]), 3),
+                 "cheap": snap.models[a.cheap], "strong": snap.models[a.strong]}
+                for i, a in enumerate(view.cascades)
+            ],
         })  # fmt: skip
     state = {
         "version": snap.version,

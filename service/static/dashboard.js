@@ -372,6 +372,11 @@
       var h = htmlEl("h3", {}, sec, "Cluster " + c.id + " ");
       htmlEl("span", { "class": "sub" }, h, c.decisions + " decisions in the snapshot, " + recent + " in the window");
       if (hist.about) renderAbout(sec, about[c.id]);
+      (c.cascades || []).forEach(function (k) {
+        htmlEl("p", { "class": "sub cascade" }, sec, "cascade " + k.name + " (" + k.cheap + ", then " + k.strong +
+          "): escalates " + Math.round(100 * k.escalation_rate) + "% (" + Math.round(k.escalated) + " of " +
+          Math.round(k.calls) + " calls in the snapshot)");
+      });
       posteriorChart(svgEl("svg", { "class": "chart posterior-chart", viewBox: "0 0 540 100" }, sec), state.models,
                      c.models);
       shareChart(svgEl("svg", { "class": "chart share-chart", viewBox: "0 0 540 120" }, sec), hist, traffic);

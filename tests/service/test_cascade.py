@@ -189,6 +189,11 @@ def test_the_learner_folds_the_cascades_records_into_its_escalation_rate_and_the
         assert sum(r[c] for r in snap.n) == pytest.approx(4 * 0.5) and sum(r[c] for r in snap.reward_sum) == 0.0
         view = gw.runtime.router.view
         assert view.escalation[0, 0] > 0.5  # learned from the cascade's own records
+        state = httpx.get(gw.url + "/v1/router/state").json()  # what the dashboard shows per cluster
+        shown = [k for c in state["clusters"] for k in c["cascades"]]
+        assert {(k["name"], k["cheap"], k["strong"]) for k in shown} == {("cb", "c", "a")}
+        assert sum(k["calls"] for k in shown) == 6 and sum(k["escalated"] for k in shown) == 4
+        assert [k["escalation_rate"] for k in state["clusters"][0]["cascades"]] == [round(view.escalation[0, 0], 4)]
 
 
 def test_a_conversations_turns_route_with_cascades_configured(fleet, base, embedder):
