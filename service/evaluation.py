@@ -19,8 +19,8 @@ In the background:
   learner reads routed traffic only). Leakage is the share of pairs where the routed answer was
   graded below the reference (``feedback/clickhouse_judge.py``).
 - **a candidate's shadow**: the candidate snapshot decides the request again (the routing step's
-  own decision on its view). Its decision is a record of purpose ``shadow`` with its model, its
-  propensity and its snapshot version. The same model as the one that answered: agreement, no
+  own decision on its view). Its decision is a record of purpose ``shadow`` and policy
+  ``candidate`` with its model, its propensity and its snapshot version. The same model as the one that answered: agreement, no
   call (cost 0). Another model: that model is asked (within the shadow's budget; refused, the
   record has status ``error``) and the pair compared exactly as with a reference.
 """
@@ -194,8 +194,8 @@ class Evaluation:
         choice, under the candidate's snapshot ``version``); returns its decision id."""
         shadow_id = uuid7()
         record = self.records.decision(
-            turn, shadow_id, policy="shadow", arm=arm or model, propensity=propensity, model=model,
-            status="error" if got.error else "ok", errors=(got.error,) if got.error else (),
+            turn, shadow_id, policy="shadow" if version is None else "candidate", arm=arm or model,
+            propensity=propensity, model=model, status="error" if got.error else "ok", errors=(got.error,) if got.error else (),
             prompt_tokens=got.prompt_tokens, completion_tokens=got.completion_tokens, cost_usd=got.cost_usd,
             latency_ms=got.latency_ms, parent_decision_id=turn.decision_id, purpose="shadow",
         )  # fmt: skip

@@ -86,7 +86,8 @@ def test_a_candidate_that_chooses_another_model_has_it_asked_and_both_answers_gr
         assert {live[i].model for i in ids} == {"a"} and {live[i].snapshot_version for i in ids} == {LIVE}
         got = shadows(gw)
         assert {d.parent_decision_id for d in got} == ids and len(got) == 3
-        assert all(d.model == "b" and d.arm == "b" and d.status == "ok" and d.cost_usd > 0 for d in got)
+        assert all(d.model == "b" and d.arm == "b" and d.policy == "candidate" and d.status == "ok" and d.cost_usd > 0
+                   for d in got)  # fmt: skip
         assert all(d.snapshot_version == CANDIDATE and d.propensity == 1.0 and not d.embedding for d in got)
         assert fleet.providers["b"].requests == 3 and fleet.providers["b"].bodies[0]["stream"] is False
         assert fleet.providers["c"].requests == 0
