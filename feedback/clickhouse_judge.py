@@ -7,6 +7,10 @@
 - ``leakage``: per (clustering, cluster), over shadowed requests whose reference answered: the
   share of routed answers graded below the reference's answer (both graded), with a Wilson
   interval, and the cost saved against the reference (reference USD - routed USD, summed).
+  Against a candidate snapshot (shadow records of policy ``candidate``) also the agreement: the
+  share of the candidate's decisions that chose the model that answered. An agreeing decision
+  is an answered shadow whose cost is the routed answer's (the candidate would have paid the
+  same) and is never a judged pair; leakage is over the pairs where the two chose differently.
 
 Both read the records of purpose ``shadow`` (070_judge_shadow.sql) by their ``parent_decision_id``.
 """
@@ -63,6 +67,11 @@ class ClusterLeakage(msgspec.Struct, frozen=True):
     reference_cost_usd: float
     saved_usd: float  # reference - routed
     saved_share: float  # saved / reference (0 when the reference cost nothing)
+    decided: int = 0  # a candidate's decisions (answered, agreeing, refused or failed alike)
+    agreed: int = 0  # ... that chose the model that answered (no call made)
+    agreement: float = 0.0  # agreed / decided (0 without a candidate's decision)
+    agreement_low: float = 0.0  # Wilson 95%
+    agreement_high: float = 1.0
 
 
 _GRADES = """
@@ -89,19 +98,24 @@ FROM (
 )
 """
 
+_OK = "s.status = 'ok'"
+_PAIR = f"{_OK} AND gr.gn > 0 AND gs.gn > 0"
+
 _LEAKAGE = f"""
-SELECT d.clustering, d.cluster, count(),
-       countIf(gr.gn > 0 AND gs.gn > 0), countIf(gr.gn > 0 AND gs.gn > 0 AND gr.g < gs.g),
-       countIf(gr.gn > 0 AND gs.gn > 0 AND gr.g > gs.g), sum(d.cost), sum(s.cost)
+SELECT d.clustering, d.cluster, countIf({_OK}),
+       countIf({_PAIR}), countIf({_PAIR} AND gr.g < gs.g), countIf({_PAIR} AND gr.g > gs.g),
+       sumIf(d.cost, {_OK}), sumIf(if(s.smodel = d.dmodel, d.cost, s.cost), {_OK}),
+       countIf(s.policy = 'candidate'), countIf(s.policy = 'candidate' AND s.smodel = d.dmodel)
 FROM (
-    SELECT decision_id AS sid, any(parent_decision_id) AS parent, any(cost_usd) AS cost
+    SELECT decision_id AS sid, any(parent_decision_id) AS parent, any(cost_usd) AS cost, any(status) AS status,
+           any(model) AS smodel, any(policy) AS policy
     FROM decisions
     WHERE purpose = 'shadow' AND ts >= fromUnixTimestamp64Milli({{lo:Int64}})
     GROUP BY decision_id
-    HAVING any(status) = 'ok'
 ) AS s
 INNER JOIN (
-    SELECT decision_id, any(clustering) AS clustering, any(cluster) AS cluster, any(cost_usd) AS cost
+    SELECT decision_id, any(clustering) AS clustering, any(cluster) AS cluster, any(cost_usd) AS cost,
+           any(model) AS dmodel
     FROM decisions
     WHERE purpose = '' AND decision_id IN (SELECT parent_decision_id FROM decisions WHERE purpose = 'shadow'
                                            AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}))
@@ -110,6 +124,7 @@ INNER JOIN (
 LEFT JOIN ({_GRADES}) AS gr ON gr.gid = d.decision_id
 LEFT JOIN ({_GRADES}) AS gs ON gs.gid = s.sid
 GROUP BY d.clustering, d.cluster
+HAVING countIf({_OK}) > 0 OR countIf(s.policy = 'candidate') > 0
 ORDER BY d.clustering, d.cluster
 """
 
@@ -127,13 +142,17 @@ def calibration(client: Any, since_ms: int, agree_at: float = 0.5) -> Calibratio
 
 
 def leakage(client: Any, since_ms: int) -> list[ClusterLeakage]:
-    """Per cluster: leakage against the reference and cost saved, over shadows since ``since_ms``."""
+    """Per cluster: leakage against the reference (or candidate), cost saved, and a candidate's
+    agreement, over shadows since ``since_ms``."""
     out = []
     for r in client.query(_LEAKAGE, parameters={"lo": since_ms}).result_rows:
         clustering, cluster, shadowed, judged, worse, better = (int(x) for x in r[:6])
         routed, reference = float(r[6]), float(r[7])
+        decided, agreed = int(r[8]), int(r[9])
         low, high = wilson(worse, judged)
+        a_low, a_high = wilson(agreed, decided)
         out.append(ClusterLeakage(clustering, cluster, shadowed, judged, worse, better,
                                   worse / judged if judged else 0.0, low, high, routed, reference,
-                                  reference - routed, (reference - routed) / reference if reference > 0 else 0.0))  # fmt: skip
+                                  reference - routed, (reference - routed) / reference if reference > 0 else 0.0,
+                                  decided, agreed, agreed / decided if decided else 0.0, a_low, a_high))  # fmt: skip
     return out

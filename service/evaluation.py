@@ -18,6 +18,11 @@ In the background:
   as above, the reference's is judge feedback on the shadow record (never learned from: the
   learner reads routed traffic only). Leakage is the share of pairs where the routed answer was
   graded below the reference (``feedback/clickhouse_judge.py``).
+- **a candidate's shadow**: the candidate snapshot decides the request again (the routing step's
+  own decision on its view). Its decision is a record of purpose ``shadow`` and policy
+  ``candidate`` with its model, its propensity and its snapshot version. The same model as the one that answered: agreement, no
+  call (cost 0). Another model: that model is asked (within the shadow's budget; refused, the
+  record has status ``error``) and the pair compared exactly as with a reference.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from service.caching import ResponseCache
 from service.judge import Grade, Judge
 from service.offpath import OffPath
 from service.records import Recorder, Turn
-from service.shadow import Shadow, ShadowAnswer
+from service.shadow import DecideAgain, Shadow, ShadowAnswer
 from service.tenants import Tenant
 
 __all__ = ["Evaluation", "JudgeScope"]
@@ -141,20 +146,70 @@ class Evaluation:
 
     async def _shadow(self, turn: Turn, model: str, text: str, cost_usd: float) -> None:
         assert self.shadow is not None
-        got: ShadowAnswer = await self.shadow.ask(turn)
-        shadow_id = uuid7()
-        record = self.records.decision(
-            turn, shadow_id, policy="shadow", arm=self.shadow.reference, propensity=1.0, model=self.shadow.reference,
-            status="error" if got.error else "ok", errors=(got.error,) if got.error else (),
-            prompt_tokens=got.prompt_tokens, completion_tokens=got.completion_tokens, cost_usd=got.cost_usd,
-            latency_ms=got.latency_ms, parent_decision_id=turn.decision_id, purpose="shadow",
-        )  # fmt: skip
-        self.records.sink.publish(msgspec.structs.replace(record, embedding=b"", prompt_text=""))
+        if self.shadow.candidate is not None:
+            return await self._candidate(turn, model, text)
+        got: ShadowAnswer = await self.shadow.ask(turn, self.shadow.reference)
+        await self._compare(turn, text, self.shadow.reference, got)
+
+    async def _candidate(self, turn: Turn, model: str, text: str) -> None:
+        """The candidate decides ``turn`` again; another model than the one that answered (``model``)
+        is asked and compared, the same one is agreement. Either way its decision is recorded."""
+        shadow = self.shadow
+        assert shadow is not None and shadow.candidate is not None
+        decided = shadow.candidate.decide(turn, shadow.rng)
+        if decided is None:
+            shadow.counts["not_routed"] += 1
+            return
+        chosen, choice = decided
+        fields = {"arm": chosen, "propensity": choice.propensity, "version": shadow.candidate.version}
+        if chosen == model:
+            shadow.counts["agreed"] += 1
+            self._record_shadow(turn, chosen, ShadowAnswer("", 0, 0, 0.0, 0.0), **fields)
+            return
+        shadow.counts["disagreed"] += 1
+        if chosen not in shadow.targets:  # a cascade: not a model one call can ask
+            shadow.counts["not_asked"] += 1
+            self._record_shadow(turn, chosen, ShadowAnswer("", 0, 0, 0.0, 0.0, f"{chosen}: a cascade, not asked"),
+                                **fields)  # fmt: skip
+            return
+        if not shadow.affords(turn, chosen):
+            self._record_shadow(turn, chosen, ShadowAnswer("", 0, 0, 0.0, 0.0, "shadow budget spent for the day"),
+                                **fields)  # fmt: skip
+            return
+        await self._compare(turn, text, chosen, await shadow.ask(turn, chosen), **fields)
+
+    async def _compare(self, turn: Turn, text: str, model: str, got: ShadowAnswer, **fields: Any) -> None:
+        """Record the shadow call of ``model``; when it answered and the judge may see the tenant,
+        grade the routed answer (``text``) and then, if that was graded, the shadow's."""
+        shadow_id = self._record_shadow(turn, model, got, **fields)
         if got.error or self.judge is None or not self._judged(turn.caller.tenant):
             return
         routed = await self._grade(turn, turn.decision_id, text)
         if routed is not None and routed.score is not None:
             await self._grade(turn, shadow_id, got.text)
+
+    def _record_shadow(self, turn: Turn, model: str, got: ShadowAnswer, *, arm: str = "", propensity: float = 1.0,
+                       version: int | None = None) -> str:  # fmt: skip
+        """A decision of purpose "shadow" about the routed one: ``model``'s call (or a candidate's
+        choice, under the candidate's snapshot ``version``); returns its decision id."""
+        shadow_id = uuid7()
+        record = self.records.decision(
+            turn, shadow_id, policy="shadow" if version is None else "candidate", arm=arm or model,
+            propensity=propensity, model=model, status="error" if got.error else "ok", errors=(got.error,) if got.error else (),
+            prompt_tokens=got.prompt_tokens, completion_tokens=got.completion_tokens, cost_usd=got.cost_usd,
+            latency_ms=got.latency_ms, parent_decision_id=turn.decision_id, purpose="shadow",
+        )  # fmt: skip
+        record = msgspec.structs.replace(record, embedding=b"", prompt_text="")
+        if version is not None:
+            record = msgspec.structs.replace(record, snapshot_version=version)
+        self.records.sink.publish(record)
+        return shadow_id
+
+    def use_router(self, decide_again: DecideAgain) -> None:
+        """Wire the routing step's decision into a candidate shadow (the composition root, once the
+        routing step exists); nothing to do without one."""
+        if self.shadow is not None and self.shadow.candidate is not None:
+            self.shadow.candidate.use_router(decide_again)
 
     # -- reports and shutdown ----------------------------------------------------------------
 
@@ -171,7 +226,9 @@ class Evaluation:
                             "budget_usd_per_day": b.usd_per_day, "refused_by_budget": b.refused}  # fmt: skip
         if self.shadow is not None:
             b = self.shadow.budget
-            out["shadow"] = {"reference": self.shadow.reference, "share": self.shadow.share,
+            candidate = self.shadow.candidate
+            out["shadow"] = {"reference": self.shadow.reference, "candidate": None if candidate is None else candidate.version,
+                             "share": self.shadow.share,
                              "tenant_share": self.shadow.tenant_share, "spent_today_usd": b.spent_today(),
                              "budget_usd_per_day": b.usd_per_day, "counts": dict(sorted(self.shadow.counts.items()))}  # fmt: skip
         return out

@@ -1,7 +1,9 @@
 """``[judge]`` and ``[shadow]`` built into an ``Evaluation`` (service/evaluation.py), or None when both are off.
 
 Called by the composition root (``service.runtime``). A pool judge uses the pool model's adapter;
-a dedicated endpoint gets an adapter of its own, closed with the evaluation.
+a dedicated endpoint gets an adapter of its own, closed with the evaluation. A shadow's candidate
+snapshot is read from the snapshot store and compiled into a view here, once: a version the store
+does not hold, or one that cannot route this pool, stops the start.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from learner.fold import PoolPrior, align
+from learner.ports import SnapshotStore
+from learner.routing import View
+from learner.snapshot import SnapshotError, decode_snapshot, validate
 from service.caching import ResponseCache
 from service.daily_budget import DailyBudget
 from service.evaluation import Evaluation, JudgeScope
@@ -17,19 +23,23 @@ from service.judge import Judge
 from service.metrics import Registry
 from service.offpath import OffPath
 from service.records import Recorder
+from service.routing import Router
 from service.settings import ConfigError, ModelSettings, Settings
-from service.shadow import Shadow
+from service.shadow import Candidate, Shadow, Target
 from service.upstream import Upstream
 
-__all__ = ["build_evaluation"]
+__all__ = ["build_evaluation", "candidate_view"]
 
 
 def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Upstream], records: Recorder,
                      metrics: Registry, rng: np.random.Generator, cache: ResponseCache | None = None,
-                     judge_upstream: Upstream | None = None) -> Evaluation | None:  # fmt: skip
+                     judge_upstream: Upstream | None = None, snapshots: SnapshotStore | None = None,
+                     router: Router | None = None, prior: PoolPrior | None = None) -> Evaluation | None:  # fmt: skip
     """The evaluation of ``settings`` over ``pool`` (PoolModels) and its ``upstreams``.
 
-    ``judge_upstream`` replaces the adapter of a dedicated judge endpoint (tests)."""
+    ``judge_upstream`` replaces the adapter of a dedicated judge endpoint (tests); ``snapshots``,
+    ``router`` (the live one: prices, routing parameters, cascades) and ``prior`` (the pool's, to
+    align a stored snapshot) are what a candidate shadow is read and compiled with."""
     j, sh = settings.judge, settings.shadow
     if not j.enabled and not sh.enabled:
         return None
@@ -57,14 +67,19 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
                       timeout_s=j.timeout_s, budget=DailyBudget(j.budget_usd_per_day))  # fmt: skip
     shadow = None
     if sh.enabled:
-        if sh.reference not in by_name:
+        timeouts = {x.name: x.timeout_s for x in settings.models}
+        targets = {m.name: Target(i, upstreams[m.name], m.upstream_model, (m.price_in_per_mtok, m.price_out_per_mtok),
+                                  timeouts.get(m.name, 60.0)) for i, m in enumerate(pool)}  # fmt: skip
+        candidate = None
+        if sh.candidate is not None:
+            candidate = Candidate(candidate_view(sh.candidate, snapshots, router, prior))
+        elif sh.reference not in by_name:
             raise ConfigError(f"config error: shadow.reference '{sh.reference}' is not in the pool ({', '.join(by_name)})")
-        i, m = by_name[sh.reference]
-        timeout = next((x.timeout_s for x in settings.models if x.name == m.name), 60.0)
-        shadow = Shadow(reference=m.name, index=i, upstream=upstreams[m.name], upstream_model=m.upstream_model,
-                        prices=(m.price_in_per_mtok, m.price_out_per_mtok), share=sh.share,
+        else:
+            targets = {sh.reference: targets[sh.reference]}
+        shadow = Shadow(reference=sh.reference if candidate is None else "", targets=targets, share=sh.share,
                         tenant_share=sh.tenant_share, tenants=sh.tenants, budget=DailyBudget(sh.budget_usd_per_day),
-                        timeout_s=timeout, rng=np.random.default_rng(rng.integers(1 << 62)))  # fmt: skip
+                        rng=np.random.default_rng(rng.integers(1 << 62)), candidate=candidate)  # fmt: skip
     evaluation = Evaluation(
         offpath=OffPath(j.queue_size, j.workers), records=records, rng=rng, judge=judge,
         scope=JudgeScope(j.model, frozenset(j.tenants), frozenset(j.private_tenants)), sample=j.sample,
@@ -72,6 +87,27 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
     )  # fmt: skip
     _gauges(metrics, evaluation)
     return evaluation
+
+
+def candidate_view(version: int, snapshots: SnapshotStore | None, router: Router | None,
+                   prior: PoolPrior | None) -> View:  # fmt: skip
+    """The stored snapshot ``version``, aligned to the pool and compiled as the live router compiles
+    its own (its prices, routing parameters and cascades; every draw made now, none later)."""
+    blob = None if snapshots is None or router is None or prior is None else snapshots.get(version)
+    if blob is None:
+        raise ConfigError(f"config error: shadow.candidate: snapshot version {version} is not in the snapshot store")
+    snap = align(decode_snapshot(blob), prior)
+    live = router.view.snapshot
+    if snap.dim != live.dim:
+        raise ConfigError(f"config error: shadow.candidate: snapshot v{version} has embeddings of dimension "
+                          f"{snap.dim}, the embedder {live.dim}")  # fmt: skip
+    try:
+        validate(snap)
+        view = View(snap, router.pricing, router.params, router.cascades)
+        view.draw_all()
+    except (SnapshotError, ValueError) as exc:
+        raise ConfigError(f"config error: shadow.candidate: snapshot v{version} cannot route this pool: {exc}") from None
+    return view
 
 
 def _gauges(metrics: Registry, ev: Evaluation) -> None:

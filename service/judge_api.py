@@ -2,8 +2,9 @@
 
     GET /v1/admin/judge    the background queue, budgets, counts, and the judge's calibration
                            against explicit thumbs (?window_s=86400)
-    GET /v1/admin/shadow   per cluster: leakage against the reference (with a Wilson interval)
-                           and the cost saved against it (?window_s=86400)
+    GET /v1/admin/shadow   per cluster: leakage against the reference or candidate (with a Wilson
+                           interval), the cost saved against it, and a candidate snapshot's
+                           agreement with the routed model (?window_s=86400)
 
 Both behind the admin gate; the reports are ClickHouse SQL (``feedback/clickhouse_judge.py``) run
 in a worker thread, present only where this process holds the store (else ``null``).

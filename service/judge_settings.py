@@ -55,10 +55,12 @@ class JudgeSettings(Section):
 
 
 class ShadowSettings(Section):
-    """[shadow]: a share of requests also sent, in the background, to a reference model."""
+    """[shadow]: a share of requests also sent, in the background, to a reference model, or
+    decided again by a candidate snapshot (and sent to its model when it chooses another)."""
 
     enabled: bool = False
-    reference: str = ""  # a pool model ([[models]] name): what the routed answer is compared with
+    reference: str = ""  # a pool model ([[models]] name): what the routed answer is compared with ...
+    candidate: int | None = None  # ... or a stored snapshot's version: its choice is the comparison
     share: float = 0.0  # share of answered requests shadowed, for tenants without their own
     tenant_share: dict[str, float] = {}  # per tenant: {"acme" = 0.5}
     budget_usd_per_day: float = 1.0  # shadow calls stop for the UTC day once this is spent
@@ -100,7 +102,13 @@ def check_judge(s: Settings, source: str, bad: Callable[[str, str], Exception]) 
         if value < 1:
             raise bad(key, "must be >= 1")
     if sh.enabled:
-        if not sh.reference:
-            raise bad("shadow.reference", "names no reference model")
-        if names and sh.reference not in names:
+        if sh.reference and sh.candidate is not None:
+            raise bad("shadow.candidate", "set either shadow.reference (a pool model) or shadow.candidate "
+                      "(a snapshot version), not both")  # fmt: skip
+        if not sh.reference and sh.candidate is None:
+            raise bad("shadow.reference", "names nothing to compare with: set shadow.reference (a pool model) "
+                      "or shadow.candidate (a snapshot version)")  # fmt: skip
+        if sh.candidate is not None and sh.candidate < 0:
+            raise bad("shadow.candidate", "must be a snapshot version >= 0")
+        if sh.reference and names and sh.reference not in names:
             raise bad("shadow.reference", f"'{sh.reference}' is not in [[models]]")

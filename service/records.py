@@ -52,6 +52,10 @@ class Routed(msgspec.Struct, frozen=True):
     context: np.ndarray | None = None
     thread: Thread | None = None  # its place in its conversation (service/conversations.py)
     language: str = ""  # ISO 639-1 code of the last user message, "" unknown (learner/language.py)
+    # what the policy's draw chose among, kept so that another view can decide the same request
+    # again (``RequestRouter.decide_again``: a shadow's candidate snapshot)
+    screened: np.ndarray | None = None  # (m,) bool: the models the rules left; None: every model
+    row: int = -1  # the uniform draw of the decision; -1: not the policy's (pinned, sticky)
 
 
 class Turn(msgspec.Struct, frozen=True):

@@ -25,7 +25,7 @@ from service.records import Routed
 from service.routing import Router
 from service.rules import NoCandidate
 from service.schemas import ChatRequest, message_text
-from service.tenants import ANONYMOUS, Caller
+from service.tenants import ANONYMOUS, Caller, Tenant
 
 if TYPE_CHECKING:
     from service.chat import ChatParts
@@ -92,11 +92,7 @@ class RequestRouter:
         view = self.router.view  # read once: a swap meanwhile cannot mix two snapshots
         policy = req.model if req.model in self.policies else tenant.policy
         weights = self.policies[policy]
-        cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
-        if tenant.budget_usd > 0:  # the tenant's own budget: the weight the learner keeps for it
-            cost_weight = view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
-        elif tenant.cost_weight is None:  # a policy's budget: the live snapshot's weight for this policy
-            cost_weight = view.cost_weight(policy, cost_weight)
+        cost_weight = _cost_weight(view, policy, weights, tenant)
         language = self.language.detect(text)
         embedding = self.embedder.embed([text])[0]
         thread, context = None, None
@@ -128,9 +124,6 @@ class RequestRouter:
             name = self.pool[screen.pinned].name
             return Routed(choice, embedding, text, prompt_tokens, policy, (name,), view.snapshot.version,
                           view.snapshot.clustering, name, screen.safety_class, costs, context, thread, language)  # fmt: skip
-        allowed = None if screen.allowed is self.rules.all else screen.allowed
-        if self.cascades is not None:  # the routing axis: the models, then the cascades (not for streams)
-            allowed = self.cascades.widen(allowed, req.stream)
         if thread is not None and thread.previous_model and self.conversations is not None:
             kept = self._keep(self.conversations, thread, view, placed, costs, cost_weight, weights.latency_weight,
                               screen.allowed, req.stream)  # fmt: skip
@@ -140,17 +133,46 @@ class RequestRouter:
                               view.snapshot.clustering, names[0], screen.safety_class, costs, context,
                               msgspec.structs.replace(thread, sticky=True), language)  # fmt: skip
         row = int(self.rng.integers(1 << 30))
-        choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
-        escalated = self.rules.escalate(screen.allowed, choice.margin)
-        if escalated is not screen.allowed:  # unsure of the cluster: decide again among strong models
-            allowed = escalated if self.cascades is None else self.cascades.widen(escalated, req.stream)
-            choice = decide(view, at, prompt_tokens, cost_weight, weights.latency_weight, allowed, row, placed)
-        if tenant.exploration_cap < 1.0:
-            choice = self._cap_exploration(view, choice, costs, cost_weight, weights.latency_weight,
-                                           allowed, tenant.exploration_cap)  # fmt: skip
+        choice = self.choose(view, at, prompt_tokens, cost_weight, weights.latency_weight, screen.allowed,
+                             req.stream, row, tenant.exploration_cap, self.rng, placed)  # fmt: skip
         names = self._names(view, choice)
         return Routed(choice, embedding, text, prompt_tokens, policy, names, view.snapshot.version,
-                      view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language)
+                      view.snapshot.clustering, names[0], screen.safety_class, costs, context, thread, language,
+                      screened=None if screen.allowed is self.rules.all else screen.allowed, row=row)  # fmt: skip
+
+    def choose(self, view: View, at: np.ndarray, prompt_tokens: int, cost_weight: float, latency_weight: float,
+               screened: np.ndarray, stream: bool, row: int, exploration_cap: float, rng: np.random.Generator,
+               placed: tuple[int, float] | None = None) -> RouteChoice:  # fmt: skip
+        """The policy's decision on ``view`` among the models the rules left (``screened``): one
+        Thompson draw (``row``), again among the strong models when unsure of the cluster, then the
+        tenant's exploration cap (its draw from ``rng``). The routing step and a shadow's candidate
+        (``decide_again``) both decide here."""
+        allowed = None if screened is self.rules.all else screened
+        if self.cascades is not None:  # the routing axis: the models, then the cascades (not for streams)
+            allowed = self.cascades.widen(allowed, stream)
+        choice = decide(view, at, prompt_tokens, cost_weight, latency_weight, allowed, row, placed)
+        escalated = self.rules.escalate(screened, choice.margin)
+        if escalated is not screened:  # unsure of the cluster: decide again among strong models
+            allowed = escalated if self.cascades is None else self.cascades.widen(escalated, stream)
+            choice = decide(view, at, prompt_tokens, cost_weight, latency_weight, allowed, row, placed)
+        if exploration_cap < 1.0:
+            choice = self._cap_exploration(view, choice, view.costs(choice.cluster, prompt_tokens), cost_weight,
+                                           latency_weight, allowed, exploration_cap, rng)  # fmt: skip
+        return choice
+
+    def decide_again(self, view: View, routed: Routed, tenant: Tenant, stream: bool,
+                     rng: np.random.Generator) -> RouteChoice | None:  # fmt: skip
+        """What the policy would have chosen for a routed request on another ``view`` (a candidate
+        snapshot), or None when the policy did not choose it (pinned by a rule, asked by name, kept
+        on its conversation's model). The same routed-on vector, prompt, policy, tenant, models the
+        rules left and uniform draw; the view's own clusters, posteriors, costs and budget weights."""
+        if routed.row < 0 or routed.policy not in self.policies:
+            return None
+        weights = self.policies[routed.policy]
+        at = routed.embedding if routed.context is None else routed.context
+        screened = self.rules.all if routed.screened is None else routed.screened
+        return self.choose(view, at, routed.prompt_tokens, _cost_weight(view, routed.policy, weights, tenant),
+                           weights.latency_weight, screened, stream, routed.row, tenant.exploration_cap, rng)  # fmt: skip
 
     def _names(self, view: View, choice: RouteChoice) -> tuple[str, ...]:
         """The candidates to try: the chosen arm (a model, or a cascade), then the fallbacks that are models."""
@@ -184,7 +206,8 @@ class RequestRouter:
         return mask
 
     def _cap_exploration(self, view: View, choice: RouteChoice, costs: np.ndarray, cost_weight: float,
-                         latency_weight: float, allowed: np.ndarray | None, cap: float) -> RouteChoice:  # fmt: skip
+                         latency_weight: float, allowed: np.ndarray | None, cap: float,
+                         rng: np.random.Generator) -> RouteChoice:  # fmt: skip
         """Mix the Thompson policy with the greedy one: with probability 1 - cap take the model of
         best posterior mean utility. Exploration (any other model) then takes at most ``cap`` of the
         traffic, and the logged propensity is the mixture's, exact: cap * p_ts + (1 - cap) * [greedy]."""
@@ -194,8 +217,19 @@ class RequestRouter:
         greedy = int(np.argmax(utility))
         props = cap * np.asarray(choice.propensities)
         props[greedy] += 1.0 - cap
-        arm = choice.arm if self.rng.random() < cap else greedy
+        arm = choice.arm if rng.random() < cap else greedy
         order = tuple(int(j) for j in np.argsort(-utility) if j != arm and np.isfinite(utility[j]))
         return msgspec.structs.replace(choice, arm=arm, propensity=float(props[arm]),
                                        propensities=tuple(float(p) for p in props), fallback_order=order,
                                        expected_cost_usd=float(costs[arm]))  # fmt: skip
+
+
+def _cost_weight(view: View, policy: str, weights: PolicyWeights, tenant: Tenant) -> float:
+    """The cost weight a decision on ``view`` uses: the tenant's or the policy's, or the weight the
+    learner keeps in the snapshot for the tenant's own budget, else for the policy's budget."""
+    cost_weight = weights.cost_weight if tenant.cost_weight is None else tenant.cost_weight
+    if tenant.budget_usd > 0:  # the tenant's own budget: the weight the learner keeps for it
+        return view.cost_weight(tenant_budget_key(tenant.name), cost_weight)
+    if tenant.cost_weight is None:  # a policy's budget: the snapshot's weight for this policy
+        return view.cost_weight(policy, cost_weight)
+    return cost_weight

@@ -44,6 +44,10 @@ class Router:
     def params(self) -> RoutingParams:
         return self._params
 
+    @property
+    def cascades(self) -> tuple[CascadeArm, ...]:
+        return self._cascades
+
     def swap(self, snapshot: Snapshot) -> bool:
         """Install ``snapshot`` if it validates and is newer; keep the last good one otherwise."""
         try:

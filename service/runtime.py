@@ -122,7 +122,8 @@ class Runtime:
         parts = chat_parts(settings, pool, np.random.default_rng(settings.router.seed + 3), cache)
         records = Recorder(self.sink, decisions, metrics, settings.server.store_prompts)
         self.evaluation = build_evaluation(settings, pool, self.upstreams, records, metrics,  # issue 13: judge, shadow
-                                           np.random.default_rng(settings.router.seed + 4), cache)  # fmt: skip
+                                           np.random.default_rng(settings.router.seed + 4), cache,
+                                           snapshots=self.snapshots, router=self.router, prior=prior)  # fmt: skip
         parts = msgspec.structs.replace(parts, evaluation=self.evaluation)
         if parts.cascades is not None and self.evaluation is not None and self.evaluation.judge is not None:
             parts.cascades.use_judge(self.evaluation)  # a cascade's judge gate grades through [judge]
@@ -132,6 +133,8 @@ class Runtime:
             parts=parts, records=records, metrics=metrics,
             rng=np.random.default_rng(settings.router.seed + 1 if not worker else [settings.router.seed + 1, worker]),
         )  # fmt: skip
+        if self.evaluation is not None:  # a candidate shadow decides with the routing step's own decision
+            self.evaluation.use_router(self.chat.routing.decide_again)
         cap = settings.feedback_cap
         feedback = FeedbackDesk(self.sink, decisions, metrics, FeedbackCap(cap.max_per_user, cap.window_s),
                                 on_feedback=cache.feedback if cache is not None else None)  # fmt: skip

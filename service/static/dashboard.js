@@ -296,7 +296,8 @@
   }
 
   // Shadow routing (issue 13): per cluster, the share of routed answers the judge graded below
-  // the reference's (95% Wilson interval) and the cost saved against always asking the reference
+  // the reference's (95% Wilson interval), the cost saved against always asking the reference,
+  // and, against a candidate snapshot, how often the candidate chose the model that answered
   function renderShadow(rows) {
     var section = document.getElementById("shadow-section");
     var table = document.getElementById("shadow");
@@ -304,9 +305,9 @@
     if (!rows) return;
     clear(table);
     var head = htmlEl("tr", {}, htmlEl("thead", {}, table));
-    ["cluster", "shadowed", "judged", "leakage", "95% interval", "saved"].forEach(function (h) { htmlEl("th", {}, head, h); });
+    ["cluster", "shadowed", "judged", "leakage", "95% interval", "saved", "agreement"].forEach(function (h) { htmlEl("th", {}, head, h); });
     var body = htmlEl("tbody", {}, table);
-    if (!rows.length) { htmlEl("td", { "colspan": "6" }, htmlEl("tr", {}, body), "no shadowed request in this window"); return; }
+    if (!rows.length) { htmlEl("td", { "colspan": "7" }, htmlEl("tr", {}, body), "no shadowed request in this window"); return; }
     rows.forEach(function (r) {
       var tr = htmlEl("tr", { "data-cluster": String(r.cluster) }, body);
       htmlEl("td", {}, tr, String(r.cluster));
@@ -315,6 +316,7 @@
       htmlEl("td", {}, tr, r.judged ? (100 * r.leakage).toFixed(1) + "%" : "n/a");
       htmlEl("td", {}, tr, r.judged ? (100 * r.leakage_low).toFixed(1) + "-" + (100 * r.leakage_high).toFixed(1) + "%" : "n/a");
       htmlEl("td", {}, tr, usd(r.saved_usd) + (r.reference_cost_usd > 0 ? " (" + (100 * r.saved_share).toFixed(0) + "%)" : ""));
+      htmlEl("td", {}, tr, r.decided ? (100 * r.agreement).toFixed(1) + "% of " + compact(r.decided) : "n/a");
     });
   }
 

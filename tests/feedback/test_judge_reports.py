@@ -65,7 +65,43 @@ def test_leakage_per_cluster_with_its_interval_and_the_cost_saved(client):
     # cluster 1: the failed shadow (r5) is no comparison, and costs nothing saved
     assert (c1.shadowed, c1.judged, c1.worse, c1.leakage) == (1, 1, 1, 1.0)
     assert c1.saved_usd == pytest.approx(0.009)
+    assert (c0.decided, c0.agreed, c1.decided) == (0, 0, 0)  # a reference's shadows: no candidate's decisions
     assert leakage(client, NOW + 60_000) == []  # nothing in the window
+
+
+def test_a_candidates_agreement_leakage_and_cost_per_cluster(client, chdb_dir, ch_database, tmp_path, capsys):
+    """Clustering 5: four routed answers of model a; the candidate chose a twice (agreement: no
+    call, cost 0 recorded), b once (asked: graded better than the routed answer) and b once more
+    (refused by the budget: an error record, no call)."""
+    r, c = _ids(4, 300), _ids(4, 400)
+    chosen = [("a", "ok", 0.0), ("a", "ok", 0.0), ("b", "ok", 0.01), ("b", "error", 0.0)]
+    events: list = []
+    for i, (model, status, cost) in enumerate(chosen):
+        events.append(DecisionMade(event_id=uuid7(NOW + 300 + i), decision_id=r[i], ts_ms=NOW, clustering=5, cluster=0,
+                                   arm="a", model="a", cost_usd=0.001))  # fmt: skip
+        events.append(DecisionMade(event_id=uuid7(NOW + 400 + i), decision_id=c[i], ts_ms=NOW, clustering=5, cluster=0,
+                                   policy="candidate", arm=model, model=model, cost_usd=cost, parent_decision_id=r[i],
+                                   purpose="shadow", status=status, snapshot_version=3))  # fmt: skip
+    events += [FeedbackGiven(event_id=uuid7(NOW + 500 + i), decision_id=d, ts_ms=NOW, reward=g, kind="judge")
+               for i, (d, g) in enumerate([(r[2], 0.4), (c[2], 0.8)])]  # fmt: skip
+    ClickHouseRowStore(client).insert(events)
+    got = {(row.clustering, row.cluster): row for row in leakage(client, NOW - 60_000)}
+    cand = got[5, 0]
+    assert (cand.decided, cand.agreed, cand.agreement) == (4, 2, 0.5)
+    assert (cand.agreement_low, cand.agreement_high) == pytest.approx(wilson(2, 4))
+    assert (cand.shadowed, cand.judged, cand.worse, cand.better, cand.leakage) == (3, 1, 1, 0, 1.0)
+    # agreeing decisions cost what the routed answer cost; the refused one is no comparison
+    assert cand.routed_cost_usd == pytest.approx(0.003) and cand.reference_cost_usd == pytest.approx(0.012)
+    assert cand.saved_usd == pytest.approx(0.009)
+    assert got[0, 0].decided == 0  # the reference's shadows beside it are unchanged
+    from service.cli import main
+
+    config = tmp_path / "turnout.toml"
+    config.write_text(f'[storage]\nclickhouse_dsn = "chdb://{chdb_dir}"\nclickhouse_database = "{ch_database}"\n'
+                      f'data_dir = "{tmp_path}"\n')  # fmt: skip
+    assert main(["judge", "--config", str(config)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if "/" in line[:9]}
+    assert rows["5/0"][-2:] == ["2/4", "50.0%"] and rows["0/0"][-1] == "n/a"
 
 
 def test_calibration_against_the_first_rating_of_routed_decisions(client):

@@ -98,13 +98,15 @@ class Fleet:
         return msgspec.convert(raw, Settings)
 
     @contextlib.contextmanager
-    def gateway(self, base: Settings, embedder: Any, **kw: Any) -> Iterator[Gateway]:
+    def gateway(self, base: Settings, embedder: Any, snapshots: MemorySnapshotStore | None = None,
+                **kw: Any) -> Iterator[Gateway]:  # fmt: skip
+        """``snapshots``: a store holding snapshots already (the newest goes live); else an empty one."""
         from service.runtime import Runtime
 
         self.reset()
         rows = MemoryRowStore()
-        rt = Runtime(self.settings(base, **kw), embedder=embedder, rows=rows, snapshots=MemorySnapshotStore(),
-                     learner=False)  # fmt: skip
+        rt = Runtime(self.settings(base, **kw), embedder=embedder, rows=rows,
+                     snapshots=snapshots if snapshots is not None else MemorySnapshotStore(), learner=False)  # fmt: skip
         try:
             with serve(rt.app) as url:
                 yield Gateway(url, rt, rows)

@@ -102,6 +102,8 @@ def test_submit_outside_an_event_loop_is_skipped():
     ('[judge]\nenabled = true\nscore_pattern = "score"\nbase_url = "http://x/v1"\n', "judge.score_pattern"),
     ('[judge]\nsample = 1.5\n', "judge.sample"),
     ('[shadow]\nenabled = true\n', "shadow.reference"),
+    ('[shadow]\nenabled = true\nreference = "a"\ncandidate = 3\n', "shadow.candidate"),
+    ('[shadow]\nenabled = true\ncandidate = -1\n', "shadow.candidate"),
     ('[shadow]\ntenant_share = { acme = -1 }\n', "shadow.tenant_share.acme"),
     ('[judge]\nbudget_usd_per_day = -1\n', "judge.budget_usd_per_day"),
     ('[judge]\nsampel = 0.1\n', "sampel"),
@@ -122,3 +124,24 @@ def test_the_simulated_pool_names_its_judge_at_build(tmp_path):
     settings = load_settings(path, {})  # no [[models]]: the simulated pool, checked when built
     with pytest.raises(ConfigError, match="judge.model 'no-such-model' is not in the pool"):
         build_evaluation(settings, (), {}, None, None, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("toml", [
+    '[shadow]\nenabled = true\n',  # neither
+    '[shadow]\nenabled = true\nreference = "a"\ncandidate = 3\n',  # both
+])  # fmt: skip
+def test_an_enabled_shadow_takes_a_reference_or_a_candidate_and_the_error_names_both_keys(tmp_path, toml):
+    path = tmp_path / "turnout.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, {})
+    assert "shadow.reference" in str(err.value) and "shadow.candidate" in str(err.value)
+    path.write_text(toml.replace("enabled = true", "enabled = false"))
+    assert load_settings(path, {}).shadow.enabled is False  # off: nothing to check
+
+
+def test_a_candidate_is_a_snapshot_version(tmp_path):
+    path = tmp_path / "turnout.toml"
+    path.write_text('[shadow]\nenabled = true\ncandidate = 7\nshare = 0.1\n')
+    assert load_settings(path, {}).shadow.candidate == 7
+    assert load_settings(path, {"TURNOUT_SHADOW__CANDIDATE": "9"}).shadow.candidate == 9

@@ -54,3 +54,26 @@ def test_a_swap_during_routing_does_not_mix_two_snapshots(runtime):
     expected = chat.routing.router._view  # the new view routes the next request
     again = chat.route(chat.parse(msgspec.json.encode({**body, "messages": [{"role": "user", "content": prompts[1]}]})))
     assert again.snapshot_version == expected.snapshot.version and again.choice.cluster == 0
+
+
+def test_deciding_a_routed_request_again_on_the_same_view_gives_the_same_decision(runtime):
+    """``decide_again`` (a shadow's candidate) is the routing step's own decision, not a second
+    router: on the live view it reproduces every live choice, arm and propensities alike."""
+    from service.tenants import ANONYMOUS
+
+    chat = runtime.chat
+    view = chat.routing.router.view
+    prompts = ["Write a Python function that parses a CSV file", "Plan three days in Lisbon",
+               "Give me a recipe for banana bread", "Prove that the square root of 2 is irrational",
+               "Translate 'good morning' into French", "Why is the sky blue?"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        body = {"model": "auto", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
+        routed = chat.route(chat.parse(msgspec.json.encode(body)))
+        assert routed.row >= 0
+        again = chat.routing.decide_again(view, routed, ANONYMOUS.tenant, False, rng)
+        assert again == routed.choice
+    # asked by name: not the policy's choice, nothing to decide again
+    name = view.models[0]
+    by_name = chat.route(chat.parse(msgspec.json.encode({**body, "model": name})))
+    assert by_name.policy == "passthrough" and chat.routing.decide_again(view, by_name, ANONYMOUS.tenant, False, rng) is None
