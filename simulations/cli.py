@@ -68,12 +68,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.sweep and args.cost_weight is not None:
         print("turnout replay: --sweep sets the cost weights itself; drop --cost-weight", file=sys.stderr)
         return 2
-    given = [f for f, v in (("--judge-noise", args.judge_noise), ("--judge-bias", args.judge_bias),
-                            ("--threshold", args.threshold)) if v is not None]
-    if given and not args.cascade:
-        print(f"turnout replay: {', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --cascade CHEAP,STRONG",
-              file=sys.stderr)  # fmt: skip
+    if args.threshold is not None and not args.cascade:  # a configured cascade has its own threshold
+        print("turnout replay: --threshold only applies with --cascade CHEAP,STRONG", file=sys.stderr)
         return 2
+    judged = [f for f, v in (("--judge-noise", args.judge_noise), ("--judge-bias", args.judge_bias)) if v is not None]
     D = ReplayConfig()
     args.judge_noise = D.judge_noise if args.judge_noise is None else args.judge_noise
     args.judge_bias = D.judge_bias if args.judge_bias is None else args.judge_bias
@@ -104,6 +102,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"turnout replay: {_said(exc)}", file=sys.stderr)
         return 2
     deployment = args.load_deployment(args)  # the product's settings: --config, TURNOUT_ overrides, defaults
+    if judged and not (args.cascade or deployment.cascades):  # the simulated judge is every cascade's gate here
+        print(f"turnout replay: {', '.join(judged)} only appl{'y' if len(judged) > 1 else 'ies'} with a cascade "
+              "(--cascade CHEAP,STRONG, or [[cascades]] in --config)", file=sys.stderr)  # fmt: skip
+        return 2
     _quiet_learner()
     t0 = time.perf_counter()
     embedder = _embedder(deployment.embedder, deployment.embedding_dim)
@@ -281,8 +283,10 @@ def _replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cascade", metavar="CHEAP,STRONG",
                    help="replay plain routing and routing with this cascade as an arm (the gate: a simulated judge "
                         "reading the cheap model's outcome); report per task where the cascade wins or loses")
-    p.add_argument("--judge-noise", type=float, help=f"--cascade: the judge's noise (default {D.judge_noise:g})")
-    p.add_argument("--judge-bias", type=float, help=f"--cascade: the judge's bias (default {D.judge_bias:g})")
+    p.add_argument("--judge-noise", type=float,
+                   help=f"with a cascade (--cascade, or [[cascades]] in --config): the simulated judge's noise, which "
+                        f"every cascade's gate reads here (default {D.judge_noise:g})")
+    p.add_argument("--judge-bias", type=float, help=f"with a cascade: the simulated judge's bias (default {D.judge_bias:g})")
     p.add_argument("--threshold", type=float, help="--cascade: the gate passes grades >= this (default 0.5)")
     p.add_argument("--decisions-out", metavar="FILE", help="one JSON line per routed prompt (suffix per weight in a sweep)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

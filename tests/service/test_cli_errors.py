@@ -44,7 +44,7 @@ def latin1_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def outcome_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("outcomes") / "o.jsonl"
-    path.write_text('{"id": "1", "prompt": "hi", "models": {"a": {"score": 1.0, "cost_usd": 0.1}}}\n')
+    path.write_text('{"id": "1", "prompt": "hi", "scores": {"a": 1.0}, "costs": {"a": 0.1}}\n')
     return path
 
 
@@ -81,7 +81,8 @@ BAD = [
     (["simulate", "--scenario", "cascade", "--judge-rate", "0.5"], "--judge-rate only applies with --scenario detection"),
     (["simulate", "--judge-noise", "0.3"], "--judge-noise only applies with --scenario cascade or detection"),
     (["simulate", "--scenario", "detection", "--cache-discount", "0.5"], "--cache-discount only applies with --scenario"),
-    (["replay", "FILE", "--judge-noise", "0.2", "--threshold", "0.6"], "--judge-noise, --threshold only apply with --cascade"),
+    (["replay", "FILE", "--threshold", "0.6"], "--threshold only applies with --cascade"),
+    (["replay", "FILE", "--judge-noise", "0.2", "--judge-bias", "0.1"], "--judge-noise, --judge-bias only apply with a cascade"),
     (["ope", "DIR/missing.jsonl"], "turnout ope: DIR/missing.jsonl: no such file or directory"),
     (["replay", "DIR"], "turnout replay: DIR: is a directory"),
 ]  # fmt: skip
