@@ -230,9 +230,11 @@ class OfflineDeployment:
         emb = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
         common = dict(ts_ms=self.now_ms, snapshot_version=self.view.version, clustering=self.view.snapshot.clustering,
                       cluster=choice.cluster, margin=choice.margin, prompt_tokens=prompt_tokens, gate=verdict)
+        last, last_cost = attempts[-1]  # the answer the client got: its usage is the request's, as the service logs it
         events: list = [DecisionMade(
             event_id=f"d{did}", decision_id=did, arm=name, propensity=choice.propensity, model=name,
-            cost_usd=float(sum(c for _, c in attempts)), escalated=len(attempts) > 1, embedding=emb, **common)]  # fmt: skip
+            completion_tokens=self._completion(last, last_cost, prompt_tokens), cost_usd=float(sum(c for _, c in attempts)),
+            escalated=len(attempts) > 1, embedding=emb, **common)]  # fmt: skip
         for n, (j, cost) in enumerate(attempts):
             events.append(DecisionMade(
                 event_id=f"d{did}.{n}", decision_id=f"{did}.{n}", policy=CASCADE_POLICY, arm=name, propensity=1.0,

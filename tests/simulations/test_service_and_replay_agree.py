@@ -75,13 +75,15 @@ def _outcomes(n: int, rng: np.random.Generator, french: bool = False) -> tuple[l
 class _FromFile:
     """An upstream that answers as the outcome file says this model did (usage included)."""
 
-    def __init__(self, name: str, completion: dict[tuple[str, str], int]) -> None:
+    def __init__(self, name: str, completion: dict[tuple[str, str], int], scores: dict | None = None) -> None:
         self.name = name
         self.completion = completion
+        self.scores = scores  # when given, the answer carries its score for the test's judge to read
 
     async def complete(self, call: UpstreamCall) -> Completion:
         prompt = call.request.messages[-1].content
-        return Completion("ok", request_tokens([prompt]), self.completion[(prompt, self.name)])
+        text = "ok" if self.scores is None else f"ok <<score={self.scores[(prompt, self.name)]:g}>>"
+        return Completion(text, request_tokens([prompt]), self.completion[(prompt, self.name)])
 
     async def stream(self, call: UpstreamCall):  # pragma: no cover - not used
         raise NotImplementedError
@@ -94,12 +96,87 @@ class _FromFile:
 def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, settings, embedder, capsys, seed, language):
     """``language``: with the language step on ([language] weight), and a topic asked in French."""
     rows, completion = _outcomes(120, np.random.default_rng(seed), french=language)
+    served, languages, _ = _agree(tmp_path, settings, embedder, capsys, rows, completion,
+                                  CONFIG + ("\n[language]\nweight = 0.5\n" if language else ""), [])  # fmt: skip
+    if language:  # the French prompts were told apart (most: a long English rest can outweigh the French)
+        by_id = {r["id"]: r for r in rows}
+        travel = [by_id[i]["task"] == "travel" for _, _, _, i in served]
+        assert all(t for t, lang in zip(travel, languages) if lang == "fr")
+        assert languages.count("fr") >= 0.8 * sum(travel)
+    # the routing changed as it learned: not one fixed model, and clusters were rebuilt from traffic
+    assert len({m for m, _, _, _ in served}) >= 2 and max(c for _, c, _, _ in served) >= 1
+
+
+CASCADE = """
+[[cascades]]
+name = "cheap-then-dear"
+cheap = "cheap"
+strong = "dear"
+gate = "judge"
+threshold = 0.5
+tier = 0.65
+
+[judge]
+enabled = true
+base_url = "JUDGE/v1"
+upstream_model = "grader"
+sample = 0.0
+"""
+
+
+async def _judge(scope: dict, receive, send) -> None:
+    """A judge that grades an answer as the outcome file scored it (its ``<<score=X>>`` mark): the
+    service's gate then reads what the replay's noiseless simulated judge reads."""
+    if scope["type"] == "lifespan":
+        while (msg := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        return await send({"type": "lifespan.shutdown.complete"})
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    prompt = json.loads(body)["messages"][-1]["content"]
+    score = float(prompt.rsplit("<<score=", 1)[1].split(">>", 1)[0])
+    reply = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": "grader", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": f"Score: {10 * score:g}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53}}).encode()  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": reply})
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_with_a_cascade_arm_the_service_and_the_replay_decide_and_escalate_alike(tmp_path: Path, settings, embedder,
+                                                                                  capsys, seed):  # fmt: skip
+    """A cascade with a judge gate: the service calls the cheap model, a judge endpoint grades its
+    answer, a rejection escalates to the strong one; the replay's gate reads the cheap model's
+    outcome through its simulated judge (noise 0). Same choices (the cheap or the strong model's
+    answer: the same escalations), clusters and propensities, through learning cycles that fold the
+    cascade's records (its escalation rate, the gate's evidence on the cheap model)."""
+    from tests.servers import serve
+
+    rows, completion = _outcomes(120, np.random.default_rng(seed))
+    scores = {(r["prompt"], m): s for r in rows for m, s in r["scores"].items()}
+    with serve(_judge) as judge:
+        served, _, rt_escalated = _agree(tmp_path, settings, embedder, capsys, rows, completion,
+                                         CONFIG + CASCADE.replace("JUDGE", judge), ["--judge-noise", "0"],
+                                         scores)  # fmt: skip
+    assert any(rt_escalated) and not all(rt_escalated)  # the gate both passed and rejected
+
+
+def _agree(tmp_path: Path, settings, embedder, capsys, rows: list[dict], completion: dict, config: str,
+           flags: list[str], scores: dict | None = None) -> tuple[list, list, list]:  # fmt: skip
+    """Replay ``rows`` with ``turnout replay --config``, serve them through the HTTP service in the
+    replay's order with feedback from the file and cycles at the same points; assert the same
+    choices, clusters and propensities. Returns what the service did: (model, cluster, decision
+    id, row id) per request, the prompts' languages, and whether each request escalated."""
     data, cfg, out = tmp_path / "outcomes.jsonl", tmp_path / "turnout.toml", tmp_path / "decisions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg.write_text(CONFIG + ("\n[language]\nweight = 0.5\n" if language else ""))
+    cfg.write_text(config)
     learn_every = 15
     assert main(["replay", str(data), "--config", str(cfg), "--seed", "3", "--learn-every", str(learn_every),
-                 "--decisions-out", str(out)]) == 0  # fmt: skip
+                 "--decisions-out", str(out), *flags]) == 0  # fmt: skip
     capsys.readouterr()
     replayed = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(replayed) == len(rows)
@@ -110,8 +187,8 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
     conf = load_settings(cfg, {})
     conf = msgspec.structs.replace(conf, storage=settings.storage)
     by_id = {r["id"]: r for r in rows}
-    rt = Runtime(conf, embedder=embedder, upstreams={m: _FromFile(m, completion) for m in MODELS})
-    served, languages = [], []
+    rt = Runtime(conf, embedder=embedder, upstreams={m: _FromFile(m, completion, scores) for m in MODELS})
+    served, languages, escalated = [], [], []
     try:
         with serve(rt.app) as url, httpx.Client(base_url=url, timeout=30) as client:
             for t, rec in enumerate(replayed):
@@ -120,8 +197,9 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
                     {"role": "user", "content": row["prompt"]}]})  # fmt: skip
                 assert r.status_code == 200, r.text
                 did, model = r.headers["x-turnout-decision-id"], r.headers["x-turnout-model"]
-                served.append((model, int(r.headers["x-turnout-cluster"]), did))
+                served.append((model, int(r.headers["x-turnout-cluster"]), did, rec["id"]))
                 languages.append(r.headers["x-turnout-language"])
+                escalated.append("x-turnout-cascade" in r.headers and model != "cheap")
                 rating = "up" if row["scores"][model] == 1.0 else "down"
                 assert client.post("/v1/feedback", json={"decision_id": did, "rating": rating}).status_code == 202
                 if (t + 1) % learn_every == 0:
@@ -134,13 +212,8 @@ def test_the_service_and_the_replay_make_the_same_decisions(tmp_path: Path, sett
         logged = read_decisions(rt.client, 0, 2**62)
     finally:
         rt.stop()
-    assert [m for m, _, _ in served] == [r["model"] for r in replayed]
-    assert [c for _, c, _ in served] == [r["cluster"] for r in replayed]
+    assert [m for m, _, _, _ in served] == [r["model"] for r in replayed]
+    assert [c for _, c, _, _ in served] == [r["cluster"] for r in replayed]
     propensity = dict(zip(logged.decision_ids, logged.propensities))
-    assert np.allclose([propensity[d] for _, _, d in served], [r["propensity"] for r in replayed], rtol=0, atol=1e-12)
-    if language:  # the French prompts were told apart (most: a long English rest can outweigh the French)
-        travel = [by_id[rec["id"]]["task"] == "travel" for rec in replayed]
-        assert all(t for t, lang in zip(travel, languages) if lang == "fr")
-        assert languages.count("fr") >= 0.8 * sum(travel)
-    # the routing changed as it learned: not one fixed model, and clusters were rebuilt from traffic
-    assert len({m for m, _, _ in served}) >= 2 and max(c for _, c, _ in served) >= 1
+    assert np.allclose([propensity[d] for _, _, d, _ in served], [r["propensity"] for r in replayed], rtol=0, atol=1e-12)
+    return served, languages, escalated
