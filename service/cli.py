@@ -338,7 +338,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, AdminError, ProbeListenError) as exc:  # a user's mistake: one line, no traceback
+    except ConfigError as exc:  # a user's mistake: one line, no traceback
+        said = str(exc)
+        if said.startswith("config error: ") and getattr(args, "config", None):  # found past loading: name the file
+            said = f"config error in {args.config}: {said.removeprefix('config error: ')}"
+        print(f"turnout: {said}", file=sys.stderr)
+        return 2
+    except (AdminError, ProbeListenError) as exc:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
     except StoreLocked as exc:

@@ -34,7 +34,7 @@ from typing import Any
 
 from feedback.chdb_lock import StoreLocked
 from feedback.link import StoreLink, decode_events, dispatch
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 
 __all__ = ["StorageProcess", "storage_main"]
 
@@ -83,6 +83,8 @@ class StorageProcess:
                 shutil.rmtree(self._dir, ignore_errors=True)
             if ready[1] == "StoreLocked":
                 raise StoreLocked(ready[2], ready[3])
+            if ready[1] == "ConfigError":
+                raise ConfigError(ready[2])
             raise RuntimeError(f"the storage process failed to start: {ready[1]}: {ready[2]}")
         self._proc = proc
         if self._watcher is None:
@@ -144,6 +146,9 @@ def storage_main(settings: Settings, address: str, authkey: bytes, parent_pid: i
         rt = Runtime(settings, learner=True, embedded_sink=True, publishes=False)
     except StoreLocked as exc:
         ready.send(("error", "StoreLocked", exc.path, exc.pid))
+        return
+    except ConfigError as exc:  # a mistake in the configuration: the serving process says it in one line
+        ready.send(("error", "ConfigError", str(exc)))
         return
     except Exception as exc:
         ready.send(("error", type(exc).__name__, str(exc)))

@@ -42,6 +42,14 @@ def latin1_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def unknown_judge(tmp_path_factory):
+    """A mistake only the process that builds the pool can see (the storage process, under ``up``)."""
+    path = tmp_path_factory.mktemp("config") / "judge.toml"
+    path.write_text('[judge]\nenabled = true\nmodel = "nope"\n')
+    return path
+
+
+@pytest.fixture(scope="module")
 def outcome_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("outcomes") / "o.jsonl"
     path.write_text('{"id": "1", "prompt": "hi", "scores": {"a": 1.0}, "costs": {"a": 0.1}}\n')
@@ -99,3 +107,15 @@ def test_a_bad_flag_is_one_line_and_exit_2(args, needle, tmp_path, taken_port, o
     assert len(lines) == 1 and lines[0].startswith("turnout") and fill(needle) in lines[0], proc.stderr
     assert not (tmp_path / "no").exists() and not (tmp_path / ".turnout").exists()  # nothing created
     assert not (ROOT / MISSING).exists()
+
+
+@pytest.mark.parametrize("command", [["up", "--workers", "1"], ["up", "--workers", "2"], ["serve"]])
+def test_a_config_mistake_found_while_starting_ends_in_one_line_naming_the_file(command, tmp_path, unknown_judge):
+    """The pool is built by the storage process under ``up`` (and each worker): its refusal of the
+    configuration reaches the user as the last line, naming the file, exit 2, and no traceback."""
+    proc = _turnout([*command, "--config", str(unknown_judge), "--port", "0", "--data-dir", str(tmp_path / "d")],
+                    tmp_path)  # fmt: skip
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"turnout: config error in {unknown_judge}: judge.model 'nope' is "
+                                                    "not in the pool (sim-frontier, sim-coder, sim-chat, sim-mini)")
