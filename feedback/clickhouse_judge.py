@@ -72,6 +72,7 @@ class ClusterLeakage(msgspec.Struct, frozen=True):
     agreement: float = 0.0  # agreed / decided (0 without a candidate's decision)
     agreement_low: float = 0.0  # Wilson 95%
     agreement_high: float = 1.0
+    unanswered: int = 0  # shadows not asked or that failed (the day's budget spent, a cascade, an error): in none of the above
 
 
 _GRADES = """
@@ -105,7 +106,8 @@ _LEAKAGE = f"""
 SELECT d.clustering, d.cluster, countIf({_OK}),
        countIf({_PAIR}), countIf({_PAIR} AND gr.g < gs.g), countIf({_PAIR} AND gr.g > gs.g),
        sumIf(d.cost, {_OK}), sumIf(if(s.smodel = d.dmodel, d.cost, s.cost), {_OK}),
-       countIf(s.policy = 'candidate'), countIf(s.policy = 'candidate' AND s.smodel = d.dmodel)
+       countIf(s.policy = 'candidate'), countIf(s.policy = 'candidate' AND s.smodel = d.dmodel),
+       countIf(s.status != 'ok')
 FROM (
     SELECT decision_id AS sid, any(parent_decision_id) AS parent, any(cost_usd) AS cost, any(status) AS status,
            any(model) AS smodel, any(policy) AS policy
@@ -124,7 +126,6 @@ INNER JOIN (
 LEFT JOIN ({_GRADES}) AS gr ON gr.gid = d.decision_id
 LEFT JOIN ({_GRADES}) AS gs ON gs.gid = s.sid
 GROUP BY d.clustering, d.cluster
-HAVING countIf({_OK}) > 0 OR countIf(s.policy = 'candidate') > 0
 ORDER BY d.clustering, d.cluster
 """
 
@@ -148,11 +149,12 @@ def leakage(client: Any, since_ms: int) -> list[ClusterLeakage]:
     for r in client.query(_LEAKAGE, parameters={"lo": since_ms}).result_rows:
         clustering, cluster, shadowed, judged, worse, better = (int(x) for x in r[:6])
         routed, reference = float(r[6]), float(r[7])
-        decided, agreed = int(r[8]), int(r[9])
+        decided, agreed, unanswered = int(r[8]), int(r[9]), int(r[10])
         low, high = wilson(worse, judged)
         a_low, a_high = wilson(agreed, decided)
         out.append(ClusterLeakage(clustering, cluster, shadowed, judged, worse, better,
                                   worse / judged if judged else 0.0, low, high, routed, reference,
                                   reference - routed, (reference - routed) / reference if reference > 0 else 0.0,
-                                  decided, agreed, agreed / decided if decided else 0.0, a_low, a_high))  # fmt: skip
+                                  decided, agreed, agreed / decided if decided else 0.0, a_low, a_high,
+                                  unanswered))  # fmt: skip
     return out

@@ -81,7 +81,7 @@ def judge_routes(evaluation: Evaluation | None, client: Any, gate: AdminGate, ag
     async def shadow(request: Request) -> Response:
         gate.check(request.headers.get("authorization"))
         since = clock_ms() - _window_ms(request)
-        out: dict[str, Any] = {"shadow": stats().get("shadow")}
+        out: dict[str, Any] = {"enabled": stats().get("shadow") is not None, "shadow": stats().get("shadow")}
         out["clusters"] = None if client is None else await anyio.to_thread.run_sync(query, leakage, since)
         return Response(content=_enc.encode(out), media_type="application/json")
 

@@ -54,8 +54,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if report.get("judge", {}).get("enabled") is False:
-        print("the service runs no judge and no shadow now ([judge], [shadow] enabled = true); "
-              "what its store holds of earlier runs:")
+        print("the service runs neither the judge nor shadow routing (off in its configuration: [judge] and "
+              "[shadow] enabled = true would start them); what its store holds of earlier runs:")
     cal = report["calibration"]
     if cal is None:
         print("judge calibration: n/a (the service does not hold a ClickHouse store)")
@@ -71,14 +71,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
         print("shadow leakage: no shadowed request in the window" if rows is not None else "shadow leakage: n/a")
         return 0
     print(f"\n{'cluster':>9} {'shadowed':>9} {'judged':>7} {'worse':>6} {'leakage':>8} {'95% interval':>15} "
-          f"{'routed USD':>11} {'reference USD':>14} {'saved':>7} {'agreement':>16}")  # fmt: skip
+          f"{'routed USD':>11} {'reference USD':>14} {'saved':>7} {'agreement':>16} {'not asked':>9}")  # fmt: skip
     for r in rows:
         interval = f"{_pct(r['leakage_low'])}-{_pct(r['leakage_high'])}" if r["judged"] else "n/a"
         # a candidate's decisions that chose the model that answered ("n/a" against a fixed reference)
         agreement = f"{r['agreed']}/{r['decided']} {_pct(r['agreement'])}" if r.get("decided") else "n/a"
         print(f"{r['clustering']:>4}/{r['cluster']:<4} {r['shadowed']:9d} {r['judged']:7d} {r['worse']:6d} "
               f"{_pct(r['leakage']) if r['judged'] else 'n/a':>8} {interval:>15} {r['routed_cost_usd']:11.6f} "
-              f"{r['reference_cost_usd']:14.6f} {_pct(r['saved_share']):>7} {agreement:>16}")  # fmt: skip
+              f"{r['reference_cost_usd']:14.6f} {_pct(r['saved_share']):>7} {agreement:>16} "
+              f"{r.get('unanswered', 0):9d}")  # fmt: skip
+    unasked = sum(r.get("unanswered", 0) for r in rows)
+    if unasked:
+        print(f"\n{unasked} shadows were not asked or failed (the shadow's budget for the day spent, a cascade, or "
+              "an error; GET /v1/admin/shadow counts why): leakage, costs and 'saved' cover only the answered ones")
     return 0
 
 

@@ -311,7 +311,7 @@
     rows.forEach(function (r) {
       var tr = htmlEl("tr", { "data-cluster": String(r.cluster) }, body);
       htmlEl("td", {}, tr, String(r.cluster));
-      htmlEl("td", {}, tr, compact(r.shadowed));
+      htmlEl("td", {}, tr, compact(r.shadowed) + (r.unanswered ? " (+" + compact(r.unanswered) + " not asked)" : ""));
       htmlEl("td", {}, tr, compact(r.judged));
       htmlEl("td", {}, tr, r.judged ? (100 * r.leakage).toFixed(1) + "%" : "n/a");
       htmlEl("td", {}, tr, r.judged ? (100 * r.leakage_low).toFixed(1) + "-" + (100 * r.leakage_high).toFixed(1) + "%" : "n/a");

@@ -65,6 +65,7 @@ def test_leakage_per_cluster_with_its_interval_and_the_cost_saved(client):
     # cluster 1: the failed shadow (r5) is no comparison, and costs nothing saved
     assert (c1.shadowed, c1.judged, c1.worse, c1.leakage) == (1, 1, 1, 1.0)
     assert c1.saved_usd == pytest.approx(0.009)
+    assert (c0.unanswered, c1.unanswered) == (0, 1)  # the failed one is said, apart from the comparisons
     assert (c0.decided, c0.agreed, c1.decided) == (0, 0, 0)  # a reference's shadows: no candidate's decisions
     assert leakage(client, NOW + 60_000) == []  # nothing in the window
 
@@ -92,7 +93,7 @@ def test_a_candidates_agreement_leakage_and_cost_per_cluster(client, chdb_dir, c
     assert (cand.shadowed, cand.judged, cand.worse, cand.better, cand.leakage) == (3, 1, 1, 0, 1.0)
     # agreeing decisions cost what the routed answer cost; the refused one is no comparison
     assert cand.routed_cost_usd == pytest.approx(0.003) and cand.reference_cost_usd == pytest.approx(0.012)
-    assert cand.saved_usd == pytest.approx(0.009)
+    assert cand.saved_usd == pytest.approx(0.009) and cand.unanswered == 1  # "saved" covers the answered only
     assert got[0, 0].decided == 0  # the reference's shadows beside it are unchanged
     from service.cli import main
 
@@ -100,8 +101,10 @@ def test_a_candidates_agreement_leakage_and_cost_per_cluster(client, chdb_dir, c
     config.write_text(f'[storage]\nclickhouse_dsn = "chdb://{chdb_dir}"\nclickhouse_database = "{ch_database}"\n'
                       f'data_dir = "{tmp_path}"\n')  # fmt: skip
     assert main(["judge", "--config", str(config)]) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if "/" in line[:9]}
-    assert rows["5/0"][-2:] == ["2/4", "50.0%"] and rows["0/0"][-1] == "n/a"
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if "/" in line[:9]}
+    assert rows["5/0"][-3:] == ["2/4", "50.0%", "1"] and rows["0/0"][-2:] == ["n/a", "0"]
+    assert "2 shadows were not asked or failed" in out  # the refused candidate call and cluster 1's failed one
 
 
 def test_calibration_against_the_first_rating_of_routed_decisions(client):

@@ -68,7 +68,7 @@ def test_judge_and_shadow_reports_answer_with_the_judge_off(live, runtime):
     assert judge.status_code == 200 and judge.json()["enabled"] is False, judge.text
     assert judge.json()["calibration"]["pairs"] == 0  # the store's report: nothing graded here
     shadow = httpx.get(live + "/v1/admin/shadow").json()
-    assert shadow == {"shadow": None, "clusters": []}
+    assert shadow == {"enabled": False, "shadow": None, "clusters": []}
 
 
 def test_learner_status_and_a_cycle_on_demand(live, runtime):
