@@ -81,6 +81,7 @@ class Evaluation:
         self.closers = closers  # upstreams of its own (a dedicated judge endpoint), closed at shutdown
         self.counts: Counter[str] = Counter()
         self._allowed: dict[str, bool] = {}
+        self._quiet_until = 0.0  # a failed grade is logged at most once a minute
 
     def _judged(self, tenant: Tenant) -> bool:
         ok = self._allowed.get(tenant.name)
@@ -120,6 +121,9 @@ class Evaluation:
             self.counts["judge_over_budget"] += 1
             return None
         self.counts["judge_graded" if grade.score is not None else "judge_failed"] += 1
+        if grade.score is None and time.monotonic() >= self._quiet_until:  # said, at most once a minute
+            self._quiet_until = time.monotonic() + 60.0
+            log.warning("a judge call gave no grade (%d so far): %s", self.counts["judge_failed"], grade.error)
         record = self.records.decision(
             turn, uuid7(), policy="judge", arm=self.judge.name, propensity=1.0, model=self.judge.name,
             status="ok" if grade.score is not None else "error", errors=(grade.error,) if grade.error else (),

@@ -50,6 +50,9 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
             if j.model not in by_name:
                 raise ConfigError(f"config error: judge.model '{j.model}' is not in the pool ({', '.join(by_name)})")
             m = by_name[j.model][1]
+            if getattr(upstreams[j.model], "simulated", False):
+                raise ConfigError(f"config error: judge.model '{j.model}' is a simulated model: its answers hold no "
+                                  "score, so every grade would fail; name a [[models]] entry or judge.base_url")
             upstream, upstream_model, prices = upstreams[j.model], m.upstream_model, (m.price_in_per_mtok, m.price_out_per_mtok)
         else:
             if not j.base_url and judge_upstream is None:

@@ -20,6 +20,8 @@ __all__ = ["SimulatedUpstream"]
 class SimulatedUpstream:
     """Answers like ``model`` would: its latency, verbosity and error rate."""
 
+    simulated = True  # its answers are placeholders: no score a judge's parser could read
+
     def __init__(self, model: SimModel, rng: np.random.Generator, latency_scale: float = 1.0) -> None:
         self.model = model
         self._rng = rng

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import msgspec
 import pytest
 
 from service.daily_budget import DailyBudget
@@ -124,6 +125,16 @@ def test_the_simulated_pool_names_its_judge_at_build(tmp_path):
     settings = load_settings(path, {})  # no [[models]]: the simulated pool, checked when built
     with pytest.raises(ConfigError, match="judge.model 'no-such-model' is not in the pool"):
         build_evaluation(settings, (), {}, None, None, None)  # type: ignore[arg-type]
+
+
+def test_a_simulated_model_cannot_be_the_judge(settings, embedder):
+    """Its answers are placeholders with no score: every grade would fail, silently, all day."""
+    from service.runtime import Runtime
+
+    judged = msgspec.structs.replace(settings, judge=msgspec.convert({"enabled": True, "model": "sim-mini"},
+                                                                     type(settings.judge)))  # fmt: skip
+    with pytest.raises(ConfigError, match="judge.model 'sim-mini' is a simulated model"):
+        Runtime(judged, embedder=embedder, sim_latency_scale=0.0)
 
 
 @pytest.mark.parametrize("toml", [
