@@ -8,6 +8,7 @@ does not hold, or one that cannot route this pool, stops the start.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import numpy as np
@@ -27,6 +28,8 @@ from service.routing import Router
 from service.settings import ConfigError, ModelSettings, Settings
 from service.shadow import Candidate, Shadow, Target
 from service.upstream import Upstream
+
+log = logging.getLogger("turnout.evaluation")
 
 __all__ = ["build_evaluation", "candidate_view"]
 
@@ -80,6 +83,11 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
             raise ConfigError(f"config error: shadow.reference '{sh.reference}' is not in the pool ({', '.join(by_name)})")
         else:
             targets = {sh.reference: targets[sh.reference]}
+        if sh.share <= 0 and not any(v > 0 for v in sh.tenant_share.values()):
+            log.warning("shadow routing is enabled with share 0 (and no tenant_share above 0): nothing is shadowed")
+        if judge is None:
+            log.warning("shadow routing without the judge ([judge] enabled = false): shadows are recorded and "
+                        "billed, but no answer is graded, so no leakage is measured")
         shadow = Shadow(reference=sh.reference if candidate is None else "", targets=targets, share=sh.share,
                         tenant_share=sh.tenant_share, tenants=sh.tenants, budget=DailyBudget(sh.budget_usd_per_day),
                         rng=np.random.default_rng(rng.integers(1 << 62)), candidate=candidate)  # fmt: skip

@@ -12,7 +12,7 @@ from learner.cascade import extend_prior
 from learner.cycle import PoolPrior
 from learner.embedding import Embedder, HashingEmbedder
 from service.route_request import PoolModel
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 from service.upstream import Upstream
 
 __all__ = ["build_embedder", "pool_from_settings"]
@@ -41,6 +41,10 @@ def pool_from_settings(
         from service.simulated import SimulatedUpstream
         from simulations.pool import DEFAULT_POOL, topic_examples
 
+        shared = sorted({p.name for p in settings.policies} & {m.name for m in DEFAULT_POOL})
+        if shared:
+            raise ConfigError(f"config error: a policy and a model of the simulated pool share a name "
+                              f"({', '.join(shared)}): the model field of a request could not say which")
         rng = np.random.default_rng(seed)
         pool = tuple(PoolModel(m.name, m.name, m.price_in_per_mtok, m.price_out_per_mtok, m.tier) for m in DEFAULT_POOL)
         prior = PoolPrior(

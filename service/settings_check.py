@@ -68,9 +68,15 @@ def check(s: Settings, source: str) -> None:
         for i, pin in enumerate(s.rules.pins):
             if pin.model not in names:
                 raise ConfigError(f"config error in {source}: rules.pins[{i}].model names '{pin.model}', not in [[models]]")
-    policy_names = {p.name for p in s.policies} | {"auto"}
+    listed = [p.name for p in s.policies]
+    twice = sorted({n for n in listed if listed.count(n) > 1})
+    if twice:
+        raise ConfigError(f"config error in {source}: [[policies]] names {', '.join(twice)} more than once")
+    policy_names = set(listed) | {"auto"}
     if policy_names & set(names):
-        raise ConfigError(f"config error in {source}: a policy and a model share a name")
+        shared = ", ".join(sorted(policy_names & set(names)))
+        raise ConfigError(f"config error in {source}: a policy and a model share a name ({shared}): the model field "
+                          "of a request could not say which")
     c = s.conversations
     if not (math.isfinite(s.router.switch_margin) and s.router.switch_margin >= 0):
         raise ConfigError(f"config error in {source}: router.switch_margin must be a finite number >= 0")

@@ -156,3 +156,15 @@ def test_a_candidate_is_a_snapshot_version(tmp_path):
     path.write_text('[shadow]\nenabled = true\ncandidate = 7\nshare = 0.1\n')
     assert load_settings(path, {}).shadow.candidate == 7
     assert load_settings(path, {"TURNOUT_SHADOW__CANDIDATE": "9"}).shadow.candidate == 9
+
+
+def test_a_shadow_that_can_show_nothing_is_said_at_start(settings, embedder, caplog):
+    from service.runtime import Runtime
+
+    idle = msgspec.structs.replace(settings, shadow=msgspec.convert({"enabled": True, "reference": "sim-frontier"},
+                                                                    type(settings.shadow)))  # fmt: skip
+    rt = Runtime(idle, embedder=embedder, sim_latency_scale=0.0)
+    rt.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "turnout.evaluation"]
+    assert any("share 0" in m and "nothing is shadowed" in m for m in said), said
+    assert any("without the judge" in m and "no leakage is measured" in m for m in said), said

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from service.settings import ConfigError, load_settings
@@ -41,6 +42,10 @@ def test_env_overrides_are_converted():
         ("[learner]\ninterval_s = 0.0\n", "learner.interval_s must be"),
         ('[[models]]\nname = "a"\nbase_url = "http://x"\n[[tenants]]\nname = "t"\nmodels = ["gpt-4o"]\n',
          "tenants[0].models names ['gpt-4o'], not in [[models]]"),
+        ('[[policies]]\nname = "x"\ncost_weight = 1.0\n[[policies]]\nname = "x"\ncost_weight = 2.0\n',
+         "[[policies]] names x more than once"),
+        ('[[models]]\nname = "a"\nbase_url = "http://x"\n[[policies]]\nname = "a"\ncost_weight = 1.0\n',
+         "a policy and a model share a name (a)"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path, text, needle):
@@ -106,3 +111,11 @@ def test_the_language_table_and_its_bounds():
         load_settings(None, {"TURNOUT_LANGUAGE__WEIGHT": "-1"})
     with pytest.raises(ConfigError, match="TURNOUT_LANGUAGE__DETECTOR=fasttext"):
         load_settings(None, {"TURNOUT_LANGUAGE__DETECTOR": "fasttext"})
+
+
+def test_a_policy_named_like_a_simulated_model_is_refused_when_the_pool_is_built():
+    from service.pool import pool_from_settings
+
+    settings = msgspec.convert({"policies": [{"name": "sim-chat", "cost_weight": 1.0}]}, type(load_settings(None, {})))
+    with pytest.raises(ConfigError, match=r"a policy and a model of the simulated pool share a name \(sim-chat\)"):
+        pool_from_settings(settings)
