@@ -32,7 +32,8 @@ class AdminClient:
     """The admin API at ``url`` (``http://host:port``), with ``key`` if the service needs one."""
 
     def __init__(self, url: str, key: str = "", timeout_s: float = 600.0) -> None:
-        self.url = url.rstrip("/")
+        url = url.rstrip("/")
+        self.url = url if "://" in url else "http://" + url  # --url localhost:8080 means the service there
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 

@@ -65,6 +65,10 @@ def _not_found(request: Request) -> str:
 def _handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException) and exc.status_code == 404 and exc.detail == "Not Found":
         exc = ApiError(404, _not_found(request))
+    elif isinstance(exc, HTTPException) and exc.status_code == 405:
+        allow = (getattr(exc, "headers", None) or {}).get("allow", "")
+        exc = ApiError(405, f"{request.method} is not served on {request.url.path}" + (f": use {allow}" if allow else ""),
+                       headers={"allow": allow} if allow else None)  # fmt: skip
     status, body, headers = error_of(exc)
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 

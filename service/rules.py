@@ -134,8 +134,10 @@ class Rules:
         if need > self.smallest_window:
             fits = allowed & (self.windows >= need)
             if not fits.any():
+                # the answer's reserve alone may be what does not fit: then max_tokens is the field to change
+                blame = "max_tokens" if max_tokens and max_tokens > int(self.windows[allowed].max()) else "messages"
                 raise NoCandidate(f"the request (about {need} tokens with the answer) exceeds the context "
-                                  f"window of every model it may go to", "context_length_exceeded", "messages")  # fmt: skip
+                                  f"window of every model it may go to", "context_length_exceeded", blame)  # fmt: skip
         caps = [c for c in (self.max_cost_usd, max_cost_usd) if c > 0]
         if caps:
             cap = min(caps)

@@ -45,7 +45,8 @@ def check(s: Settings, source: str) -> None:
     if not 1 <= s.processes.workers <= 256:
         raise ConfigError(f"config error in {source}: processes.workers must be in 1-256, got {s.processes.workers}")
     if not (math.isfinite(s.learner.interval_s) and s.learner.interval_s > 0):
-        raise ConfigError(f"config error in {source}: learner.interval_s must be a finite number of seconds > 0")
+        raise ConfigError(f"config error in {source}: learner.interval_s must be a finite number of seconds > 0, "
+                          f"got {s.learner.interval_s:g}")
     weights = [("router", s.router.cost_weight, s.router.latency_weight)]
     weights += [(f"policies[{i}]", p.cost_weight, p.latency_weight) for i, p in enumerate(s.policies)]
     weights += [(f"tenants[{i}]", t.cost_weight, 0.0) for i, t in enumerate(s.tenants) if t.cost_weight is not None]

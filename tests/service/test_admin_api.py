@@ -60,6 +60,17 @@ def test_an_unknown_path_names_itself_and_a_version_that_is_no_number_says_so(li
     assert "GET /v1/admin/snapshots/abc" in error["message"] and "an integer" in error["message"]
     other = httpx.post(live + "/v1/no/such", json={})
     assert other.status_code == 404 and "POST /v1/no/such" in other.json()["error"]["message"], other.text
+    wrong = httpx.get(live + "/v1/admin/learner/cycle")  # a POST route asked with GET: which method to use
+    assert wrong.status_code == 405 and "use POST" in wrong.json()["error"]["message"], wrong.text
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_an_admin_url_without_a_scheme_means_http():
+    from service.admin_client import AdminClient
+
+    client = AdminClient("localhost:8080/")
+    assert client.url == "http://localhost:8080"
+    client.close()
 
 
 def test_judge_and_shadow_reports_answer_with_the_judge_off(live, runtime):

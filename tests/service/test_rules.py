@@ -68,7 +68,10 @@ def test_context_window_fit_uses_max_tokens_or_the_answer_reserve():
     assert allowed(screen(r, prompt_tokens=3500, max_tokens=100)) == list(MODELS)
     with pytest.raises(NoCandidate) as info:
         screen(r, prompt_tokens=250_000)
-    assert info.value.code == "context_length_exceeded"
+    assert info.value.code == "context_length_exceeded" and info.value.param == "messages"
+    with pytest.raises(NoCandidate) as info:  # the prompt is short: the answer asked for is what does not fit
+        screen(r, prompt_tokens=10, max_tokens=10**12)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "max_tokens"
 
 
 def test_cost_cap_from_rules_and_tenant_the_lower_wins():
