@@ -87,8 +87,9 @@ class _Rows:
 
 
 def _top(sims: np.ndarray, k: int) -> list[int]:
-    """Indices of the ``k`` largest of ``sims``, a temporary (overwritten). k is small: argmax k
-    times costs fewer and cheaper calls than a partition or a sort."""
+    """Indices of the ``k`` largest of ``sims``, largest first and, among equal ones, the first;
+    ``sims`` is a temporary (overwritten). k is small: argmax k times costs fewer and cheaper calls
+    than a partition or a sort (of 128 floats, warm: 4-6 us for either, 0.3 us an argmax)."""
     if len(sims) <= k:
         return list(range(len(sims)))
     out = []
@@ -137,15 +138,19 @@ class CellIndex:
         return len(self._groups), sum(len(g) for g in self._groups.keys)
 
     def nearest(self, emb: np.ndarray, probe: int) -> tuple[str, float] | None:
-        """The id of the row nearest ``emb`` (d,) float32 in the cells read, and its cosine."""
-        best, best_cos = None, -np.inf
+        """The id of the row nearest ``emb`` (d,) float32 in the cells read, and its cosine. Among
+        equal cosines, the row of the cell read first (nearest centre first, see ``_cells``), then
+        the first row of its cell."""
+        best, best_cos = None, -math.inf
         for cell in self._cells(emb, probe, probe):
-            if cell.keys:
+            keys = cell.keys
+            if keys:
                 sims = cell.view.dot(emb)
-                j = sims.argmax()
-                if sims[j] > best_cos:
-                    best, best_cos = cell.keys[j], sims[j]
-        return None if best is None else (best, float(best_cos))
+                j = int(sims.argmax())
+                cos = float(sims[j])  # float32 to float is exact: the order, ties included, is kept
+                if cos > best_cos:
+                    best, best_cos = keys[j], cos
+        return None if best is None else (best, best_cos)
 
     def add(self, key: str, emb: np.ndarray, probe: int) -> None:
         """Keep row ``emb`` (d,) float32 as ``key``, in the cell a search for it reads first."""
@@ -172,15 +177,22 @@ class CellIndex:
 
     def _cells(self, emb: np.ndarray, probe: int, k: int) -> list[_Rows]:
         """The ``k`` cells whose centres are nearest ``emb`` among the cells of the ``probe``
-        groups whose centres are."""
+        groups whose centres are, nearest first (equal centres: the group read first, then the
+        first of its cells); all of them, in their order, when there are no more than ``k``."""
         groups = self._groups
         if len(groups.keys) == 1:
             group = groups.keys[0]
             return group.keys if len(group.keys) <= k else [group.keys[i] for i in _top(group.view.dot(emb), k)]
         picked = [groups.keys[i] for i in _top(groups.view.dot(emb), probe)]
         sims = np.concatenate([g.view.dot(emb) for g in picked])  # at most probe * group_cells
-        cells = [c for g in picked for c in g.keys]
-        return [cells[i] for i in _top(sims, k)]
+        out = []
+        for i in _top(sims, k):  # position i of the concatenation: the cell of the group it falls in
+            for g in picked:
+                if i < len(g.keys):
+                    out.append(g.keys[i])
+                    break
+                i -= len(g.keys)
+        return out
 
     def _moved(self, cell: _Rows, emb: np.ndarray, sign: float) -> None:
         """A row entered (sign 1) or left (-1) ``cell``: the sums under the cell and its group

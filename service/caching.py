@@ -66,19 +66,29 @@ def _norm(content: Any) -> Any:
 
 
 def request_keys(raw: bytes) -> tuple[bytes, bytes]:
-    """(exact key, context key) of a request body that decoded as a ``ChatRequest``."""
+    """(exact key, context key) of a request body that decoded as a ``ChatRequest``.
+
+    The context key hashes the body with the last user message replaced by its numbers; the exact
+    key hashes the context key and that message. Two bodies get one exact key exactly when they are
+    equal (the message goes back in place of the last message of role user), as when the whole
+    body was hashed, for one encoding of the body rather than two."""
     body = _dict_dec.decode(raw)
     for k in _NOT_KEYED:
         body.pop(k, None)
     messages = [dict(m, content=_norm(m.get("content"))) if isinstance(m, dict) else m for m in body["messages"]]
-    body["messages"] = messages
-    exact = hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
-    last = max(i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user")
+    for last in range(len(messages) - 1, -1, -1):  # most often the last message is the user's
+        asked = messages[last]
+        if isinstance(asked, dict) and asked.get("role") == "user":
+            break
+    else:
+        raise ValueError("a request without a user message has no cache keys")
     # the numbers of the question stay in the context: "3x + 7 = 22" and "3x + 7 = 25" embed alike
-    content = messages[last].get("content")
+    content = asked["content"]
     numbers = _NUMBER.findall(content if isinstance(content, str) else _enc.encode(content).decode())
-    body["messages"] = messages[:last] + [{"role": "user", "content": None, "numbers": numbers}] + messages[last + 1 :]
-    return exact, hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
+    messages[last] = {"role": "user", "content": None, "numbers": numbers}
+    body["messages"] = messages
+    context = hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
+    return hashlib.blake2b(context + _enc.encode(asked), digest_size=16).digest(), context
 
 
 def posterior_mean(view: View, model: str, routed: Routed) -> float:

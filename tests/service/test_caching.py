@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
+import numpy as np
 import pytest
 
-from service.caching import request_keys
+from service.caching import _NUMBER, _norm, request_keys
 from service.settings import ConfigError, load_settings
 
 
@@ -64,3 +67,42 @@ def test_the_numbers_of_the_question_are_part_of_the_context():
     b = keys(temperature=0, messages=[{"role": "user", "content": "Solve 3x + 7 = 25"}])
     c = keys(temperature=0, messages=[{"role": "user", "content": "Please solve 3x + 7 = 22"}])
     assert a[1] != b[1] and a[1] == c[1]  # cosine 0.97 between the first two (wordllama): never one answer
+
+
+def _whole_body_keys(raw: bytes) -> tuple[bytes, bytes]:
+    """The keys as first defined: the whole normalised body hashed, and again with the last user
+    message replaced by its numbers (the reference the keys of ``request_keys`` must partition alike)."""
+    enc = msgspec.json.Encoder(order="sorted")
+    body = msgspec.json.decode(raw)
+    for k in ("stream", "stream_options", "user"):
+        body.pop(k, None)
+    messages = [dict(m, content=_norm(m.get("content"))) for m in body["messages"]]
+    body["messages"] = messages
+    exact = hashlib.blake2b(enc.encode(body), digest_size=16).digest()
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    content = messages[last]["content"]
+    numbers = _NUMBER.findall(content if isinstance(content, str) else enc.encode(content).decode())
+    body["messages"] = messages[:last] + [{"role": "user", "content": None, "numbers": numbers}] + messages[last + 1 :]
+    return exact, hashlib.blake2b(enc.encode(body), digest_size=16).digest()
+
+
+def test_the_keys_make_the_same_requests_equal_as_hashing_the_whole_body():
+    rng = np.random.default_rng(0)
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    asked = ["Boil an egg", "Boil  an\negg ", "Boil 2 eggs", "Boil 3 eggs", "boil an egg",
+             [{"type": "text", "text": "Boil an  egg"}], [{"type": "text", "text": "Boil 2 eggs"}]]  # fmt: skip
+    system = [[], [{"role": "system", "content": "Be brief."}], [{"role": "system", "content": " Be  brief."}]]
+    before = [[], [{"role": "user", "content": "Boil an egg"}, {"role": "assistant", "content": "Ten minutes."}],
+              [{"role": "user", "content": "Boil 2 eggs"}, {"role": "assistant", "content": "Ten minutes."}]]  # fmt: skip
+    after = [[], [{"role": "assistant", "content": "Boil an egg"}], [{"role": "tool", "content": "2", "tool_call_id": "t"}]]
+    raws = []
+    for _ in range(3000):
+        body = {"model": pick(["auto", "gpt-4o"]), **pick([{}, {"temperature": 0}, {"seed": 2}]),
+                **pick([{}, {"stream": True, "user": "ann"}]),
+                "messages": pick(system) + pick(before) + [{"role": "user", "content": pick(asked)}] + pick(after)}  # fmt: skip
+        raws.append(msgspec.json.encode(body))
+    new = [request_keys(r) for r in raws]
+    ref = [_whole_body_keys(r) for r in raws]
+    assert [c for _, c in new] == [c for _, c in ref]  # the context key is the same bytes
+    pairs = {(n, r) for (n, _), (r, _) in zip(new, ref)}  # one exact key for one reference key, both ways
+    assert len(pairs) == len({n for n, _ in pairs}) == len({r for _, r in pairs}) > 100
