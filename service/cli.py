@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    for noisy in ("apscheduler", "httpx", "kafka"):
+    for noisy in ("httpx", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a poll skipped while the last still runs: not news
     from feedback.chdb_lock import StoreLocked
     from feedback.probe import ProbeListenError
     from service.admin_client import AdminError, held_by

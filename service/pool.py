@@ -17,7 +17,7 @@ from service.upstream import Upstream
 
 __all__ = ["build_embedder", "pool_from_settings"]
 
-log = logging.getLogger("turnout")
+log = logging.getLogger("turnout.pool")
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -128,10 +128,14 @@ class StorageProcess:
 def storage_main(settings: Settings, address: str, authkey: bytes, parent_pid: int, ready: Any) -> None:
     """The process's body (module doc)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "httpx", "kafka"):
+    for noisy in ("httpx", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # "snapshot vN live" is the serving process's line to say; a rejected snapshot is still said here
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a poll skipped while the last still runs: not news
+    # "snapshot vN live" is the serving process's line to say; a rejected snapshot is still said here.
+    # What the pool's and the judge's settings warn of at start is said once, by the serving process too.
     logging.getLogger("turnout.router").setLevel(logging.WARNING)
+    for said_there in ("turnout.pool", "turnout.evaluation"):
+        logging.getLogger(said_there).setLevel(logging.ERROR)
     if settings.server.log_format == "json":
         from service.logs import use_json_logs
 
