@@ -80,8 +80,9 @@ class RequestRouter:
             raise ApiError(404, f"unknown model '{req.model}'; known models and policies: {known}",
                            param="model", code="model_not_found")  # fmt: skip
         if not any(m.role == "user" and message_text(m).strip() for m in req.messages):
+            users = [i for i, m in enumerate(req.messages) if m.role == "user"]  # the last one's empty content, if any
             raise ApiError(422, "messages must contain a user message with non-empty content",
-                           param="messages", code="invalid_value")  # fmt: skip
+                           param=f"$.messages[{users[-1]}].content" if users else "$.messages", code="invalid_value")
         return req
 
     def route(self, req: ChatRequest, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS) -> Routed:

@@ -122,6 +122,10 @@ def test_missing_model_and_messages_are_named(live):
         assert r.status_code == 422 and error["param"] == f"$.{field}" and f"`{field}`" in error["message"], r.text
     r = httpx.post(live + CHAT, json={"model": "auto", "messages": [{"content": "x"}]})
     assert r.status_code == 422 and r.json()["error"]["param"] == "$.messages[0].role", r.text
+    for messages, param in (([{"role": "system", "content": "x"}, {"role": "user", "content": " "}], "$.messages[1].content"),
+                            ([{"role": "system", "content": "x"}], "$.messages")):  # fmt: skip
+        r = httpx.post(live + CHAT, json={"model": "auto", "messages": messages})
+        assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
     r = httpx.post(live + FEEDBACK, json={"rating": "up"})
     assert r.status_code == 422 and r.json()["error"]["param"] == "$.decision_id", r.text
 
