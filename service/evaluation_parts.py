@@ -47,6 +47,7 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
     if not j.enabled and not sh.enabled:
         return None
     by_name = {m.name: (i, m) for i, m in enumerate(pool)}
+    share = settings.processes.workers  # --workers N: each serving process holds 1/N of each day's budget
     judge, closers = None, ()
     if j.enabled:
         if j.model:
@@ -70,7 +71,7 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
         judge = Judge(name=j.model or "judge", upstream=upstream, upstream_model=upstream_model,
                       price_in_per_mtok=prices[0], price_out_per_mtok=prices[1], template=j.prompt,
                       score_pattern=j.score_pattern, score_max=j.score_max, max_tokens=j.max_tokens,
-                      timeout_s=j.timeout_s, budget=DailyBudget(j.budget_usd_per_day))  # fmt: skip
+                      timeout_s=j.timeout_s, budget=DailyBudget(j.budget_usd_per_day / share))  # fmt: skip
     shadow = None
     if sh.enabled:
         timeouts = {x.name: x.timeout_s for x in settings.models}
@@ -89,7 +90,7 @@ def build_evaluation(settings: Settings, pool: tuple, upstreams: Mapping[str, Up
             log.warning("shadow routing without the judge ([judge] enabled = false): shadows are recorded and "
                         "billed, but no answer is graded, so no leakage is measured")
         shadow = Shadow(reference=sh.reference if candidate is None else "", targets=targets, share=sh.share,
-                        tenant_share=sh.tenant_share, tenants=sh.tenants, budget=DailyBudget(sh.budget_usd_per_day),
+                        tenant_share=sh.tenant_share, tenants=sh.tenants, budget=DailyBudget(sh.budget_usd_per_day / share),
                         rng=np.random.default_rng(rng.integers(1 << 62)), candidate=candidate)  # fmt: skip
     evaluation = Evaluation(
         offpath=OffPath(j.queue_size, j.workers), records=records, rng=rng, judge=judge,

@@ -168,3 +168,19 @@ def test_a_shadow_that_can_show_nothing_is_said_at_start(settings, embedder, cap
     said = [r.getMessage() for r in caplog.records if r.name == "turnout.evaluation"]
     assert any("share 0" in m and "nothing is shadowed" in m for m in said), said
     assert any("without the judge" in m and "no leakage is measured" in m for m in said), said
+
+
+def test_each_of_n_workers_holds_a_nth_of_the_days_budgets(settings, embedder):
+    from service.runtime import Runtime
+
+    two = msgspec.structs.replace(
+        settings, processes=msgspec.structs.replace(settings.processes, workers=2),
+        judge=msgspec.convert({"enabled": True, "base_url": "http://127.0.0.1:9/v1", "budget_usd_per_day": 5.0},
+                              type(settings.judge)),
+        shadow=msgspec.convert({"enabled": True, "reference": "sim-frontier", "share": 0.1, "budget_usd_per_day": 3.0},
+                               type(settings.shadow)))  # fmt: skip
+    rt = Runtime(two, embedder=embedder, sim_latency_scale=0.0)
+    try:  # the group never spends more than the cap
+        assert rt.evaluation.judge.budget.usd_per_day == 2.5 and rt.evaluation.shadow.budget.usd_per_day == 1.5
+    finally:
+        rt.stop()
