@@ -12,8 +12,9 @@
    The highest rate whose p99 overhead stays under 10 ms is each gateway's sustained rate; the
    highest whose p99 overhead stays under 1 s (beyond, it queues) is its saturation rate.
 CPU per request is read from /proc for each gateway's processes (a Turnout's storage process and
-workers included), and printed with requests per second per core (1000 / CPU ms). The machine may
-be shared: run twice and compare ratios, not absolute figures.
+workers included), and printed with requests per second per core (1000 / CPU ms), and split: the
+first process (Turnout's serving process) and its children (the storage process, workers). The
+machine may be shared: run twice and compare ratios, not absolute figures.
 
 Per second: each run's p99 overhead is also printed for every whole second (by due time), with
 the worst second and the count of seconds above 20 ms, so a stall shows as a bad second.
@@ -90,22 +91,22 @@ def _wait_http(port: int, path: str, timeout_s: float = 600.0, proc: subprocess.
     raise RuntimeError(f"nothing answered on :{port}{path}")
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (the LiteLLM workers)."""
-    total = 0.0
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of a process, and of its children (a Turnout's storage process and
+    workers, LiteLLM's workers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
     try:
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        pass
-    for p in pids:
+        children = []
+    out = [0.0, 0.0]
+    for i, p in [(0, pid)] + [(1, c) for c in children]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            out[i] += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             continue
-    return total
+    return out[0], out[1]
 
 
 def _load(rate: float, port: int, path: str, body: bytes, headers: dict[str, str], duration_s: float,
@@ -137,12 +138,13 @@ class Target:
         self.helpers = helpers or []  # processes that work for it (event sink, broker): CPU counted apart
         self.results: dict[float, LoadResult] = {}
         self.cpu_ms: dict[float, float] = {}
+        self.child_cpu_ms: dict[float, float] = {}  # the part of cpu_ms spent in its child processes
         self.helper_cpu_ms: dict[float, float] = {}
         self.by_loadgen: dict[float, list[LoadResult]] = {}  # --loadgens > 1: what each generator saw
 
     def run(self, rate: float, duration_s: float, warmup_s: float, loadgens: int = 1) -> LoadResult:
-        cpu0 = _cpu_s(self.proc.pid) if self.proc else 0.0
-        help0 = sum(_cpu_s(p.pid) for p in self.helpers)
+        cpu0 = _cpu_s(self.proc.pid) if self.proc else (0.0, 0.0)
+        help0 = sum(sum(_cpu_s(p.pid)) for p in self.helpers)
         args = (self.port, self.path, self.body, self.headers, duration_s, warmup_s)
         if loadgens <= 1:
             res = _load(rate, *args)
@@ -155,9 +157,11 @@ class Target:
             self.by_loadgen[rate] = parts
         n = max(1, res.sent + int(rate * warmup_s))
         if self.proc:
-            self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / n
+            own, children = _cpu_s(self.proc.pid)
+            self.cpu_ms[rate] = (own + children - sum(cpu0)) * 1000.0 / n
+            self.child_cpu_ms[rate] = (children - cpu0[1]) * 1000.0 / n
         if self.helpers:
-            self.helper_cpu_ms[rate] = (sum(_cpu_s(p.pid) for p in self.helpers) - help0) * 1000.0 / n
+            self.helper_cpu_ms[rate] = (sum(sum(_cpu_s(p.pid)) for p in self.helpers) - help0) * 1000.0 / n
         self.results[rate] = res
         return res
 
@@ -275,6 +279,7 @@ def _report(direct: Target, gateways: list[Target], rates: list[float], against_
                 summary["rates"].setdefault(str(rate), {})[t.name] = {
                     f"overhead_p{p}_ms": round(_overhead(t, direct, rate, p), 3) for p in P_LEVELS
                 } | {"errors": r.errors, "cpu_ms_per_request": round(t.cpu_ms.get(rate, float("nan")), 3),
+                     "child_cpu_ms_per_request": round(t.child_cpu_ms.get(rate, float("nan")), 3),
                      "helper_cpu_ms_per_request": round(t.helper_cpu_ms.get(rate, 0.0), 3)}
     print(f"\nper second (by due time): p99 overhead of the worst second, and seconds above {SECOND_LIMIT_MS:g} ms")
     for rate in rates:
@@ -291,11 +296,14 @@ def _report(direct: Target, gateways: list[Target], rates: list[float], against_
             summary["rates"][str(rate)][t.name] |= {"worst_second_p99_overhead_ms": round(worst, 3),
                                                    "seconds_over_20ms": over,
                                                    "per_second_p99_overhead_ms": [round(v, 2) for v in secs]}
-    print("\nCPU per request (ms, the gateway's processes) and requests per second per core (1000 / that)")
+    print("\nCPU per request (ms, the gateway's processes) and requests per second per core (1000 / that); in "
+          "brackets: the first process, and its children (Turnout: the storage process and any workers)")
     for t in gateways:
         if t.cpu_ms:
-            print(f"  {t.name:<16} " + ", ".join(f"{r:g}/s: {c:.2f} ms = {1000 / max(c, 1e-6):.0f} req/s/core"
-                                                 for r, c in sorted(t.cpu_ms.items())))  # fmt: skip
+            print(f"  {t.name:<16} " + ", ".join(
+                f"{r:g}/s: {c:.2f} ms = {1000 / max(c, 1e-6):.0f} req/s/core"
+                f" ({c - t.child_cpu_ms.get(r, 0.0):.2f} + {t.child_cpu_ms.get(r, 0.0):.2f})"
+                for r, c in sorted(t.cpu_ms.items())))  # fmt: skip
     summary["keeps_up"] = {}
     for t in gateways:
         clean = [rate for rate in rates if rate in t.results and t.results[rate].errors == 0]
@@ -416,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.run(20.0, 3.0, 0.0)
                 t.results.clear()
                 t.cpu_ms.clear()
+                t.child_cpu_ms.clear()
                 t.helper_cpu_ms.clear()
             saturated: set[str] = set()
             all_rates = sorted({r for t in gateways for r in t.rates})
