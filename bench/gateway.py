@@ -12,8 +12,9 @@
    The highest rate whose p99 overhead stays under 10 ms is each gateway's sustained rate; the
    highest whose p99 overhead stays under 1 s (beyond, it queues) is its saturation rate.
 CPU per request is read from /proc for each gateway's processes (a Turnout's storage process and
-workers included), and printed with requests per second per core (1000 / CPU ms). The machine may
-be shared: run twice and compare ratios, not absolute figures.
+workers included), and printed with requests per second per core (1000 / CPU ms), and split: the
+first process (Turnout's serving process) and its children (the storage process, workers). The
+machine may be shared: run twice and compare ratios, not absolute figures.
 
 Per second: each run's p99 overhead is also printed for every whole second (by due time), with
 the worst second and the count of seconds above 20 ms, so a stall shows as a bad second.
@@ -87,22 +88,22 @@ def _wait_http(port: int, path: str, timeout_s: float = 600.0, proc: subprocess.
     raise RuntimeError(f"nothing answered on :{port}{path}")
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (the LiteLLM workers)."""
-    total = 0.0
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of a process, and of its children (a Turnout's storage process and
+    workers, LiteLLM's workers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
     try:
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        pass
-    for p in pids:
+        children = []
+    out = [0.0, 0.0]
+    for i, p in [(0, pid)] + [(1, c) for c in children]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            out[i] += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             continue
-    return total
+    return out[0], out[1]
 
 
 def _load(rate: float, port: int, path: str, body: bytes, headers: dict[str, str], duration_s: float,
@@ -134,12 +135,13 @@ class Target:
         self.helpers = helpers or []  # processes that work for it (event sink, broker): CPU counted apart
         self.results: dict[float, LoadResult] = {}
         self.cpu_ms: dict[float, float] = {}
+        self.child_cpu_ms: dict[float, float] = {}  # the part of cpu_ms spent in its child processes
         self.helper_cpu_ms: dict[float, float] = {}
         self.by_loadgen: dict[float, list[LoadResult]] = {}  # --loadgens > 1: what each generator saw
 
     def run(self, rate: float, duration_s: float, warmup_s: float, loadgens: int = 1) -> LoadResult:
-        cpu0 = _cpu_s(self.proc.pid) if self.proc else 0.0
-        help0 = sum(_cpu_s(p.pid) for p in self.helpers)
+        cpu0 = _cpu_s(self.proc.pid) if self.proc else (0.0, 0.0)
+        help0 = sum(sum(_cpu_s(p.pid)) for p in self.helpers)
         args = (self.port, self.path, self.body, self.headers, duration_s, warmup_s)
         if loadgens <= 1:
             res = _load(rate, *args)
@@ -152,9 +154,11 @@ class Target:
             self.by_loadgen[rate] = parts
         n = max(1, res.sent + int(rate * warmup_s))
         if self.proc:
-            self.cpu_ms[rate] = (_cpu_s(self.proc.pid) - cpu0) * 1000.0 / n
+            own, children = _cpu_s(self.proc.pid)
+            self.cpu_ms[rate] = (own + children - sum(cpu0)) * 1000.0 / n
+            self.child_cpu_ms[rate] = (children - cpu0[1]) * 1000.0 / n
         if self.helpers:
-            self.helper_cpu_ms[rate] = (sum(_cpu_s(p.pid) for p in self.helpers) - help0) * 1000.0 / n
+            self.helper_cpu_ms[rate] = (sum(sum(_cpu_s(p.pid)) for p in self.helpers) - help0) * 1000.0 / n
         self.results[rate] = res
         return res
 
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.run(20.0, 3.0, 0.0)
                 t.results.clear()
                 t.cpu_ms.clear()
+                t.child_cpu_ms.clear()
                 t.helper_cpu_ms.clear()
             saturated: set[str] = set()
             all_rates = sorted({r for t in gateways for r in t.rates})

@@ -27,6 +27,7 @@ class ClickHouseSnapshotStore:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._lock = threading.Lock()
+        self.saves = 0  # snapshots this instance stored (the storage process's poll answer: service.storage_process)
 
     def save(self, version: int, parent: int, created_at_ms: int, reason: str, body: bytes) -> None:
         with self._lock:
@@ -35,6 +36,7 @@ class ClickHouseSnapshotStore:
                 [[version, parent, _ts(created_at_ms), reason, body]],
                 column_names=["version", "parent", "created_at", "reason", "body"],
             )
+            self.saves += 1
 
     def _one(self, where: str, params: dict[str, Any]) -> bytes | None:
         with self._lock:

@@ -56,7 +56,8 @@ class BatchQueue:
     def publish(self, event: Event) -> None:
         if self._stop:
             raise RuntimeError(self._closed)
-        self._idle.clear()
+        if self._idle.is_set():  # clear() takes the event's lock even when clear: most publishes skip it
+            self._idle.clear()
         self._queue.append(event)
         if len(self._queue) >= self._max_batch:
             self._wake.set()

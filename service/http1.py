@@ -56,6 +56,7 @@ class _Conn(asyncio.Protocol):
         self.error: HttpError | None = None
         self.wake: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.last_data = 0.0  # loop time the exchange last heard from the server (or was sent)
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -66,7 +67,10 @@ class _Conn(asyncio.Protocol):
         if self.parser is None:  # bytes nobody asked for: the connection cannot be trusted
             self._fail(Disconnected("unexpected bytes on an idle connection"))
             return
-        self._arm()
+        if self.complete:  # bytes after the answer: as before, a timer of its own
+            self._arm()
+        else:  # the armed timer looks at this when it fires (cheaper than a new timer a piece)
+            self.last_data = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -138,9 +142,14 @@ class _Conn(asyncio.Protocol):
     def _arm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(self.read_timeout_s, self._timeout)
+        self.last_data = self.loop.time()
+        self.timer = self.loop.call_at(self.last_data + self.read_timeout_s, self._timeout)
 
     def _timeout(self) -> None:
+        due = self.last_data + self.read_timeout_s
+        if self.loop.time() < due:  # data came since the timer was set: the silence counts from then
+            self.timer = self.loop.call_at(due, self._timeout)
+            return
         self._fail(ReadTimeout(f"no data for {self.read_timeout_s:g} s"))
 
     def _fail(self, error: HttpError) -> None:

@@ -192,9 +192,15 @@ class Runtime:
 
         One that does not decode or validate is refused and the last good one stays live. The
         version is asked first: a snapshot is read and decoded only when a newer one is stored.
+        Through a link the storage process answers the version without a query unless a snapshot
+        was stored since it last asked (``service.storage_process``).
         """
-        newest = self.snapshots.list(1)
-        if newest and newest[0].version <= self.router.view.snapshot.version:
+        if self.link is not None:
+            newest = int(self.link.call("snapshot_version"))
+        else:
+            listed = self.snapshots.list(1)
+            newest = listed[0].version if listed else 0
+        if newest <= self.router.view.snapshot.version:
             return
         blob = self.snapshots.latest()
         if blob is not None:

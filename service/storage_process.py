@@ -177,10 +177,43 @@ def storage_main(settings: Settings, address: str, authkey: bytes, parent_pid: i
     rt.stop()  # the cycle in hand finishes; the Kafka sink (if any) stores what it read
 
 
+class _NewestSnapshot:
+    """The newest stored snapshot version, which every serving process asks for once a second.
+
+    A chDB query costs 1-5 ms of CPU whatever it reads: at 200 requests a second, one a second
+    was a fifth of this process's CPU. The version changes only when a snapshot is stored, by
+    this process's learner (``store.saves`` counts those) or by a serving process through the
+    link (an admin rollback or promotion: ``written`` counts every write that came that way).
+    So the store is asked again only after a write; until then the last answer stands.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store  # the storage process's ClickHouseSnapshotStore
+        self._writes = 0
+        self._count = threading.Lock()
+        self._query = threading.Lock()
+        self._seen: tuple[int, int] | None = None
+        self._version = 0
+
+    def written(self) -> None:
+        """A write through the link finished (called after it is stored)."""
+        with self._count:
+            self._writes += 1
+
+    def version(self) -> int:
+        with self._query:
+            mark = (self._store.saves, self._writes)  # read before the query: a later write asks again
+            if mark != self._seen:
+                newest = self._store.list(1)
+                self._version, self._seen = (newest[0].version if newest else 0), mark
+            return self._version
+
+
 def _handlers(rt: Any, stop: threading.Event) -> dict[str, Any]:
     from learner.snapshot import encode_snapshot
 
     one = threading.Lock()  # one ClickHouse call at a time from the link (the adapters have their own)
+    newest = _NewestSnapshot(rt.snapshots)
 
     def serial(fn: Any) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -189,6 +222,15 @@ def _handlers(rt: Any, stop: threading.Event) -> dict[str, Any]:
 
         return run
 
+    def writes(fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                newest.written()
+
+        return serial(run)
+
     def learn(reason: str) -> bytes:
         with rt.writing:
             return encode_snapshot(rt.learn_now(reason=reason))
@@ -196,9 +238,10 @@ def _handlers(rt: Any, stop: threading.Event) -> dict[str, Any]:
     return {
         "events": lambda payloads: rt.rows.insert(decode_events(payloads)),
         "query": serial(lambda sql, parameters, **kw: rt.client.query(sql, parameters=parameters or {}, **kw).result_rows),
-        "command": serial(lambda sql, parameters, **kw: rt.client.command(sql, parameters=parameters, **kw) and None),
-        "insert": serial(lambda table, data, **kw: rt.client.insert(table, data, **kw) and None),
-        "insert_arrow": serial(lambda table, arrow, **kw: rt.client.insert_arrow(table, arrow, **kw) and None),
+        "command": writes(lambda sql, parameters, **kw: rt.client.command(sql, parameters=parameters, **kw) and None),
+        "insert": writes(lambda table, data, **kw: rt.client.insert(table, data, **kw) and None),
+        "insert_arrow": writes(lambda table, arrow, **kw: rt.client.insert_arrow(table, arrow, **kw) and None),
+        "snapshot_version": newest.version,
         "learn": learn,
         "status": rt.learner_status,
         "ping": lambda: os.getpid(),

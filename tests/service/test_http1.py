@@ -127,6 +127,47 @@ def test_read_timeout_and_connection_not_reused_after_it():
     assert script.connections == 2
 
 
+def test_the_read_timeout_is_the_longest_silence_not_the_whole_answer():
+    """Pieces every 0.05 s for 2 s under a 1 s read timeout: read whole. Then a piece and silence:
+    a timeout (counted from the last piece, not from the request)."""
+    pieces = [b"data: %d\n" % i for i in range(40)]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                if not head.startswith(b"POST /drip "):
+                    writer.write(b"%x\r\n%s\r\n" % (len(pieces[0]), pieces[0]))
+                    await writer.drain()
+                    await asyncio.sleep(3600)
+                for p in pieces:
+                    await asyncio.sleep(0.05)
+                    writer.write(b"%x\r\n%s\r\n" % (len(p), p))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = Http1Pool(f"http://127.0.0.1:{port}", {}, read_timeout_s=1.0)
+        try:
+            assert await (await pool.post("/drip", b"{}")).read() == b"".join(pieces)
+            resp = await pool.post("/stall", b"{}")
+            with pytest.raises(ReadTimeout):
+                await resp.read()
+        finally:
+            await pool.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
 def test_refused_connection_and_full_pool_are_connect_errors():
     async def test(port: int) -> None:
         refused = Http1Pool(f"http://127.0.0.1:{free_port()}", {})

@@ -20,9 +20,12 @@ import signal
 
 import httpx
 
+from feedback.clickhouse import ClickHouseSnapshotStore, connect
+from feedback.clickhouse_schema import migrate
 from feedback.link import LinkSink, StoreLink, journal_dir
 from feedback.spill import SpillJournal
 from service.settings import load_settings
+from service.storage_process import _NewestSnapshot
 from tests.feedback.pipeline import decision
 from tests.processes import Turnout, dump_store, wait_until
 from tests.servers import free_port
@@ -140,3 +143,34 @@ def test_up_on_kafka_runs_the_sink_in_the_storage_process(tmp_path, kafka_broker
     assert sorted(d for (d,) in store["decisions"]) == sorted(traffic.decisions)  # raw rows: each exactly once
     thumbs = [e for e, kind in store["feedback"] if kind == "explicit"]
     assert len(thumbs) == len(set(thumbs)) and set(thumbs) <= set(traffic.feedback)
+
+
+class _Counting:
+    """A ClickHouse client that counts the queries it was asked."""
+
+    def __init__(self, client) -> None:
+        self._client, self.queries = client, 0
+
+    def query(self, *args, **kwargs):
+        self.queries += 1
+        return self._client.query(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_the_newest_snapshot_version_is_read_from_the_store_only_after_a_write(chdb_dir, ch_database):
+    client = _Counting(connect(f"chdb://{chdb_dir}", ch_database))
+    migrate(client)
+    client.queries = 0
+    store = ClickHouseSnapshotStore(client)
+    newest = _NewestSnapshot(store)
+    assert newest.version() == 0 and client.queries == 1  # nothing stored yet
+    assert newest.version() == 0 and client.queries == 1  # asked again: no query
+    store.save(1, 0, 1_000, "initial", b"one")  # this process's learner
+    assert newest.version() == 1 and client.queries == 2
+    assert newest.version() == 1 and client.queries == 2
+    ClickHouseSnapshotStore(client).save(2, 1, 2_000, "rollback", b"two")  # a serving process, through the link
+    assert newest.version() == 1  # not told yet
+    newest.written()
+    assert newest.version() == 2 and client.queries == 3
