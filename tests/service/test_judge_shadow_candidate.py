@@ -19,33 +19,12 @@ from feedback.events import DecisionMade
 from feedback.memory import MemorySnapshotStore
 from learner.snapshot import Snapshot, encode_snapshot, initial_snapshot
 from service.settings import ConfigError, load_settings
-from tests.servers import serve
-from tests.service.fleet import TIERS, Fleet
-from tests.service.providers import FakeProvider
+from tests.service.fleet import TIERS
 from tests.service.test_judge_shadow import ADMIN, SERVER, TENANTS, chat, judge_section, settle
+from tests.service.test_judge_shadow import _heal, fleet, grader  # noqa: F401  (fixtures)
 
 MODELS = tuple(TIERS)  # a, b, c: the fleet's pool
 LIVE, CANDIDATE = 2, 1
-
-
-@pytest.fixture(scope="module")
-def fleet():
-    with Fleet() as f:
-        yield f
-
-
-@pytest.fixture(scope="module")
-def grader():
-    judge = FakeProvider("grader", answer="Score: 3")
-    with serve(judge) as url:
-        judge.url = url
-        yield judge
-
-
-@pytest.fixture(autouse=True)
-def _heal(grader):
-    grader.mode, grader.remaining, grader.delay_s, grader.answer = "ok", None, 5.0, "Score: 3"
-    grader.requests, grader.bodies[:] = 0, []
 
 
 def snapshot(version: int, best: str, dim: int) -> Snapshot:
