@@ -160,7 +160,7 @@ class Evaluation:
         is asked and compared, the same one is agreement. Either way its decision is recorded."""
         shadow = self.shadow
         assert shadow is not None and shadow.candidate is not None
-        decided = shadow.candidate.decide(turn, shadow.rng)
+        decided = shadow.candidate.choice_for(turn, shadow.rng)
         if decided is None:
             shadow.counts["not_routed"] += 1
             return

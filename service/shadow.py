@@ -76,8 +76,9 @@ class Candidate:
     def use_router(self, decide_again: DecideAgain) -> None:
         self._decide = decide_again
 
-    def decide(self, turn: Turn, rng: np.random.Generator) -> tuple[str, RouteChoice] | None:
-        """The candidate's model and choice for ``turn``, or None when the policy did not decide it."""
+    def choice_for(self, turn: Turn, rng: np.random.Generator) -> tuple[str, RouteChoice] | None:
+        """The candidate's model and choice for ``turn`` (the routing step's own decision, made on
+        the candidate's view), or None when the policy did not decide it."""
         if self._decide is None:
             raise RuntimeError("the candidate has no routing step (Candidate.use_router)")
         choice = self._decide(self.view, turn.routed, turn.caller.tenant, bool(turn.req.stream), rng)

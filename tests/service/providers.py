@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["FakeProvider"]
 
 
 class FakeProvider:
-    def __init__(self, name: str, answer: str | None = None) -> None:
+    def __init__(self, name: str, answer: str | Callable[[dict], str] | None = None) -> None:
         self.name = name
-        self.answer = answer or f"answer from {name}"
+        self.answer = answer or f"answer from {name}"  # or a function of the request's JSON body
         self.mode = "ok"
         self.remaining: int | None = None  # misbehave for this many more requests, then heal
         self.retry_after_s = 1
@@ -37,6 +37,9 @@ class FakeProvider:
         self.bodies: list[dict] = []
         self.auth: list[str] = []
         self.logprobs: list[float] | None = None  # per token in a JSON answer's choice, when set
+
+    def _text(self, req: dict) -> str:
+        return self.answer(req) if callable(self.answer) else self.answer
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -76,7 +79,7 @@ class FakeProvider:
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         await self._json(send, 200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": req.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self._text(req)},
                          "finish_reason": "stop",
                          **({"logprobs": {"content": [{"token": "t", "logprob": x} for x in self.logprobs]}}
                             if self.logprobs is not None else {})}], "usage": usage,
@@ -110,7 +113,7 @@ class FakeProvider:
         if mode == "slow_first" and await self._gone(receive):
             return
         await send(event(chunk({"role": "assistant", "content": ""})))
-        words = self.answer.split(" ")
+        words = self._text(req).split(" ")
         for i, word in enumerate(words):
             await send(event(chunk({"content": word if i == 0 else " " + word})))
             if mode == "stall" and i == 0 and await self._gone(receive):

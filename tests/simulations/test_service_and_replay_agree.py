@@ -124,26 +124,11 @@ sample = 0.0
 """
 
 
-async def _judge(scope: dict, receive, send) -> None:
-    """A judge that grades an answer as the outcome file scored it (its ``<<score=X>>`` mark): the
-    service's gate then reads what the replay's noiseless simulated judge reads."""
-    if scope["type"] == "lifespan":
-        while (msg := await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        return await send({"type": "lifespan.shutdown.complete"})
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            break
-    prompt = json.loads(body)["messages"][-1]["content"]
-    score = float(prompt.rsplit("<<score=", 1)[1].split(">>", 1)[0])
-    reply = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": "grader", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": f"Score: {10 * score:g}"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53}}).encode()  # fmt: skip
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": reply})
+def _grade(req: dict) -> str:
+    """The judge's reply: the answer graded as the outcome file scored it (its ``<<score=X>>``
+    mark), so the service's gate reads what the replay's noiseless simulated judge reads."""
+    score = float(req["messages"][-1]["content"].rsplit("<<score=", 1)[1].split(">>", 1)[0])
+    return f"Score: {10 * score:g}"
 
 
 @pytest.mark.parametrize("seed", [0, 2])
@@ -155,10 +140,11 @@ def test_with_a_cascade_arm_the_service_and_the_replay_decide_and_escalate_alike
     answer: the same escalations), clusters and propensities, through learning cycles that fold the
     cascade's records (its escalation rate, the gate's evidence on the cheap model)."""
     from tests.servers import serve
+    from tests.service.providers import FakeProvider
 
     rows, completion = _outcomes(120, np.random.default_rng(seed))
     scores = {(r["prompt"], m): s for r in rows for m, s in r["scores"].items()}
-    with serve(_judge) as judge:
+    with serve(FakeProvider("grader", answer=_grade)) as judge:
         served, _, rt_escalated = _agree(tmp_path, settings, embedder, capsys, rows, completion,
                                          CONFIG + CASCADE.replace("JUDGE", judge), ["--judge-noise", "0"],
                                          scores)  # fmt: skip
