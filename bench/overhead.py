@@ -167,6 +167,18 @@ def bench_conversation(chats: int, remembered: int, turns: int = 6) -> dict[str,
     return out
 
 
+def cache_texts(n: int) -> list[str]:
+    """``n`` distinct prompts: the topics' sentences, each with two words of RouterBench's
+    vocabulary (near neighbours of one another: the worst case for the semantic search); no
+    digits, which the cache's keys keep."""
+    corpus = Path(__file__).resolve().parents[1] / "data" / "routerbench"
+    words = sorted({w for f in corpus.glob("*.jsonl") for w in re.findall(r"[a-z]{5,}", f.read_text())})
+    drawn = 2 * n  # drawn twice over: duplicates are dropped
+    pairs = np.random.default_rng(2).integers(len(words), size=(drawn, 2))
+    made = (f"{p} Mention {words[a]} and {words[b]}." for p, (a, b) in zip(_prompts(drawn, seed=2), pairs))
+    return list(dict.fromkeys(made))[:n]
+
+
 def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[str, float]:
     from feedback.memory import MemoryRowStore, MemorySnapshotStore
     from learner.cache import Entry
@@ -180,14 +192,7 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
     def body(text: str) -> bytes:
         return msgspec.json.encode({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": text}]})
 
-    # distinct prompts: the topics' sentences, each with two words of RouterBench's vocabulary (near
-    # neighbours of one another: the worst case for the semantic search); no digits, which the keys keep
-    corpus = Path(__file__).resolve().parents[1] / "data" / "routerbench"
-    words = sorted({w for f in corpus.glob("*.jsonl") for w in re.findall(r"[a-z]{5,}", f.read_text())})
-    n = 2 * (entries + lookups)  # drawn twice over: duplicates are dropped
-    pairs = np.random.default_rng(2).integers(len(words), size=(n, 2))
-    made = (f"{p} Mention {words[a]} and {words[b]}." for p, (a, b) in zip(_prompts(n, seed=2), pairs))
-    texts = list(dict.fromkeys(made))[: entries + lookups]
+    texts = cache_texts(entries + lookups)
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(None, {"TURNOUT_STORAGE__DATA_DIR": tmp, "TURNOUT_CACHE__ENABLED": "true",
                                         "TURNOUT_CACHE__MAX_ENTRIES": str(entries),

@@ -23,3 +23,15 @@ def test_the_decision_bench_runs_with_a_cascade_configured():
 
     out = bench_decision(600, cascade=True)
     assert {"decision_p50_ms", "decision_p99_ms", "decision_new_key_p99_ms"} <= out.keys()
+
+
+def test_the_cache_index_bench_reports_recall_against_brute_force():
+    from bench.cache_index import report, run
+
+    out = run(rows=400, queries=60, sizes=[(128, 64, 2), (1000, 64, 1)])
+    assert [r["size"] for r in out] == [(128, 64, 2), (1000, 64, 1)]
+    assert out[0]["median_ratio"] == 1.0 and out[0]["shape"][1] >= 3  # the reference, cut in cells
+    whole = out[1]  # one cell of every row: the search is brute force, so it finds everything there is
+    assert whole["shape"] == (1, 1) and whole["reworded_found"] == 1.0 and whole["near_found"] == whole["near"]
+    assert out[0]["near_found"] <= out[0]["near"] and 0.9 <= out[0]["reworded_found"] <= 1.0
+    assert report(400, 60, out).count("\n") == 4  # a line, the header, its rule, two sizes
