@@ -117,14 +117,20 @@ class ChatService:
 
     # -- one request's turn ----------------------------------------------------------------
 
-    def _begin(self, raw: bytes, caller: Caller, headers: Mapping[str, str], started: float | None) -> Turn:
-        """Parse and route; then the decision id, re-request detection and the overhead metric."""
+    def _begin(self, raw: bytes, caller: Caller, headers: Mapping[str, str],
+               started: float | None) -> tuple[Turn, Ask | None]:  # fmt: skip
+        """Parse, the cache's keys, route; then the decision id, re-request detection and the
+        overhead metric. The keys are made from the body just decoded, while it and the JSON
+        decoder are still in the CPU's caches: after routing has read the embedder's tables and
+        the view's draws, the same work costs more (docs/cache.md)."""
         started = started or time.perf_counter()
         req = self.parse(raw)
+        asker = req.user or headers.get(self.session_header, "")
+        ask = None if self.cache is None else self.cache.ask(raw, req.temperature, caller, asker, headers)
         routed = self.route(req, caller, headers)
         routed_on = routed.embedding if routed.context is None else routed.context
         turn = Turn(req, caller, routed, uuid7(), np.ascontiguousarray(routed_on, dtype="<f4").tobytes(),
-                    started, req.user or headers.get(self.session_header, ""))  # fmt: skip
+                    started, asker)  # fmt: skip
         if self.rerequests is not None:
             previous = self.rerequests.observe(caller.tenant.name, turn.asker, turn.decision_id, routed.embedding)
             if previous is not None:
@@ -133,7 +139,7 @@ class ChatService:
                     self.cache.rerequest(caller.tenant.name, previous)
         self.metrics.overhead.observe(time.perf_counter() - started)
         self.metrics.languages.inc(routed.language)
-        return turn
+        return turn, ask
 
     def _failed(self, turn: Turn, exc: AllFailed) -> ApiError:
         """Record a request no model answered and the error the client gets."""
@@ -170,13 +176,12 @@ class ChatService:
             "x-turnout-language": turn.routed.language,
         }
 
-    def _cached(self, turn: Turn, raw: bytes, headers: Mapping[str, str]) -> tuple[Ask | None, Hit | None]:
-        """The request's way into the response cache, and a hit it may be served (recorded as a
-        decision of model "cache", cost 0, naming the decision whose answer it serves)."""
-        if self.cache is None:
-            return None, None
-        ask = self.cache.ask(raw, turn.req.temperature, turn.caller, turn.asker, headers)
-        hit = None if ask is None else self.cache.lookup(ask, turn.routed, self.router.view)
+    def _cached(self, turn: Turn, ask: Ask | None) -> Hit | None:
+        """A hit the request may be served, through its way into the response cache (recorded as
+        a decision of model "cache", cost 0, naming the decision whose answer it serves)."""
+        if ask is None or self.cache is None:
+            return None
+        hit = self.cache.lookup(ask, turn.routed, self.router.view)
         if hit is not None:
             self.cache.served(hit, turn.decision_id)
             self.records.emit(self.records.decision(
@@ -186,7 +191,7 @@ class ChatService:
                 source_decision_id=hit.entry.source_decision_id,
             ))  # fmt: skip
             self.metrics.requests.inc("cache", "cache", "ok")
-        return ask, hit
+        return hit
 
     def _hit_headers(self, turn: Turn, hit: Hit) -> dict[str, str]:
         h = self._headers(turn, "cache", 0.0, 0)
@@ -216,8 +221,8 @@ class ChatService:
 
     async def complete(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
                        started: float | None = None) -> Answer:  # fmt: skip
-        turn = self._begin(raw, caller, headers, started)
-        ask, hit = self._cached(turn, raw, headers)
+        turn, ask = self._begin(raw, caller, headers, started)
+        hit = self._cached(turn, ask)
         if hit is not None:  # answered without calling any provider
             body = ResponseCache.body(hit, turn.decision_id, turn.routed.prompt_tokens)
             return Answer(body, self._hit_headers(turn, hit))
@@ -273,8 +278,8 @@ class ChatService:
     async def stream(self, raw: bytes, caller: Caller = ANONYMOUS, headers: Mapping[str, str] = _NO_HEADERS,
                      started: float | None = None) -> StreamAnswer:  # fmt: skip
         """Fail over only until the first chunk: the response (and its headers) starts after it."""
-        turn = self._begin(raw, caller, headers, started)
-        ask, hit = self._cached(turn, raw, headers)
+        turn, ask = self._begin(raw, caller, headers, started)
+        hit = self._cached(turn, ask)
         if hit is not None:  # replayed as a normal stream, without calling any provider
             usage = bool(turn.req.stream_options and turn.req.stream_options.include_usage)
             frames = ResponseCache.frames(hit, turn.decision_id, turn.routed.prompt_tokens, usage)
