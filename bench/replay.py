@@ -3,6 +3,7 @@
     python -m bench.replay --tables [--seeds 1,2,3] [--workers 2] [--data DIR]
     python -m bench.replay --peek [--data DIR]
     python -m bench.replay --speed [--prompts 10000] [--data DIR]
+    python -m bench.replay --ceiling [--data DIR]
 
 ``--tables``: issue 10's protocol. One shuffled pass from nothing per seed, bandit feedback,
 cost weights u x (0, 0.1, 0.3, 1, 3, 10) with u the break-even weight between the best and the
@@ -16,6 +17,9 @@ the service's default settings (``service.runtime.deployment`` of the default se
 
 ``--peek``: on every file, every unchosen model's score and cost (and every ``task``) is
 replaced; the decisions must not change. ``--speed``: prompts per second of the replay.
+``--ceiling``: what full information reaches on each test file: a router trained offline on every
+label of the train file (``simulations.baselines.offline_knn``, k = 10, 40, 160 neighbours),
+scored like ``--tables``' warm-started rows.
 
 ``--data``: a directory holding ``routerbench/`` and ``multilingual7/`` outcome files (default:
 ``data/`` of this repository).
@@ -124,6 +128,26 @@ def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config:
     return "\n".join(rows)
 
 
+def ceiling(data: Path, config: str | None, ks: tuple[int, ...] = (10, 40, 160)) -> str:
+    """Each test file routed by ``simulations.baselines.offline_knn`` trained on every label of
+    its train file: the share of the AIQ gap that full information, offline, reaches there."""
+    from simulations.baselines import offline_knn
+    from simulations.report import evaluate, sweep_weights
+
+    rb = {Path(p).stem: p for p in sorted(glob.glob(str(data / "routerbench" / "*.jsonl")))}
+    rows = ["| test file, router trained on every label of its train file | " + " | ".join(f"kNN k={k}" for k in ks) + " |",
+            "|---|" + "---:|" * len(ks)]  # fmt: skip
+    for name, path in rb.items():
+        train = rb.get(name.replace("_test", "_train")) if name.endswith("_test") else None
+        if train is None:
+            continue
+        (tr, tr_emb), (te, te_emb) = _embed((train,), config), _embed((path,), config)
+        shares = [evaluate(te, [(float(w), offline_knn(tr, tr_emb, te, te_emb, float(w), k))
+                                for w in sweep_weights(te)]).gap_share for k in ks]  # fmt: skip
+        rows.append(f"| routerbench/{name} | " + " | ".join(f"{x:+.3f}" for x in shares) + " |")
+    return "\n".join(rows)
+
+
 def peek(data: Path, config: str | None) -> str:
     """Decisions on each file, then on the file with everything unchosen changed: identical?"""
     from simulations.replay import ReplayConfig, replay
@@ -182,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--tables", action="store_true")
     what.add_argument("--peek", action="store_true")
     what.add_argument("--speed", action="store_true")
+    what.add_argument("--ceiling", action="store_true")
     parser.add_argument("--data", help="directory with routerbench/ and multilingual7/ outcome files")
     parser.add_argument("--config", help="a deployment's TOML configuration (default: the shipped defaults)")
     parser.add_argument("--seeds", default="1,2,3")
@@ -198,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(tables(data, [int(s) for s in args.seeds.split(",")], args.workers, args.learn_every, args.config, args.only))
     elif args.peek:
         print(peek(data, args.config))
+    elif args.ceiling:
+        print(ceiling(data, args.config))
     else:
         print(speed(data, args.prompts, args.learn_every, args.config))
     return 0

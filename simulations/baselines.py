@@ -5,7 +5,10 @@ offline deployment (``simulations.replay.OfflineDeployment``): the service's dec
 learner's own cycles. The others are the usual yardsticks: a plain per-cluster Beta Thompson
 sampler over fixed k-means clusters, a linear contextual Thompson sampler (per-model Bayesian
 linear regression on a projection of the embedding), river's LinUCB, epsilon-greedy and UCB
-(learning the utility ``reward - cost_weight * cost`` directly), fixed choices and the oracle.
+(learning the utility ``reward - cost_weight * cost`` directly), fixed choices and the oracle;
+and, as a ceiling rather than a rival, ``offline_knn``: a router trained offline on every label
+of another file (full information, no exploration), routing each prompt by its nearest
+neighbours there.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from simulations.replay import Deployment, OfflineDeployment, ReplayRun
 
 __all__ = [
     "Fixed", "LinearThompson", "Oracle", "PlainThompson", "Policy", "RiverPolicy", "Turnout", "Uniform", "project",
-    "plain_baseline", "replay_policy",
+    "offline_knn", "plain_baseline", "replay_policy",
 ]  # fmt: skip
 
 
@@ -124,6 +127,28 @@ def plain_baseline(outcomes: Outcomes, embeddings: np.ndarray, seed: int, weight
     cents = kmeans(embeddings, min(k, len(embeddings)), np.random.default_rng([seed, 5]))
     policy = PlainThompson("plain", cents, len(outcomes.models), weight, np.random.default_rng([seed, 6]))
     return replay_policy(outcomes, embeddings, policy, seed, weight)
+
+
+def offline_knn(train: Outcomes, train_emb: np.ndarray, test: Outcomes, test_emb: np.ndarray, weight: float,
+                k: int) -> ReplayRun:  # fmt: skip
+    """Each prompt of ``test`` routed to the model of best mean utility ``score - weight * cost``
+    over its ``k`` nearest prompts of ``train`` (cosine of the embeddings), every model's score
+    and bill there known: the router a team could train offline with every label, fixed while it
+    routes. Prompts in file order; a model unavailable for a prompt is never chosen."""
+    if train.models != test.models:
+        raise ValueError(f"the files' models differ: {train.models} and {test.models}")
+    k = max(1, min(k, len(train)))
+    near = np.argpartition(-(test_emb @ train_emb.T), k - 1, axis=1)[:, :k]  # (n_test, k)
+    known = train.available[near]  # (n_test, k, m)
+    counts = np.maximum(known.sum(axis=1), 1)
+    utility = (np.where(known, np.nan_to_num(train.scores[near] - weight * train.costs[near]), 0.0).sum(axis=1)
+               / counts)  # fmt: skip
+    utility[~test.available | (known.sum(axis=1) == 0)] = -np.inf
+    rows = np.arange(len(test))
+    arms = np.where(np.isfinite(utility.max(axis=1)), utility.argmax(axis=1), test.available.argmax(axis=1))
+    n = len(rows)
+    return ReplayRun(rows, arms, np.zeros(n, dtype=np.int64), np.ones(n), test.scores[rows, arms],
+                     test.costs[rows, arms], weight, 1)  # fmt: skip
 
 
 class _CostModel:
