@@ -69,13 +69,18 @@ def request_keys(raw: bytes) -> tuple[bytes, bytes]:
     """(exact key, context key) of a request body that decoded as a ``ChatRequest``.
 
     The context key hashes the body with the last user message replaced by its numbers; the exact
-    key hashes the context key and that message. Two bodies get one exact key exactly when they are
-    equal (the message goes back in place of the last message of role user), as when the whole
-    body was hashed, for one encoding of the body rather than two."""
+    key hashes the same and then that message (one hash carried on: JSON texts delimit
+    themselves, so the pair is read back from their concatenation). Two bodies get one exact key
+    exactly when they are equal (the message goes back in place of the last message of role
+    user), as when the whole body was hashed, for one encoding of the body rather than two. The
+    decoded body is this function's own: its messages are normalised in place."""
     body = _dict_dec.decode(raw)
     for k in _NOT_KEYED:
         body.pop(k, None)
-    messages = [dict(m, content=_norm(m.get("content"))) if isinstance(m, dict) else m for m in body["messages"]]
+    messages = body["messages"]
+    for m in messages:
+        if isinstance(m, dict):
+            m["content"] = _norm(m.get("content"))
     for last in range(len(messages) - 1, -1, -1):  # most often the last message is the user's
         asked = messages[last]
         if isinstance(asked, dict) and asked.get("role") == "user":
@@ -86,9 +91,10 @@ def request_keys(raw: bytes) -> tuple[bytes, bytes]:
     content = asked["content"]
     numbers = _NUMBER.findall(content if isinstance(content, str) else _enc.encode(content).decode())
     messages[last] = {"role": "user", "content": None, "numbers": numbers}
-    body["messages"] = messages
-    context = hashlib.blake2b(_enc.encode(body), digest_size=16).digest()
-    return hashlib.blake2b(context + _enc.encode(asked), digest_size=16).digest(), context
+    h = hashlib.blake2b(_enc.encode(body), digest_size=16)
+    context = h.digest()
+    h.update(_enc.encode(asked))
+    return h.digest(), context
 
 
 def posterior_mean(view: View, model: str, routed: Routed) -> float:
