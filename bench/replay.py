@@ -11,9 +11,10 @@ cheapest model; the figure is the share of the AIQ gap between the best single-m
 the per-prompt oracle (with models priced alike: cost weight 0 and the share of the quality gap
 between the best single model and the oracle). Every file alone, their mean, each test file
 warm-started from its own train file, and the plain baseline (online Beta Thompson sampling per
-cluster over 16 k-means clusters of the same embeddings) on the same shuffles. Turnout runs with
-the service's default settings (``service.runtime.deployment`` of the default settings,
-``--config`` for another), ``--learn-every`` prompts per learning cycle.
+cluster over 16 k-means clusters of the same embeddings) on the same shuffles; then the same
+share by quarter of the stream (the learning curve: what exploring cost, what was learned).
+Turnout runs with the service's default settings (``service.runtime.deployment`` of the default
+settings, ``--config`` for another), ``--learn-every`` prompts per learning cycle.
 
 ``--peek``: on every file, every unchosen model's score and cost (and every ``task``) is
 replaced; the decisions must not change. ``--speed``: prompts per second of the replay.
@@ -72,23 +73,24 @@ def _embed(files: tuple[str, ...], config: str | None = None) -> tuple[Outcomes,
     return _CACHE[files]
 
 
-def _cell(job: tuple) -> tuple[str, str, int, float]:
-    """(set label, policy, seed, gap share) for one file (or warm-started file) and seed."""
+def _cell(job: tuple) -> tuple[str, str, int, float, tuple[float, ...]]:
+    """(set label, policy, seed, gap share, gap share by quarter of the stream) for one file (or
+    warm-started file) and seed."""
     label, files, warm_files, seed, policy, learn_every, config = job
     from simulations.baselines import plain_baseline
     from simulations.experiment import run_replays
     from simulations.replay import ReplayConfig
-    from simulations.report import evaluate, sweep_weights
+    from simulations.report import evaluate, gap_share_by_part, sweep_weights
 
     outcomes, emb = _embed(tuple(files), config)
     weights = sweep_weights(outcomes)
     if policy == "plain":
         runs = [(float(w), plain_baseline(outcomes, emb, seed, float(w))) for w in weights]
-        return label, policy, seed, evaluate(outcomes, runs).gap_share
+        return label, policy, seed, evaluate(outcomes, runs).gap_share, gap_share_by_part(outcomes, runs)
     warm = _embed(tuple(warm_files), config) if warm_files else None
     cfg = ReplayConfig(seed=seed, learn_every=learn_every)
-    report, _ = run_replays(outcomes, emb, _deployment(config), cfg, weights, warm, show_progress=False)
-    return label, policy, seed, report.gap_share
+    report, runs = run_replays(outcomes, emb, _deployment(config), cfg, weights, warm, show_progress=False)
+    return label, policy, seed, report.gap_share, gap_share_by_part(outcomes, runs)
 
 
 def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config: str | None, only: str = "") -> str:
@@ -108,8 +110,10 @@ def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config:
     jobs.sort(key=lambda j: -sum(os.path.getsize(f) for f in j[1] + (j[2] or [])))  # longest first
     with Pool(workers) as pool:
         got = pool.map(_cell, jobs, chunksize=1)
-    share = {(lab, pol): np.mean([g for lab2, pol2, _, g in got if (lab2, pol2) == (lab, pol)])
-             for lab, pol, _, _ in got}  # fmt: skip
+    share = {(lab, pol): np.mean([g for lab2, pol2, _, g, _ in got if (lab2, pol2) == (lab, pol)])
+             for lab, pol, _, _, _ in got}  # fmt: skip
+    curve = {(lab, pol): np.mean([q for lab2, pol2, _, _, q in got if (lab2, pol2) == (lab, pol)], axis=0)
+             for lab, pol, _, _, _ in got}  # fmt: skip
     rows = ["| outcome file (seeds " + ",".join(map(str, seeds)) + ") | Turnout | plain baseline | Turnout - plain |",
             "|---|---:|---:|---:|"]  # fmt: skip
     for label, _, _ in sets:
@@ -125,6 +129,11 @@ def tables(data: Path, seeds: list[int], workers: int, learn_every: int, config:
             t = np.mean([share[(k, "turnout")] for k in keys])
             p = np.mean([share[(k, "plain")] for k in keys])
             rows.append(f"| {name} | {t:+.3f} | {p:+.3f} | {t - p:+.3f} |")
+    rows += ["", "By quarter of the stream (each quarter scored on its own prompts; Turnout / plain baseline):", "",
+             "| outcome file | 1st quarter | 2nd | 3rd | 4th |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for label, _, _ in sets:
+        t, p = curve[(label, "turnout")], curve[(label, "plain")]
+        rows.append(f"| {label} | " + " | ".join(f"{a:+.3f} / {b:+.3f}" for a, b in zip(t, p)) + " |")
     return "\n".join(rows)
 
 

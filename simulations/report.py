@@ -17,7 +17,7 @@ from simulations.frontier import aiq, apgr, cpt, gap_share, hull, hull_at
 from simulations.outcomes import Outcomes
 from simulations.replay import ReplayRun
 
-__all__ = ["Point", "ReplayReport", "break_even", "evaluate", "markdown", "oracle_point", "sweep_weights"]
+__all__ = ["Point", "ReplayReport", "break_even", "evaluate", "gap_share_by_part", "markdown", "oracle_point", "sweep_weights"]
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -98,6 +98,26 @@ def sweep_weights(outcomes: Outcomes) -> np.ndarray:
     when models are priced alike."""
     u = break_even(outcomes)
     return np.array([0.0]) if u <= 0 else u * np.array(SWEEP)
+
+
+def gap_share_by_part(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], parts: int = 4) -> tuple[float, ...]:
+    """The share of the AIQ gap over each of ``parts`` consecutive stretches of the stream: the
+    learning curve. Each stretch is scored like a file of its own prompts (its single models, its
+    oracle), so the first shows what exploring cost and the last what was learned. The runs must
+    have routed the same prompts in the same order (one shuffle, several cost weights)."""
+    order = runs[0][1].rows
+    if any(len(r.rows) != len(order) or (r.rows != order).any() for _, r in runs):
+        raise ValueError("the runs routed different prompts or orders: one shuffle is needed")
+    out = []
+    for k in range(parts):
+        lo, hi = k * len(order) // parts, (k + 1) * len(order) // parts
+        cut = [(w, msgspec.structs.replace(
+            r, rows=np.arange(hi - lo), arms=r.arms[lo:hi], clusters=r.clusters[lo:hi],
+            propensities=r.propensities[lo:hi], rewards=r.rewards[lo:hi], costs=r.costs[lo:hi],
+            cheap=None if r.cheap is None else r.cheap[lo:hi],
+            escalated=None if r.escalated is None else r.escalated[lo:hi])) for w, r in runs]  # fmt: skip
+        out.append(evaluate(outcomes.take(order[lo:hi]), cut).gap_share)
+    return tuple(out)
 
 
 def evaluate(outcomes: Outcomes, runs: Sequence[tuple[float, ReplayRun]], seconds: float = 0.0) -> ReplayReport:

@@ -142,3 +142,17 @@ def test_offline_knn_trained_on_every_label_routes_the_topics_of_unseen_prompts(
         assert (again.arms == run.arms).all()
     with pytest.raises(ValueError, match="models differ"):
         offline_knn(train, x[:300], msgspec.structs.replace(test, models=test.models[::-1]), x[300:], 0.0, 5)
+
+
+def test_the_gap_share_by_quarter_is_the_learning_curve_of_one_shuffle(synthetic):
+    from simulations.report import gap_share_by_part
+
+    o, x = synthetic
+    runs = [(w, replay(o, x, DEP, msgspec.structs.replace(CFG, seed=3, cost_weight=w))) for w in (0.0, 25.0)]
+    assert gap_share_by_part(o, runs, parts=1) == (evaluate(o, runs).gap_share,)  # one part: the whole stream
+    curve = gap_share_by_part(o, runs, parts=4)
+    assert len(curve) == 4 and all(np.isfinite(curve))
+    assert curve[3] > curve[0]  # it learns: the last quarter captures more of the gap (seeds 0-5: all six)
+    other = replay(o, x, DEP, msgspec.structs.replace(CFG, seed=4, cost_weight=25.0))
+    with pytest.raises(ValueError, match="one shuffle"):
+        gap_share_by_part(o, [runs[0], (25.0, other)])
