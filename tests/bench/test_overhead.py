@@ -12,7 +12,8 @@ def test_the_cache_lookup_bench_runs_and_reports_its_figures():
     assert out["cache_hits"] >= 100  # every stored prompt asked again is an exact hit
     assert out["cache_buckets"] >= 2 and out["cache_cells"] >= out["cache_groups"] >= out["cache_buckets"]
     assert 0 < out["cache_largest_bucket"] <= 300
-    for what in ("lookup", "lookup_cpu", "hit", "miss", "back_to_back", "store", "keys_parsed_cpu", "keys_routed_cpu"):
+    for what in ("lookup", "lookup_cpu", "hit", "miss", "back_to_back", "store", "keys_parsed_cpu", "keys_routed_cpu",
+                 "lookup_keys_parsed_cpu", "lookup_keys_routed_cpu"):
         assert {f"cache_{what}_{p}_ms" for p in ("p50", "p90", "p99", "max")} <= out.keys()
         assert all(out[f"cache_{what}_{p}_ms"] >= 0 for p in ("p50", "p99"))
 
