@@ -101,7 +101,7 @@ def report(rows: int, queries: int, results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=30_000)
     p.add_argument("--queries", type=int, default=6_000)
     p.add_argument("--sizes", default="128/64/2,64/64/2,64/32/2,96/48/2,128/64/1,256/64/1",

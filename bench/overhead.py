@@ -219,7 +219,7 @@ def bench_cache(entries: int, tenants: int = 1, lookups: int = 20_000) -> dict[s
         asked += [(text, callers[i % tenants]) for i, text in enumerate(texts[entries : entries + lookups // 2])]
         times: dict[str, list[float]] = {"hit": [], "miss": [], "back_to_back": [], "cpu": []}
         requests = []
-        for text, caller in asked:  # as served (service/chat.py): the keys as the body is parsed, the lookup after routing
+        for text, caller in asked:  # as served (service/chat.py): the keys as the body is parsed, lookup after routing
             raw = body(text)
             req = rt.chat.parse(raw)
             c0, t0 = time.thread_time(), time.perf_counter()

@@ -144,7 +144,8 @@ def ceiling(data: Path, config: str | None, ks: tuple[int, ...] = (10, 40, 160))
     from simulations.report import evaluate, sweep_weights
 
     rb = {Path(p).stem: p for p in sorted(glob.glob(str(data / "routerbench" / "*.jsonl")))}
-    rows = ["| test file, router trained on every label of its train file | " + " | ".join(f"kNN k={k}" for k in ks) + " |",
+    head = " | ".join(f"kNN k={k}" for k in ks)
+    rows = [f"| test file, router trained on every label of its train file | {head} |",
             "|---|" + "---:|" * len(ks)]  # fmt: skip
     for name, path in rb.items():
         train = rb.get(name.replace("_test", "_train")) if name.endswith("_test") else None

@@ -17,7 +17,9 @@ from simulations.frontier import aiq, apgr, cpt, gap_share, hull, hull_at
 from simulations.outcomes import Outcomes
 from simulations.replay import ReplayRun
 
-__all__ = ["Point", "ReplayReport", "break_even", "evaluate", "gap_share_by_part", "markdown", "oracle_point", "sweep_weights"]
+__all__ = [
+    "Point", "ReplayReport", "break_even", "evaluate", "gap_share_by_part", "markdown", "oracle_point", "sweep_weights",
+]  # fmt: skip
 
 
 class Point(msgspec.Struct, frozen=True):
