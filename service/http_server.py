@@ -42,6 +42,7 @@ _STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s i
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset({204, 304})
+_FRAMING = frozenset({len(b"content-length"), len(b"transfer-encoding"), len(b"connection")})
 _json = msgspec.json.Encoder().encode
 
 
@@ -167,15 +168,14 @@ class _Exchange:
         lines = [_STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status, self.conn.server.date]
         framed = self.is_head or status in _NO_BODY or status < 200
         for name, value in headers:
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-                raise RuntimeError(f"invalid response header {name!r}")
             lines.append(b"%s: %s\r\n" % (name, value))
-            low = name.lower()
-            if low == b"content-length" or low == b"transfer-encoding":
-                framed = True
-                self.chunked = low == b"transfer-encoding" and b"chunked" in value.lower()
-            elif low == b"connection" and value.lower() == b"close":
-                self.keep_alive = False
+            if len(name) in _FRAMING:  # content-length, transfer-encoding or connection (any case)
+                low = name.lower()
+                if low == b"content-length" or low == b"transfer-encoding":
+                    framed = True
+                    self.chunked = low == b"transfer-encoding" and b"chunked" in value.lower()
+                elif low == b"connection" and value.lower() == b"close":
+                    self.keep_alive = False
         if not framed:
             if self.scope["http_version"] == "1.1":
                 self.chunked = True
@@ -189,7 +189,10 @@ class _Exchange:
         elif self.scope["http_version"] == "1.0":
             lines.append(b"connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        return b"".join(lines)
+        head = b"".join(lines)
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):  # one line each, or a forgery
+            raise RuntimeError("a response header holds a line break")
+        return head
 
     def _frame(self, body: bytes, more: bool) -> bytes:
         if self.is_head:
@@ -211,6 +214,8 @@ class _Connection(asyncio.Protocol):
         self.template: dict[str, Any] = {}
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.length: bytes | None = None  # the request's Content-Length and Expect headers
+        self.expect: bytes | None = None
         self.incoming: _Exchange | None = None  # the request being parsed
         self.current: _Exchange | None = None  # the request the app is answering
         self.waiting: collections.deque[_Exchange] = collections.deque()  # pipelined, in order
@@ -272,12 +277,18 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.length = self.expect = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"content-length":
+            self.length = value
+        elif name == b"expect":
+            self.expect = value
 
     def on_headers_complete(self) -> None:
         if self.broken:
@@ -295,18 +306,14 @@ class _Connection(asyncio.Protocol):
             url = raw
         scope["method"] = self.parser.get_method().decode("ascii")
         scope["path"], scope["raw_path"], scope["query_string"] = path, url, query
-        scope["headers"] = headers = self.headers
+        scope["headers"] = self.headers
         version = self.parser.get_http_version()
         if version != "1.1":
             scope["http_version"] = version
-        expect = length = None
-        for name, value in headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
         keep_alive = self.parser.should_keep_alive() and not self.server.closing
-        self.incoming = ex = _Exchange(self, scope, keep_alive, bool(expect))
+        expect, length = self.expect, self.length
+        continues = expect is not None and expect.lower() == b"100-continue"
+        self.incoming = ex = _Exchange(self, scope, keep_alive, continues)
         if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
             self.too_large(ex)
         elif self.current is None:
