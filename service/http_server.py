@@ -16,6 +16,7 @@ gets 400 and the connection is closed; a client that leaves is ``http.disconnect
 What it does not: TLS (a proxy terminates it), HTTP/2, WebSockets and other upgrades, trailers,
 request timeouts other than the idle keep-alive one.
 
+The ASGI side of one request (``receive``, ``send``, the answer's framing) is ``service.http_exchange``.
 Stopping (``service.serving`` drives it): ``close`` closes the idle connections and makes the
 busy ones close after the answer in hand; ``in_flight`` says how many apps still run; ``cancel``
 cancels them.
@@ -25,34 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import http
 import logging
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
-import msgspec
+
+from service.http_exchange import Exchange, server_answer
 
 __all__ = ["HttpServer"]
 
 log = logging.getLogger("turnout.http")
 
-_STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_NO_BODY = frozenset({204, 304})
-_FRAMING = frozenset({len(b"content-length"), len(b"transfer-encoding"), len(b"connection")})
-_json = msgspec.json.Encoder().encode
-
-
-def _plain(status: int, message: str, code: str | None = None) -> bytes:
-    """A whole answer the server gives on its own (400, 413, 500), closing the connection: an
-    OpenAI-style error body, as the app's own errors are."""
-    kind = "api_error" if status >= 500 else "invalid_request_error"
-    body = _json({"error": {"message": message, "type": kind, "param": None, "code": code}})
-    return (_STATUS[status] + b"content-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (len(body), body))  # fmt: skip
 
 
 class HttpServer:
@@ -96,114 +83,6 @@ class HttpServer:
             conn.transport.close()  # type: ignore[union-attr]
 
 
-class _Exchange:
-    """One request and its answer: the ASGI ``receive`` and ``send`` of one app call."""
-
-    __slots__ = ("conn", "scope", "body", "size", "complete", "ended", "keep_alive", "chunked", "head", "started",
-                 "finished", "waiter", "expect", "is_head")  # fmt: skip
-
-    def __init__(self, conn: _Connection, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.body: list[bytes] = []
-        self.size = 0
-        self.complete = False  # the whole request body arrived
-        self.ended = False  # ... and the app was told so (more_body False)
-        self.keep_alive = keep_alive
-        self.expect = expect  # 100 Continue is owed when the app first reads the body
-        self.is_head = scope["method"] == "HEAD"
-        self.chunked = False
-        self.head: bytes | None = None  # the response head, held for the first body piece
-        self.started = self.finished = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def receive(self) -> dict[str, Any]:
-        conn = self.conn
-        if not self.body and not self.finished and not conn.lost and (self.ended or not self.complete):
-            if self.expect and not self.complete:
-                self.expect = False
-                conn.write(_CONTINUE)
-            await self._wait()  # a piece of the body, its end, or (the body read) the client leaving
-        if conn.lost or self.finished:
-            return {"type": "http.disconnect"}
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.body.clear()
-        self.ended = self.complete
-        return {"type": "http.request", "body": body, "more_body": not self.complete}
-
-    async def _wait(self) -> None:
-        self.waiter = self.conn.server.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
-    async def send(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            if self.head is None and not self.started:
-                raise RuntimeError("http.response.body before http.response.start")
-            if self.finished or self.conn.lost:
-                return  # the client left (the app hears it from receive) or the server answered already
-            more = message.get("more_body", False)
-            self.conn.write(self._frame(message.get("body", b""), more))
-            if not more:
-                self.finished = True
-                self.wake()
-            elif self.conn.paused:
-                await self.conn.drained()
-        elif kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("http.response.start sent twice")
-            self.started = True
-            self.head = self._head(message["status"], message.get("headers", ()))
-        else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r}")
-
-    def _head(self, status: int, headers: Any) -> bytes:
-        lines = [_STATUS.get(status) or b"HTTP/1.1 %d \r\n" % status, self.conn.server.date]
-        framed = self.is_head or status in _NO_BODY or status < 200
-        for name, value in headers:
-            lines.append(b"%s: %s\r\n" % (name, value))
-            if len(name) in _FRAMING:  # content-length, transfer-encoding or connection (any case)
-                low = name.lower()
-                if low == b"content-length" or low == b"transfer-encoding":
-                    framed = True
-                    self.chunked = low == b"transfer-encoding" and b"chunked" in value.lower()
-                elif low == b"connection" and value.lower() == b"close":
-                    self.keep_alive = False
-        if not framed:
-            if self.scope["http_version"] == "1.1":
-                self.chunked = True
-                lines.append(b"transfer-encoding: chunked\r\n")
-            else:  # an HTTP/1.0 client reads to the end of the connection
-                self.keep_alive = False
-        if self.conn.server.closing:
-            self.keep_alive = False
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        elif self.scope["http_version"] == "1.0":
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
-        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):  # one line each, or a forgery
-            raise RuntimeError("a response header holds a line break")
-        return head
-
-    def _frame(self, body: bytes, more: bool) -> bytes:
-        if self.is_head:
-            body = b""
-        elif self.chunked:
-            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + (b"" if more else b"0\r\n\r\n")
-        if self.head is not None:
-            body, self.head = self.head + body, None
-        return body
-
-
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, runs the app for each in turn, writes the answers."""
 
@@ -216,9 +95,9 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.length: bytes | None = None  # the request's Content-Length and Expect headers
         self.expect: bytes | None = None
-        self.incoming: _Exchange | None = None  # the request being parsed
-        self.current: _Exchange | None = None  # the request the app is answering
-        self.waiting: collections.deque[_Exchange] = collections.deque()  # pipelined, in order
+        self.incoming: Exchange | None = None  # the request being parsed
+        self.current: Exchange | None = None  # the request the app is answering
+        self.waiting: collections.deque[Exchange] = collections.deque()  # pipelined, in order
         self.idle_since = 0.0
         self.lost = self.paused = self.reading_paused = self.broken = False
         self.refusal = b""  # the server's own answer, owed after the one in hand
@@ -313,7 +192,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and not self.server.closing
         expect, length = self.expect, self.length
         continues = expect is not None and expect.lower() == b"100-continue"
-        self.incoming = ex = _Exchange(self, scope, keep_alive, continues)
+        self.incoming = ex = Exchange(self, scope, keep_alive, continues)
         if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
             self.too_large(ex)
         elif self.current is None:
@@ -345,13 +224,13 @@ class _Connection(asyncio.Protocol):
 
     # -- exchanges ------------------------------------------------------------------------------
 
-    def start(self, ex: _Exchange) -> None:
+    def start(self, ex: Exchange) -> None:
         self.current = ex
         task = self.server.loop.create_task(self.run(ex))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
 
-    async def run(self, ex: _Exchange) -> None:
+    async def run(self, ex: Exchange) -> None:
         try:
             await self.server.app(ex.scope, ex.receive, ex.send)
         except asyncio.CancelledError:  # the grace after a stop ran out: no answer, the connection closes
@@ -367,15 +246,15 @@ class _Connection(asyncio.Protocol):
         finally:
             self.done(ex)
 
-    def unanswered(self, ex: _Exchange) -> None:
+    def unanswered(self, ex: Exchange) -> None:
         """The app is done: an answer it did not start is a 500, one it did not finish is cut short."""
         if ex.finished:
             return
         ex.keep_alive = False  # an answer cut short: only closing the connection tells the client
         if not ex.started:
-            self.write(_plain(500, "internal server error"))
+            self.write(server_answer(500, "internal server error"))
 
-    def done(self, ex: _Exchange) -> None:
+    def done(self, ex: Exchange) -> None:
         """The app returned: the next pipelined request, or an idle connection, or a closed one."""
         ex.finished = True
         self.current = None
@@ -393,12 +272,12 @@ class _Connection(asyncio.Protocol):
             if self.incoming is None:
                 self.idle_since = self.server.loop.time()
 
-    def refuse(self, status: int, why: str, culprit: _Exchange | None = None, code: str | None = None) -> None:
+    def refuse(self, status: int, why: str, culprit: Exchange | None = None, code: str | None = None) -> None:
         """A request the server answers itself (400, 413), in turn; then the connection closes."""
         self.broken = True
         self.incoming = None
         self.waiting.clear()
-        answer, current = _plain(status, why, code), self.current
+        answer, current = server_answer(status, why, code), self.current
         if current is None:
             self.write(answer)
             self.transport.close()  # type: ignore[union-attr]
@@ -411,7 +290,7 @@ class _Connection(asyncio.Protocol):
         else:  # a later request is: the answer in hand goes out whole first (``done``)
             self.refusal = answer
 
-    def too_large(self, ex: _Exchange) -> None:
+    def too_large(self, ex: Exchange) -> None:
         limit = self.server.max_body_bytes
         self.refuse(413, f"request body too large: more than {limit} bytes", ex, "request_too_large")
 
