@@ -128,7 +128,7 @@ class _Connection(asyncio.Protocol):
             if self.current is None:
                 self.transport.close()  # type: ignore[union-attr]
         except httptools.HttpParserError:
-            self.refuse(400, "malformed HTTP request")
+            self.refuse(400, "malformed HTTP request", self.incoming)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -260,13 +260,15 @@ class _Connection(asyncio.Protocol):
         self.current = None
         if self.lost:
             return
-        if not ex.keep_alive or not ex.complete or self.server.closing or self.broken:
-            self.write(self.refusal)
+        if not ex.keep_alive or not ex.complete or self.server.closing:
             self.transport.close()  # type: ignore[union-attr]
         elif self.waiting:
             self.start(self.waiting.popleft())
             if not self.waiting:
                 self.resume()
+        elif self.broken:  # what the server owes after the answers in turn: a refusal, then the close
+            self.write(self.refusal)
+            self.transport.close()  # type: ignore[union-attr]
         else:
             self.resume()
             if self.incoming is None:
@@ -276,18 +278,20 @@ class _Connection(asyncio.Protocol):
         """A request the server answers itself (400, 413), in turn; then the connection closes."""
         self.broken = True
         self.incoming = None
-        self.waiting.clear()
+        if self.waiting and self.waiting[-1] is culprit:
+            self.waiting.pop()  # the refusal is its answer
         answer, current = server_answer(status, why, code), self.current
         if current is None:
             self.write(answer)
             self.transport.close()  # type: ignore[union-attr]
         elif culprit is current or not current.complete:  # the request in hand is the bad one
+            self.waiting.clear()
             if not current.started:  # the server answers it; the app hears the client leave
                 current.finished = True
                 current.wake()
                 self.write(answer)
             self.transport.close()  # type: ignore[union-attr]
-        else:  # a later request is: the answer in hand goes out whole first (``done``)
+        else:  # a later request is: the answers before it go out whole first (``done``)
             self.refusal = answer
 
     def too_large(self, ex: Exchange) -> None:

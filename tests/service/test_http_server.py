@@ -132,6 +132,17 @@ def test_pipelined_requests_are_answered_in_order():
         assert [read_response(conn, buf)[2] for _ in range(4)] == [b"/p%d 1 %d" % (i, i) for i in range(4)]
 
 
+def test_a_malformed_request_after_pipelined_ones_is_refused_after_their_answers():
+    with served(echo) as s, s.connect() as conn:
+        good = [b"POST /g%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n%d" % (i, i) for i in range(2)]
+        conn.sendall(b"".join(good) + b"NOT HTTP AT ALL\r\n\r\n")
+        buf = bytearray()
+        answers = [read_response(conn, buf) for _ in range(3)]
+        assert [a[2] for a in answers[:2]] == [b"/g0 1 0", b"/g1 1 1"]
+        assert answers[2][0] == b"HTTP/1.1 400 Bad Request" and answers[2][1]["connection"] == "close"
+        assert closed(conn)
+
+
 def test_a_chunked_request_body_is_read_whole():
     with served(echo) as s, s.connect() as conn:
         conn.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
