@@ -100,7 +100,7 @@ class _Connection(asyncio.Protocol):
         self.waiting: collections.deque[Exchange] = collections.deque()  # pipelined, in order
         self.idle_since = 0.0
         self.lost = self.paused = self.reading_paused = self.broken = False
-        self.refusal = b""  # the server's own answer, owed after the one in hand
+        self.refusal = b""  # the server's own answer, owed after the answers before it
         self.drain_waiter: asyncio.Future[None] | None = None
 
     # -- asyncio --------------------------------------------------------------------------------
