@@ -1,6 +1,7 @@
 """The HTTP floor on each server: what a bare answer costs a process, in alternating rounds.
 
     python -m bench.floors [--rates 200,500] [--rounds 3] [--duration-s 8]
+    python -m bench.floors --in-process [--rounds 3]
 
 Three servers answer the same fixed OpenAI-shaped body, each in its own process, under the same
 open-loop generator (``bench.loadgen``): ``bench.floor_app`` (a bare ASGI app) on Turnout's own
@@ -9,19 +10,29 @@ and uvloop (what it served with before), and ``bench.upstream`` (a raw asyncio p
 the floor under the floors). Each round measures each server at each rate in turn, so a noisy
 minute of a shared machine falls on all of them; compare them within a round. Printed: CPU per
 request of the server's process (from /proc) and p50/p99 latency.
+
+``--in-process``: the Python a request costs each HTTP protocol, without the loop's system calls:
+Turnout's connection and uvicorn's ``HttpToolsProtocol`` fed the same request on a transport that
+only counts writes, the app run to its answer, in CPU time of the thread (the loop's own turns
+measured empty and subtracted).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
+import time
+from typing import Any, Callable
 
 from bench.gateway import _cpu_s, _free_port, _wait_http
 from bench.loadgen import open_loop
 
 _BODY = b'{"model":"auto","messages":[{"role":"user","content":"Plan a three day trip to Lisbon."}]}'
 _WARMUP_S = 1.0
+_REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8080\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer sk-bench\r\ncontent-length: %d\r\n\r\n%s" % (len(_BODY), _BODY))  # fmt: skip
 
 
 def _servers() -> dict[str, list[str]]:
@@ -42,12 +53,91 @@ def _measure(port: int, pid: int, rate: float, duration_s: float) -> tuple[float
     return cpu_ms, res.pct_ms(50), res.pct_ms(99), res.errors
 
 
+class _Counting(asyncio.Transport):
+    """A transport that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes, self.closed = 0, False
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _us_a_request(make: Callable[[], asyncio.Protocol], n: int) -> float:
+    async def turns(k: int) -> None:
+        for _ in range(k):
+            for _ in range(3):  # the app's Task runs, answers, returns
+                await asyncio.sleep(0)
+
+    proto, transport = make(), _Counting()
+    proto.connection_made(transport)
+    for _ in range(200):
+        proto.data_received(_REQUEST)  # type: ignore[attr-defined]
+        await turns(1)
+    assert transport.writes >= 200 and not transport.closed, "the protocol did not answer"
+    t0 = time.thread_time()
+    for _ in range(n):
+        proto.data_received(_REQUEST)  # type: ignore[attr-defined]
+        await turns(1)
+    spent = time.thread_time() - t0
+    t0 = time.thread_time()
+    await turns(n)
+    return (spent - (time.thread_time() - t0)) / n * 1e6
+
+
+def _in_process(rounds: int) -> None:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from bench.floor_app import app
+    from service.http_server import HttpServer
+
+    def turnout() -> asyncio.Protocol:
+        return HttpServer(app, 1_000_000).connection()
+
+    def reference() -> asyncio.Protocol:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config.load()
+        return HttpToolsProtocol(config, ServerState(), app_state={})
+
+    async def run() -> None:
+        for r in range(rounds):
+            for name, make in (("turnout", turnout), ("uvicorn", reference)):
+                print(f"round {r} {name:<8} {await _us_a_request(make, 20000):6.1f} us a request", flush=True)
+
+    import uvloop
+
+    uvloop.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="200,500")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration-s", type=float, default=8.0)
+    p.add_argument("--in-process", action="store_true", help="the Python a request costs each protocol (see above)")
     args = p.parse_args(argv)
+    if args.in_process:
+        _in_process(args.rounds)
+        return 0
     rates = [float(r) for r in args.rates.split(",")]
     procs: dict[str, tuple[int, subprocess.Popen]] = {}
     try:
