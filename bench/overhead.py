@@ -15,9 +15,11 @@
 2. HTTP: ``turnout up`` in its own process on a zero-latency simulated pool (so the whole round
    trip is Turnout's overhead: parsing, routing, answering, emitting the event), driven open-loop
    at a fixed rate with latency counted from each request's due time. Beside it, in the same
-   run, the floor: ``bench.floor_app`` (a bare ASGI answer on the same uvicorn stack) under the
-   same generator, which is what the machine, the loopback and the generator cost by themselves
-   (on a shared 2-core VM its p99 alone is several milliseconds).
+   run, the floor: ``bench.floor_app`` (a bare ASGI answer on the same HTTP server) under the
+   same generator, which is what the machine, the loopback, the generator and the server cost by
+   themselves (on a shared 2-core VM its p99 alone is several milliseconds); beside it the same
+   app on uvicorn (``floor_uvicorn_``), the server Turnout used before its own. CPU per request
+   of each server process is printed with it (``*_cpu_ms``).
 1b. Conversations (``--conversations``): the same decision for the later turns of six-turn
    chats, with ``--conversations`` others remembered: the conversation's keys hashed from the
    messages, its lookup, the context mixed, and the kept (or re-routed) decision.
@@ -295,37 +297,49 @@ def _serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"{' '.join(cmd)} did not start")
 
 
-def _drive(port: int, bodies: list[bytes], rate: float, duration_s: float) -> Any:
+def _drive(port: int, bodies: list[bytes], rate: float, duration_s: float, pid: int) -> tuple[Any, float]:
+    """The open-loop run at ``rate``, and the CPU (ms) the server process ``pid`` spent a request."""
+    from bench.gateway import _cpu_s
+
     url = f"http://127.0.0.1:{port}"
     open_loop(url, "/v1/chat/completions", lambda i: bodies[i % len(bodies)], rate=50, duration_s=3)  # warm-up
-    return open_loop(url, "/v1/chat/completions", lambda i: bodies[i % len(bodies)], rate=rate, duration_s=duration_s)
+    cpu0 = sum(_cpu_s(pid))
+    res = open_loop(url, "/v1/chat/completions", lambda i: bodies[i % len(bodies)], rate=rate, duration_s=duration_s)
+    return res, (sum(_cpu_s(pid)) - cpu0) * 1000.0 / max(1, res.sent)
 
 
 def bench_http(rate: float, duration_s: float) -> dict[str, float]:
-    """Turnout's round trip, and the floor (``bench.floor_app`` on the same stack) in the same run."""
+    """Turnout's round trip, and the floor (``bench.floor_app``) in the same run on two servers:
+    Turnout's own (``floor_``, what ``turnout up`` serves with) and uvicorn (``floor_uvicorn_``)."""
     from tests.servers import free_port
 
     prompts = _prompts(4096, seed=1)
     bodies = [msgspec.json.encode({"model": "auto", "messages": [{"role": "user", "content": p}]}) for p in prompts]
     with tempfile.TemporaryDirectory() as tmp:
-        port, floor_port = free_port(), free_port()
+        port, floor_port, uvicorn_port = free_port(), free_port(), free_port()
         env = dict(os.environ, TURNOUT_SIMULATED__LATENCY_SCALE="0")
         turnout = _serve([sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", tmp], env, port)
-        floor = _serve([sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(floor_port),
-                        "--log-level", "warning", "--no-access-log"], dict(os.environ), floor_port)  # fmt: skip
+        floor = _serve([sys.executable, "-m", "bench.floor_app", "--port", str(floor_port)], dict(os.environ),
+                       floor_port)  # fmt: skip
+        floor_uvicorn = _serve([sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(uvicorn_port),
+                                "--log-level", "warning", "--no-access-log"], dict(os.environ), uvicorn_port)  # fmt: skip
         try:
-            res = _drive(port, bodies, rate, duration_s)
-            base = _drive(floor_port, bodies, rate, duration_s)
+            res, cpu = _drive(port, bodies, rate, duration_s, turnout.pid)
+            base, base_cpu = _drive(floor_port, bodies, rate, duration_s, floor.pid)
+            ref, ref_cpu = _drive(uvicorn_port, bodies, rate, duration_s, floor_uvicorn.pid)
         finally:
-            for proc in (turnout, floor):
+            for proc in (turnout, floor, floor_uvicorn):
                 proc.terminate()
                 proc.wait(timeout=30)
     out: dict[str, Any] = {"http_rate_rps": rate, "http_sent": res.sent, "http_errors": res.errors}
     for p in (50, 90, 99):
         out[f"http_p{p}_ms"] = res.pct_ms(p)
     out["http_max_ms"] = res.pct_ms(100)
-    for p in (50, 99):
-        out[f"floor_p{p}_ms"] = base.pct_ms(p)  # a bare ASGI answer: machine + loopback + generator
+    out["http_cpu_ms"] = cpu  # the whole `turnout up` process (serving, storage, learner threads) a request
+    for name, r, c in (("floor", base, base_cpu), ("floor_uvicorn", ref, ref_cpu)):
+        for p in (50, 99):
+            out[f"{name}_p{p}_ms"] = r.pct_ms(p)  # a bare ASGI answer: machine + loopback + generator + server
+        out[f"{name}_cpu_ms"] = c
     for p in (50, 99):
         out[f"above_floor_p{p}_ms"] = res.pct_ms(p) - base.pct_ms(p)
     return out

@@ -1,14 +1,11 @@
-"""Test helpers that run real servers in-process: a uvicorn server on a free loopback port."""
+"""Test helpers that run real servers in-process: Turnout's own HTTP server on a free loopback port."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
-import time
 from typing import Any, Iterator
-
-import uvicorn
 
 __all__ = ["free_port", "serve"]
 
@@ -21,19 +18,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(app: Any, port: int | None = None) -> Iterator[str]:
-    """Run an ASGI app with uvicorn in a thread; yields its base URL; stops it on exit."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    """Serve an ASGI app (lifespan included) with ``service.serving`` in a thread; yields its base
+    URL; stops it on exit (requests in flight get 2 s)."""
+    from service.serving import bind, serve as run
+
+    sock = bind("127.0.0.1", port or 0)
+    stop, listening = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run, args=(app, sock), daemon=True,
+                              kwargs={"stop": stop, "draining": threading.Event(), "delay_s": 0.0, "grace_s": 2.0,
+                                      "on_listening": listening.set})  # fmt: skip
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        if not listening.wait(20):
+            raise RuntimeError("test server did not start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        stop.set()
         thread.join(timeout=10)
+        sock.close()

@@ -1,6 +1,6 @@
 """Local upstream providers that speak the OpenAI wire format and can be told to misbehave.
 
-``FakeProvider`` is a raw ASGI app served by uvicorn (tests.servers.serve). Its ``mode`` is read
+``FakeProvider`` is a raw ASGI app served over HTTP by tests.servers.serve. Its ``mode`` is read
 per request, so a test can break and heal a provider while the gateway runs:
 
     ok        answer (JSON, or SSE when the body asks for a stream)
