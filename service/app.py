@@ -14,6 +14,7 @@ The admin API (``/v1/admin/...``, ``service/admin_api.py``) has keys of its own.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from typing import Any, Callable, Mapping
@@ -110,6 +111,11 @@ def _register_gauges(deps: Deps) -> None:
                 lambda: [((), getattr(sink, "backlog", 0))])  # fmt: skip
     m.add_gauge("turnout_event_spill_bytes", "Bytes of events spilled to disk while the broker is away.", (),
                 lambda: [((), _spill_bytes(sink))])  # fmt: skip
+    m.add_gauge("turnout_gc_collections", "Garbage collections of this process by generation (a generation-2 "
+                "one pauses every request for as long as it reads the heap).", ("generation",),
+                lambda: [((str(g),), s["collections"]) for g, s in enumerate(gc.get_stats())])  # fmt: skip
+    m.add_gauge("turnout_gc_frozen_objects", "Objects set aside from garbage collection when serving began "
+                "(service/serving.py).", (), lambda: [((), gc.get_freeze_count())])  # fmt: skip
 
 
 def create_app(settings: Settings, deps: Deps) -> ChatFirst:

@@ -136,7 +136,8 @@ def cmd_up(args: argparse.Namespace, learner: bool = True) -> int:
         rt.start()
         if not stop.stopping:
             serve(rt.app, sock, stop=stop.event, draining=rt.draining, delay_s=server.shutdown_delay_s,
-                  grace_s=server.shutdown_grace_s, on_listening=listening, max_body_bytes=server.max_body_bytes)  # fmt: skip
+                  grace_s=server.shutdown_grace_s, on_listening=listening, max_body_bytes=server.max_body_bytes,
+                  settle_heap=True)  # fmt: skip
     finally:
         if note:
             from service.holder import remove_holder

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
 import threading
@@ -58,17 +59,36 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 def serve(app: Any, sock: socket.socket, *, stop: threading.Event, draining: threading.Event, delay_s: float,
           grace_s: float, on_listening: Callable[[], None] | None = None,
-          max_body_bytes: int = 64 * 1024 * 1024) -> None:  # fmt: skip
+          max_body_bytes: int = 64 * 1024 * 1024, settle_heap: bool = False) -> None:  # fmt: skip
     """Serve ``app`` on ``sock`` until ``stop`` is set; return once drained (see the module doc).
-    A request body above ``max_body_bytes`` is refused with 413 by the server itself."""
-    _run(_serve(app, sock, stop, draining, delay_s, grace_s, on_listening, max_body_bytes))
+    A request body above ``max_body_bytes`` is refused with 413 by the server itself.
+    ``settle_heap``: the process serves nothing else (``turnout up``, ``serve``, a worker), see
+    ``_settle_heap``; not for a server run beside other work in one process (tests)."""
+    _run(_serve(app, sock, stop, draining, delay_s, grace_s, on_listening, max_body_bytes, settle_heap))
+
+
+def _settle_heap() -> None:
+    """Set aside from garbage collection what the process built before serving.
+
+    CPython's collector pauses the whole interpreter while it reads a generation; the oldest one
+    holds everything built at start (the app, the routes, the pool, the modules' objects: about
+    120,000 tracked objects), and a collection of it took 95-99 ms on a 2-core machine: every
+    request in flight waits, a second of the per-second p99 above 20 ms. Once the app has
+    started, one collection clears what the start left, and ``gc.freeze`` moves the survivors
+    to a generation that is never collected (they live as long as the process anyway); a full
+    collection after it reads only what was made since (0.0 ms right after the start)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _serve(app: Any, sock: socket.socket, stop: threading.Event, draining: threading.Event, delay_s: float,
-                 grace_s: float, on_listening: Callable[[], None] | None, max_body_bytes: int) -> None:  # fmt: skip
+                 grace_s: float, on_listening: Callable[[], None] | None, max_body_bytes: int,
+                 settle_heap: bool) -> None:  # fmt: skip
     loop = asyncio.get_running_loop()
     lifespan = _Lifespan(app)
     await lifespan.step("startup")
+    if settle_heap:
+        _settle_heap()
     server = HttpServer(app, max_body_bytes)
     listener = await loop.create_server(server.connection, sock=sock, backlog=2048)
     if on_listening is not None:

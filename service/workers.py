@@ -108,7 +108,7 @@ def worker_main(settings: Settings, index: int, port: int, link: tuple[str, byte
         if not stop.stopping:
             serve(rt.app, sock, stop=stop.event, draining=rt.draining, delay_s=settings.server.shutdown_delay_s,
                   grace_s=settings.server.shutdown_grace_s, on_listening=lambda: ready.send(("ready", os.getpid())),
-                  max_body_bytes=settings.server.max_body_bytes)  # fmt: skip
+                  max_body_bytes=settings.server.max_body_bytes, settle_heap=True)  # fmt: skip
     finally:
         sock.close()
         rt.stop()

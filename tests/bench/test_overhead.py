@@ -36,3 +36,14 @@ def test_the_cache_index_bench_reports_recall_against_brute_force():
     assert whole["shape"] == (1, 1) and whole["reworded_found"] == 1.0 and whole["near_found"] == whole["near"]
     assert out[0]["near_found"] <= out[0]["near"] and 0.9 <= out[0]["reworded_found"] <= 1.0
     assert report(400, 60, out).count("\n") == 4  # a line, the header, its rule, two sizes
+
+
+def test_the_gc_bench_times_a_full_collection_as_it_is_and_frozen():
+    import gc
+
+    from bench.overhead import bench_gc
+
+    out = bench_gc()
+    assert out["gc_tracked_objects"] > 10_000 and out["gc_full_collection_ms"] > 0
+    assert out["gc_full_collection_frozen_ms"] < out["gc_full_collection_ms"]  # nothing much left to read
+    assert gc.get_freeze_count() == 0  # the bench gives the objects back to the collector

@@ -69,6 +69,10 @@ def test_turnout_up_serves_learns_and_says_it_is_simulated(turnout_up, tmp_path)
     else:
         pytest.fail(f"no learning cycle took the feedback in: {state}")
     assert (tmp_path / "data" / "clickhouse").is_dir()
+    metrics = httpx.get(url + "/metrics").text  # what the start built is set aside from garbage collection
+    frozen = next(line for line in metrics.splitlines() if line.startswith("turnout_gc_frozen_objects "))
+    assert float(frozen.split()[1]) > 10_000, frozen
+    assert 'turnout_gc_collections{generation="2"}' in metrics
     proc.terminate()  # SIGTERM, as Docker and Kubernetes stop it: a clean stop (tests/service/test_stop.py counts)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
