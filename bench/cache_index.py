@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench.overhead import cache_texts
+from bench.cache_lookup import cache_texts
 from learner.cache_index import CellIndex
 
 _SIMILARITY = 0.95  # [cache] similarity's default

@@ -72,7 +72,7 @@ def _settle_heap() -> None:
 
     CPython's collector pauses the whole interpreter while it reads a generation; the oldest one
     holds everything built at start (the app, the routes, the pool, the modules' objects: about
-    120,000 tracked objects), and a collection of it took 95-99 ms on a 2-core machine: every
+    120,000 tracked objects), and a collection of it took 95-155 ms on a 2-core machine: every
     request in flight waits, a second of the per-second p99 above 20 ms. Once the app has
     started, one collection clears what the start left, and ``gc.freeze`` moves the survivors
     to a generation that is never collected (they live as long as the process anyway); a full

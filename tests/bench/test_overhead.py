@@ -3,7 +3,7 @@ asserted: speed is printed by the benchmark, never checked in a test)."""
 
 from __future__ import annotations
 
-from bench.overhead import bench_cache
+from bench.cache_lookup import bench_cache
 
 
 def test_the_cache_lookup_bench_runs_and_reports_its_figures():
